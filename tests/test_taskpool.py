@@ -1,7 +1,7 @@
 """The 3H taskpool (r3h.evaluation.taskpool) and its judged benchmarks
 (r3h.evaluation.generative) on the tiny_3h base model: scores from a scripted judge served
 on 127.0.0.1, the table files and the returned report, errors before any generation,
-resuming, a ModelSweep, the configs, and `fusion_bench ... taskpool=3h_tiny` end to end.
+resuming, a ModelSweep, the configs, and `fusion_bench ... taskpool=3h_smoke` end to end.
 Nothing here contacts an address other than 127.0.0.1 (the guard of test_judges)."""
 
 from __future__ import annotations
@@ -417,7 +417,7 @@ def test_configs_compose_and_build():
                   "3h/judged": ("MT-Bench", "HaluEval_Wild", "Salad_Bench", "OR-Bench")}
         for name, cols in expect.items():
             assert instantiate(taskpool(name), _recursive_=False).selected_columns == list(cols)
-        tiny = taskpool("3h_tiny")
+        tiny = taskpool("3h_smoke")
         assert all(str(b.path).startswith("pkg://r3h.evaluation/data/tiny/") for b in tiny.benchmarks.values())
         for b in tiny.benchmarks.values():  # the tiny data ships with the package and passes the checks
             assert instantiate(b).items()
@@ -426,11 +426,11 @@ def test_configs_compose_and_build():
 # ---------------------------------------------------------------------------- the CLI
 
 
-def test_cli_ties_tiny_3h_with_3h_tiny(tmp_path):
+def test_cli_ties_tiny_3h_with_3h_smoke(tmp_path):
     env = dict(os.environ, FUSION_BENCH_PROJECT_ROOT=str(tmp_path), HYDRA_FULL_ERROR="1")
     for var in ("R3H_JUDGE_BASE_URL", "R3H_JUDGE_API_KEY", "OPENAI_BASE_URL", "OPENAI_API_KEY"):
         env.pop(var, None)
-    r = subprocess.run([FUSION_BENCH, "method=ties", "modelpool=tiny_3h", "taskpool=3h_tiny", "print_config=false"],
+    r = subprocess.run([FUSION_BENCH, "method=ties", "modelpool=tiny_3h", "taskpool=3h_smoke", "print_config=false"],
                        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     reports = list(tmp_path.rglob("program_report.json"))

@@ -28,7 +28,7 @@ rule-based :class:`~r3h.evaluation.judges.RefusalDetector` when neither exists (
 ``details["judge_fallback"]``).
 
 :class:`ReferenceMatchJudge` is an offline, deterministic *stand-in* used by the
-``3h_tiny`` smoke-test taskpool only: it compares answers with references shipped with
+``3h_smoke`` smoke-test taskpool only: it compares answers with references shipped with
 the tiny data. Its numbers measure nothing about a model's quality; ``3h`` never uses it.
 """
 
@@ -737,7 +737,7 @@ def _content_words(text: str) -> List[str]:
 class ReferenceMatchJudge(Judge):
     """An offline, deterministic stand-in judge for smoke tests -- NOT a model judge.
 
-    It lets the ``3h_tiny`` taskpool run the whole pipeline (generation, judging, JSONL
+    It lets the ``3h_smoke`` taskpool run the whole pipeline (generation, judging, JSONL
     files, aggregation, tables) with no network, no API key and no judge model, against
     references shipped with the tiny data. Its numbers say nothing about a model's
     helpfulness, honesty or harmlessness; the ``3h`` taskpool never uses it.

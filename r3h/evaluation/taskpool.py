@@ -26,7 +26,7 @@ member, one table row each, in ``output_dir/<member>/``; the returned
 lists them, ``sweep`` holds the sweep's manifest).
 
 Configs: ``config/taskpool/3h.yaml`` (all eleven columns), ``3h/helpfulness``,
-``3h/honesty``, ``3h/harmlessness``, ``3h/judged`` (subsets) and ``3h_tiny`` (offline
+``3h/honesty``, ``3h/harmlessness``, ``3h/judged`` (subsets), ``3h_smoke`` (offline
 smoke test with stand-in judges, numbers not meaningful).
 """
 

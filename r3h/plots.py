@@ -1,0 +1,371 @@
+"""Figures for 3H results and merge diagnostics (matplotlib, Agg; PNG and PDF).
+
+- `tradeoff_bars`: the paper's Fig. 1 (Yang et al., arXiv 2502.06876): per method, grouped
+  bars of Helpful_Avg, Honest_Avg and Harmless_Avg.
+- `radar`: one polygon per model over the three dimension averages (or given columns).
+- `pareto_front`: a sweep's points (e.g. Rewarded Soup's λ grid) on two scores, the
+  non-dominated ones (`pareto_mask`) connected.
+- `layer_heatmap`, `analysis_heatmaps`: per-layer heatmaps from a TSVM / R-TSVM report
+  (`r3h_merge.json`: Ω, αi, kept rank, STI) or from `method=analysis/alignment_vectors`
+  (`alignment_vectors.json`: Ω, kurtosis, outlier share, pairwise cosine and sign conflicts).
+
+Figures are built on `matplotlib.figure.Figure` directly, never through pyplot, so no global
+backend is changed and nothing needs a display. Every plotting function writes `<out_path>.png`
+and `<out_path>.pdf` (a `.png`/`.pdf` suffix on `out_path` is dropped) and returns both paths.
+Scores come as `{method: {column: value}}`, a list of rows with a `method` key (the paper CSV's
+`r3h.evaluation.aggregate.load_paper_results`, or a results table's `rows`, whose scores sit
+under `scores`), a results-table JSON document (`r3h.evaluation.tables.to_json`), or the path
+of such a JSON or CSV file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+from matplotlib.figure import Figure
+
+#: The three dimension averages of the paper, with their legend labels.
+DIMENSION_COLUMNS: Tuple[str, ...] = ("Helpful_Avg", "Honest_Avg", "Harmless_Avg")
+LABELS = {"Helpful_Avg": "Helpfulness", "Honest_Avg": "Honesty", "Harmless_Avg": "Harmlessness", "AVG": "Average"}
+COLORS = ("#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860", "#DA8BC3", "#8C8C8C", "#CCB974", "#64B5CD")
+
+PathLike = Union[str, os.PathLike]
+
+
+# -- input --------------------------------------------------------------------------------
+
+def save_figure(fig: Figure, out_path: PathLike) -> List[str]:
+    """Write `fig` as `<out_path>.png` (150 dpi) and `<out_path>.pdf`; return both paths."""
+    p = Path(out_path)
+    if p.suffix.lower() in (".png", ".pdf"):
+        p = p.with_suffix("")
+    p.parent.mkdir(parents=True, exist_ok=True)
+    paths = [str(p) + ".png", str(p) + ".pdf"]
+    fig.savefig(paths[0], dpi=150, bbox_inches="tight")
+    fig.savefig(paths[1], bbox_inches="tight")
+    return paths
+
+
+def score_rows(rows) -> List[Tuple[str, Dict[str, object]]]:
+    """[(name, {column: value})] from any of the accepted forms (module docstring)."""
+    if isinstance(rows, (str, os.PathLike)):
+        path = os.fspath(rows)
+        if path.endswith(".csv"):
+            from r3h.evaluation.aggregate import load_paper_results
+
+            rows = load_paper_results(path)
+        else:
+            with open(path) as f:
+                rows = json.load(f)
+    if isinstance(rows, Mapping) and isinstance(rows.get("rows"), list):
+        rows = rows["rows"]
+    if isinstance(rows, Mapping):
+        items = [(str(k), v) for k, v in rows.items()]
+    else:
+        items = []
+        for i, r in enumerate(rows or []):
+            if not isinstance(r, Mapping):
+                raise TypeError(f"row {i} is a {type(r).__name__}, not a mapping of scores")
+            name = r.get("method", r.get("label", r.get("name")))
+            if name is None:
+                raise ValueError(f"row {i} has no 'method' (or 'label') key: {sorted(r)[:8]}")
+            items.append((str(name), r))
+    out = []
+    for name, r in items:
+        if not isinstance(r, Mapping):
+            raise TypeError(f"scores of {name!r} are a {type(r).__name__}, not a mapping")
+        out.append((name, dict(r["scores"]) if isinstance(r.get("scores"), Mapping) else dict(r)))
+    if not out:
+        raise ValueError("no rows to plot")
+    return out
+
+
+def _values(items: Sequence[Tuple[str, Mapping]], columns: Sequence[str], allow_missing: bool) -> np.ndarray:
+    """[n_rows, n_columns] floats (NaN where missing); unknown columns are an error."""
+    if not columns:
+        raise ValueError("no columns to plot")
+    for c in columns:
+        if not any(c in r for _, r in items):
+            known = sorted({k for _, r in items for k in r})
+            raise ValueError(f"unknown column {c!r}: no row has it (columns: {', '.join(map(str, known))})")
+    out = np.full((len(items), len(columns)), np.nan)
+    for i, (name, r) in enumerate(items):
+        for j, c in enumerate(columns):
+            v = r.get(c)
+            if v is None or (isinstance(v, str) and not v.strip()):
+                if not allow_missing:
+                    raise ValueError(f"row {name!r} has no value for {c!r}")
+                continue
+            try:
+                out[i, j] = float(v)
+            except (TypeError, ValueError):
+                raise ValueError(f"row {name!r}: {c!r} is not a number: {v!r}") from None
+    return out
+
+
+# -- 3H scores ---------------------------------------------------------------------------
+
+def tradeoff_bars(rows, out_path: PathLike, columns: Sequence[str] = DIMENSION_COLUMNS,
+                  title: Optional[str] = None, ylabel: str = "score", values: bool = True) -> List[str]:
+    """The paper's Fig. 1: per method, one bar per column (default the three dimension
+    averages). A missing value leaves its bar out; `values` prints each bar's value."""
+    items = score_rows(rows)
+    data = _values(items, list(columns), allow_missing=True)
+    n, k = data.shape
+    fig = Figure(figsize=(min(24.0, max(6.0, 0.5 * n * k + 1.5)), 4.2))
+    ax = fig.add_subplot()
+    width = 0.8 / k
+    x = np.arange(n)
+    for j, c in enumerate(columns):
+        bars = ax.bar(x + (j - (k - 1) / 2) * width, data[:, j], width, label=LABELS.get(c, c),
+                      color=COLORS[j % len(COLORS)])
+        if values:
+            ax.bar_label(bars, labels=["" if np.isnan(v) else f"{v:.1f}" for v in data[:, j]], fontsize=6, padding=1)
+    ax.set_xticks(x, [name for name, _ in items], rotation=30 if n > 3 else 0, ha="right" if n > 3 else "center")
+    ax.set_ylabel(ylabel)
+    ax.legend(ncols=min(k, 4), fontsize=8, loc="upper left", bbox_to_anchor=(0, 1.12), frameon=False)
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_axisbelow(True)
+    if title:
+        ax.set_title(title, pad=22)
+    return save_figure(fig, out_path)
+
+
+def radar(rows, out_path: PathLike, columns: Optional[Sequence[str]] = None,
+          title: Optional[str] = None, normalize: bool = False) -> List[str]:
+    """One polygon per model over `columns` (≥ 3; default the three dimension averages).
+    `normalize` divides each axis by its largest value across models (scales that differ,
+    such as MT-Bench's 1–10, become comparable)."""
+    items = score_rows(rows)
+    columns = list(DIMENSION_COLUMNS if columns is None else columns)
+    if len(columns) < 3:
+        raise ValueError(f"a radar chart needs at least 3 columns; got {columns}")
+    data = _values(items, columns, allow_missing=False)
+    if normalize:
+        top = np.abs(data).max(axis=0)
+        data = data / np.where(top > 0, top, 1.0)
+    angles = np.linspace(0, 2 * np.pi, len(columns), endpoint=False)
+    fig = Figure(figsize=(5.5, 5.5))
+    ax = fig.add_subplot(projection="polar")
+    for i, (name, _) in enumerate(items):
+        a, v = np.append(angles, angles[0]), np.append(data[i], data[i, 0])
+        color = COLORS[i % len(COLORS)]
+        ax.plot(a, v, color=color, linewidth=1.5, label=name)
+        ax.fill(a, v, color=color, alpha=0.08)
+    ax.set_xticks(angles, [LABELS.get(c, c) for c in columns])
+    ax.set_rlabel_position(180 / len(columns))  # radial ticks between the first two axes
+    lo = min(0.0, float(data.min()))
+    ax.set_ylim(lo, float(data.max()) * 1.05 if data.max() > 0 else 1.0)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.05, 1.0), frameon=False)
+    if title:
+        ax.set_title(title, pad=18)
+    return save_figure(fig, out_path)
+
+
+# -- sweeps ------------------------------------------------------------------------------
+
+def pareto_mask(values, maximize: Union[bool, Sequence[bool]] = True) -> np.ndarray:
+    """bool[n]: True where point i is non-dominated, i.e. no other point j is ≥ on every
+    column and > on at least one (per column: maximised, or minimised where `maximize` is
+    False). Equal points do not dominate each other. values: [n, k] numbers."""
+    v = np.asarray(values, dtype=float)
+    if v.ndim != 2:
+        raise ValueError(f"values must be a [n, k] array; got shape {v.shape}")
+    if np.isnan(v).any():
+        raise ValueError("values contain NaN")
+    sign = np.where(np.broadcast_to(np.asarray(maximize, dtype=bool), (v.shape[1],)), 1.0, -1.0)
+    v = v * sign
+    ge = (v[None, :, :] >= v[:, None, :]).all(axis=2)  # ge[i, j]: j ≥ i everywhere
+    gt = (v[None, :, :] > v[:, None, :]).any(axis=2)  # gt[i, j]: j > i somewhere
+    return ~(ge & gt).any(axis=1)
+
+
+def pareto_front(points, out_path: PathLike, x: str, y: str, maximize: Union[bool, Sequence[bool]] = True,
+                 title: Optional[str] = None, annotate: bool = True) -> List[str]:
+    """A sweep's points on scores `x` and `y`: non-dominated points (`pareto_mask` on (x, y))
+    filled and joined in order of x, dominated ones as grey crosses.
+    points: [{"label": ..., "scores": {...}}] (or the score forms `score_rows` accepts)."""
+    items = score_rows(points)
+    xy = _values(items, [x, y], allow_missing=False)
+    front = pareto_mask(xy, maximize)
+    fig = Figure(figsize=(5.5, 4.2))
+    ax = fig.add_subplot()
+    ax.scatter(xy[~front, 0], xy[~front, 1], marker="x", color="#8C8C8C", label="dominated")
+    order = np.argsort(xy[front, 0], kind="stable")
+    ax.plot(xy[front, 0][order], xy[front, 1][order], "-o", color=COLORS[0], label="Pareto front")
+    if annotate:
+        for (name, _), (px, py) in zip(items, xy):
+            ax.annotate(name, (px, py), fontsize=6, xytext=(3, 3), textcoords="offset points")
+    ax.set_xlabel(LABELS.get(x, x))
+    ax.set_ylabel(LABELS.get(y, y))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, frameon=False)
+    if title:
+        ax.set_title(title)
+    return save_figure(fig, out_path)
+
+
+# -- per-layer heatmaps -------------------------------------------------------------------
+
+def layer_heatmap(matrix, row_labels: Sequence, col_labels: Sequence, out_path: PathLike, title: str,
+                  cbar_label: Optional[str] = None, cmap: str = "viridis", annotate: Optional[bool] = None,
+                  vmin: Optional[float] = None, vmax: Optional[float] = None,
+                  ylabel: Optional[str] = "layer") -> List[str]:
+    """A heatmap of `matrix` [rows, cols] (None/NaN cells left blank). `annotate` prints
+    each value (default: when there are at most 300 cells)."""
+    m = np.asarray(matrix, dtype=float)
+    if m.ndim != 2 or m.size == 0:
+        raise ValueError(f"{title}: matrix must be a non-empty [rows, cols] array; got shape {m.shape}")
+    if m.shape != (len(row_labels), len(col_labels)):
+        raise ValueError(f"{title}: matrix is {m.shape} but there are {len(row_labels)} row and "
+                         f"{len(col_labels)} column labels")
+    rows, cols = m.shape
+    fig = Figure(figsize=(min(16.0, 2.5 + 0.9 * cols), min(20.0, 1.5 + 0.28 * max(rows, 6))))
+    ax = fig.add_subplot()
+    img = ax.imshow(np.ma.masked_invalid(m), aspect="auto", cmap=cmap, vmin=vmin, vmax=vmax,
+                    interpolation="nearest")
+    fig.colorbar(img, ax=ax, label=cbar_label or "")
+    ax.set_xticks(range(cols), [str(c) for c in col_labels], rotation=35 if cols > 3 else 0,
+                  ha="right" if cols > 3 else "center", fontsize=7)
+    step = max(1, rows // 40)
+    ax.set_yticks(range(0, rows, step), [str(r) for r in row_labels][::step], fontsize=7)
+    if annotate if annotate is not None else m.size <= 300:
+        for i in range(rows):
+            for j in range(cols):
+                if np.isfinite(m[i, j]):
+                    r, g, b, _ = img.cmap(img.norm(m[i, j]))
+                    ax.text(j, i, f"{m[i, j]:.3g}", ha="center", va="center", fontsize=6,
+                            color="white" if 0.299 * r + 0.587 * g + 0.114 * b < 0.5 else "black")
+    if ylabel:
+        ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    return save_figure(fig, out_path)
+
+
+def _load_report(report) -> dict:
+    if isinstance(report, (str, os.PathLike)):
+        path = os.fspath(report)
+        if os.path.isdir(path):
+            for fn in ("alignment_vectors.json", "r3h_merge.json", "r3h_merge_report.json"):
+                if os.path.exists(os.path.join(path, fn)):
+                    path = os.path.join(path, fn)
+                    break
+            else:
+                raise FileNotFoundError(f"{path} has no alignment_vectors.json or r3h_merge.json")
+        with open(path) as f:
+            return json.load(f)
+    if not isinstance(report, Mapping):
+        raise TypeError(f"report must be a dict or a path; got {type(report).__name__}")
+    return dict(report)
+
+
+def _grid(cells: Dict[Tuple[int, str], List[float]], cols: Sequence[str]):
+    """{(layer, column): values} → (rows sorted by layer, mean per cell, NaN where empty)."""
+    layers = sorted({L for L, _ in cells})
+    m = np.full((len(layers), len(cols)), np.nan)
+    for (L, c), vs in cells.items():
+        if vs:
+            m[layers.index(L), list(cols).index(c)] = float(np.mean(vs))
+    return layers, m
+
+
+def merge_report_heatmaps(report: Mapping, out_dir: PathLike) -> Dict[str, List[str]]:
+    """Heatmaps of a TSVM / R-TSVM `r3h_merge.json`, over the layers' SVD matrices:
+    Ω (R-TSVM) and STI per layer × module, αi per layer × expert (mean over the layer's
+    matrices), kept rank per layer × module (mean over the experts left in of k_i / q)."""
+    tensors = report.get("tensors")
+    if not isinstance(tensors, Mapping) or not tensors:
+        raise ValueError("the merge report has no per-tensor records ('tensors'): was it written by tsvm or r_tsvm?")
+    from r3h.analysis.alignment_vectors import layer_index, module_name
+
+    experts = list(report.get("models") or {})
+    recs = [(layer_index(n), module_name(n), r) for n, r in tensors.items() if r.get("rule") == "svd"]
+    recs = [(L, mod, r) for L, mod, r in recs if L is not None]
+    if not recs:
+        raise ValueError("the merge report has no SVD-merged matrix inside the layers to plot")
+    modules = sorted({mod for _, mod, _ in recs})
+    n = len(recs[0][2].get("alpha", [])) or len(experts)
+    experts = experts if len(experts) == n else [f"expert {i}" for i in range(n)]
+    cells = {k: {} for k in ("omega", "sti", "kept", "alpha")}
+    for L, mod, r in recs:
+        for key in ("omega", "sti"):
+            if r.get(key) is not None:
+                cells[key].setdefault((L, mod), []).append(float(r[key]))
+        zero = set(r.get("zero_experts", []))
+        if r.get("k_i") and r.get("q"):
+            kept = [k / r["q"] for i, k in enumerate(r["k_i"]) if i not in zero]
+            cells["kept"].setdefault((L, mod), []).append(float(np.mean(kept)) if kept else 0.0)
+        for i, a in enumerate(r.get("alpha") or []):
+            if i not in zero:
+                cells["alpha"].setdefault((L, experts[i]), []).append(float(a))
+    method = report.get("method", "merge")
+    unit = {"vmin": 0.0, "vmax": 1.0}  # fractions
+    specs = {
+        "omega": (modules, f"{method}: sparsity Ω per layer", "Ω", "merge_omega", unit),
+        "sti": (modules, f"{method}: interference STI per layer", "STI", "merge_sti", {}),
+        "kept": (modules, f"{method}: kept rank k_i / q per layer", "k_i / q", "merge_kept_rank", unit),
+        "alpha": (experts, f"{method}: expert weight α_i per layer", "α_i", "merge_alpha", {}),
+    }
+    out = {}
+    for key, (cols, title, label, fn, kw) in specs.items():
+        if cells[key]:
+            layers, m = _grid(cells[key], cols)
+            out[fn] = layer_heatmap(m, layers, cols, Path(out_dir) / fn, title, cbar_label=label, **kw)
+    return out
+
+
+DIAGNOSTIC_METRICS = {
+    "omega_abs": "sparsity Ω (|τ| < ε)",
+    "omega_rel": "sparsity Ω (|τ| < ε·RMS)",
+    "kurtosis": "excess kurtosis of τ",
+    "outlier_share": "3σ outlier share of Σ|τ|",
+    "rel_norm": "‖τ‖ / ‖θ0‖",
+}
+
+
+def diagnostics_heatmaps(report: Mapping, out_dir: PathLike) -> Dict[str, List[str]]:
+    """Heatmaps of `alignment_vectors.json`: each per-layer metric (`DIAGNOSTIC_METRICS`)
+    per layer × expert, and the whole-model pairwise cosine and sign-conflict rate."""
+    experts = list(report.get("experts") or [])
+    if not experts:
+        raise ValueError("the diagnostics report names no experts")
+    out = {}
+    layers = report.get("layers") or []
+    for metric, title in DIAGNOSTIC_METRICS.items():
+        if layers:
+            m = [[lay["experts"][e][metric] for e in experts] for lay in layers]
+            out[f"alignment_{metric}"] = layer_heatmap(
+                m, [lay["layer"] for lay in layers], experts, Path(out_dir) / f"alignment_{metric}",
+                f"{title} per layer", cbar_label=metric)
+    pairs = (report.get("summary") or {}).get("pairs") or []
+    if pairs:
+        idx = {e: i for i, e in enumerate(experts)}
+        for metric, title, diag, cmap in (("cosine", "cosine of τa, τb", 1.0, "coolwarm"),
+                                          ("sign_conflict", "sign-conflict rate", np.nan, "magma")):
+            m = np.full((len(experts), len(experts)), np.nan)
+            np.fill_diagonal(m, diag)
+            for p in pairs:
+                v = np.nan if p[metric] is None else p[metric]
+                m[idx[p["a"]], idx[p["b"]]] = m[idx[p["b"]], idx[p["a"]]] = v
+            kw = {"vmin": -1.0, "vmax": 1.0} if metric == "cosine" else {}
+            out[f"alignment_{metric}"] = layer_heatmap(m, experts, experts, Path(out_dir) / f"alignment_{metric}",
+                                                       f"{title} (whole model)", cbar_label=metric, cmap=cmap,
+                                                       ylabel=None, **kw)
+    return out
+
+
+def analysis_heatmaps(report, out_dir: PathLike) -> Dict[str, List[str]]:
+    """All heatmaps of a report (dict, JSON path or the folder holding it): a diagnostics
+    report (`alignment_vectors.json`) or a TSVM / R-TSVM merge report (`r3h_merge.json`).
+    Returns {figure name: [png, pdf]}."""
+    report = _load_report(report)
+    if report.get("kind") == "alignment_vectors":
+        return diagnostics_heatmaps(report, out_dir)
+    if "tensors" in report:
+        return merge_report_heatmaps(report, out_dir)
+    raise ValueError("not a report r3h can plot: expected alignment_vectors.json "
+                     "(kind: alignment_vectors) or a tsvm / r_tsvm r3h_merge.json (with 'tensors')")

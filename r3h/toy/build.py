@@ -1,0 +1,210 @@
+"""Train and cache the toy 3H world's models: the SFT base, the five experts, the
+data-mixture baselines and the continual stages.
+
+Everything is trained on CPU from the data of `r3h.toy.world`, with the same code
+users run on real models (`r3h.training.train_sft`, `r3h.training.train_dpo`, i.e.
+TRL's trainers), and cached under `$R3H_CACHE` (default `~/.cache/r3h`) in
+`tiny_3h-<VERSION>-<fingerprint>/` (the fingerprint hashes data, recipes and architecture). Each model folder is written in one piece (staged, then
+renamed), so an interrupted build resumes with the models that are missing.
+
+The toy recipe differs from the paper's on purpose: a tiny model from scratch needs a
+learning rate ~1000× larger, and pure DPO on it collapses (the rejected answers'
+probability mass moves to malformed ones: "sorry 6 13 ."); adding the NLL of the
+chosen answer (TRL's `loss_type: [sigmoid, sft]`, RPO, Pang et al. 2024) keeps it
+stable. `TOY_DPO` holds the values.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Dict, Iterable, List, Optional
+
+from filelock import FileLock
+
+from r3h.toy import world
+
+log = logging.getLogger(__name__)
+
+VERSION = "v2"
+SPECIAL = ["<pad>", "<s>", "</s>", "<unk>", "<|system|>", "<|user|>", "<|assistant|>"]
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] }} </s> {% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|> {% endif %}"
+)
+MODEL = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
+             num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=False, rms_norm_eps=1e-5,
+             bos_token_id=1, eos_token_id=2, pad_token_id=0)
+TOY_SFT = dict(num_train_epochs=30, learning_rate=3e-3, batch_size=64, warmup_ratio=0.05, max_length=64, seed=0)
+TOY_DPO = dict(beta=0.1, learning_rate=5e-4, global_batch_size=32, per_device_batch_size=32, num_train_epochs=4,
+               warmup_ratio=0.1, max_length=64, loss_type=["sigmoid", "sft"], seed=0)
+#: Intra-op threads while training the toy models (tiny matrices: one thread is fastest).
+THREADS = 1
+
+EXPERTS = list(world.EXPERT_DATA)
+
+
+def default_cache_dir() -> str:
+    return os.environ.get("R3H_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "r3h"))
+
+
+def fingerprint() -> str:
+    """A hash of everything that decides the toy models: data, recipes, architecture.
+    It names the cache folder, so changing any of them trains new models."""
+    import hashlib
+    import json
+
+    what = {"sft": world.sft_records(), "data": {d: world.preference_dataset(d) for d in world.DATASETS},
+            "experts": world.EXPERT_DATA, "model": MODEL, "sft_recipe": TOY_SFT, "dpo_recipe": TOY_DPO,
+            "vocab": SPECIAL + world.vocabulary(), "template": CHAT_TEMPLATE}
+    return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
+def root_dir(cache_dir: Optional[str] = None) -> str:
+    """`<cache>/tiny_3h-<VERSION>-<fingerprint>`."""
+    cache = os.path.abspath(os.path.expanduser(cache_dir or default_cache_dir()))
+    return os.path.join(cache, f"tiny_3h-{VERSION}-{fingerprint()}")
+
+
+def make_tokenizer():
+    """A word-level tokenizer over the toy vocabulary, with a chat template."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = SPECIAL + world.vocabulary()
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+                                   pad_token="<pad>")
+    fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+def make_model(seed: int = 0):
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=len(SPECIAL) + len(world.vocabulary()), **MODEL)
+    return LlamaForCausalLM(config)
+
+
+def _done(folder: str) -> bool:
+    return os.path.exists(os.path.join(folder, "r3h_train.json"))
+
+
+def build_base(root: str) -> str:
+    """The SFT base (`_pretrained_` of the toy pools)."""
+    from r3h.training.sft import train_sft
+
+    folder = os.path.join(root, "base")
+    if not _done(folder):
+        log.info("toy 3H world: training the SFT base (once, cached in %s)", root)
+        records = [{"prompt": r["messages"][:1], "completion": r["messages"][1:]} for r in world.sft_records()]
+        train_sft(make_model(), make_tokenizer(), records, folder, torch_threads=THREADS, cpu=True,
+                  note={"toy_world": VERSION}, **TOY_SFT)
+    return folder
+
+
+def expert_pairs(name: str) -> List[dict]:
+    return [p for d in world.EXPERT_DATA[name] for p in world.preference_dataset(d)]
+
+
+def _train(start: str, pairs: List[dict], folder: str, manifest: dict) -> str:
+    from r3h.training.dpo import train_dpo
+
+    if not _done(folder):
+        log.info("toy 3H world: DPO %s (%d pairs)", os.path.basename(folder), len(pairs))
+        train_dpo(start, pairs, folder, data_manifest=manifest, torch_threads=THREADS, cpu=True, disable_tqdm=True,
+                  **TOY_DPO)
+    return folder
+
+
+def build_experts(root: str, names: Optional[Iterable[str]] = None) -> Dict[str, str]:
+    """The base and the chosen experts (default all five): name -> folder."""
+    names = list(EXPERTS if names is None else names)
+    unknown = [n for n in names if n not in world.EXPERT_DATA]
+    if unknown:
+        raise ValueError(f"'{unknown[0]}' is not a toy 3H expert ({', '.join(EXPERTS)})")
+    base = build_base(root)
+    out = {"_pretrained_": base}
+    for n in names:
+        out[n] = _train(base, expert_pairs(n), os.path.join(root, n),
+                        {"datasets": world.EXPERT_DATA[n], "pairs": len(expert_pairs(n))})
+    return out
+
+
+def build_tiny_3h(cache_dir: Optional[str] = None, experts: Optional[Iterable[str]] = None) -> Dict[str, str]:
+    """Train (once) the toy pool under `cache_dir`; return name -> folder (`_pretrained_`
+    is the SFT base). Safe to call from several processes: one trains, the others wait."""
+    root = root_dir(cache_dir)
+    os.makedirs(root, exist_ok=True)
+    with FileLock(os.path.join(root, ".build.lock")):
+        return build_experts(root, experts)
+
+
+#: The data-mixture baselines of the paper's Table 2, on all five toy datasets:
+#: name -> mixture (built lazily; the reward model is the toy world's exact one).
+def baseline_mixtures() -> Dict[str, object]:
+    from r3h.data import HeuristicMixture, HummerSelection, RewardModelSelection
+    from r3h.toy.reward import ToyRewardModel
+
+    return {
+        "mixture_heuristic_1_5": HeuristicMixture("1/5", seed=0),
+        "mixture_heuristic_1_10": HeuristicMixture("1/10", seed=0),
+        "mixture_heuristic_1_20": HeuristicMixture("1/20", seed=0),
+        "mixture_reward_model": RewardModelSelection(ToyRewardModel()),
+        "mixture_hummer": HummerSelection(ToyRewardModel(), threshold=0.2),
+    }
+
+
+BASELINES = ["mixture_heuristic_1_5", "mixture_heuristic_1_10", "mixture_heuristic_1_20", "mixture_reward_model",
+             "mixture_hummer"]
+#: The continual setting's stages (the paper's order) and the toy data of each.
+CONTINUAL = [("helpfulness_honesty", ["toy_ultrafeedback"]), ("helpfulness_harmlessness", ["toy_saferlhf"]),
+             ("helpfulness", ["toy_helpsteer"])]
+
+
+def build_baselines(cache_dir: Optional[str] = None, names: Optional[Iterable[str]] = None) -> Dict[str, str]:
+    """Train (once) the data-mixture baselines from the SFT base: name -> folder. Each
+    folder's `r3h_train.json` holds the mixture's manifest; the mixed pairs are in
+    `<folder>.data/`."""
+    from r3h.data import read_mixture
+
+    names = list(BASELINES if names is None else names)
+    mixtures = baseline_mixtures()
+    unknown = [n for n in names if n not in mixtures]
+    if unknown:
+        raise ValueError(f"'{unknown[0]}' is not a toy baseline ({', '.join(BASELINES)})")
+    root = root_dir(cache_dir)
+    os.makedirs(root, exist_ok=True)
+    out = {}
+    with FileLock(os.path.join(root, ".build.lock")):
+        base = build_base(root)
+        for n in names:
+            folder = os.path.join(root, n)
+            if not _done(folder):
+                data_dir = folder + ".data"
+                if os.path.exists(os.path.join(data_dir, "manifest.json")):
+                    pairs, manifest = read_mixture(data_dir)
+                else:
+                    pairs, manifest = mixtures[n].build(list(world.DATASETS), out_dir=data_dir)
+                _train(base, pairs, folder, manifest)
+            out[n] = folder
+    return out
+
+
+def build_continual(cache_dir: Optional[str] = None) -> Dict[str, str]:
+    """Train (once) the continual setting: DPO on each stage's data in sequence, every
+    stage from the previous one (also its DPO reference): stage name -> folder."""
+    root = root_dir(cache_dir)
+    os.makedirs(root, exist_ok=True)
+    out = {}
+    with FileLock(os.path.join(root, ".build.lock")):
+        current = build_base(root)
+        for i, (name, datasets) in enumerate(CONTINUAL):
+            folder = os.path.join(root, "continual", f"stage{i + 1}_{name}")
+            pairs = [p for d in datasets for p in world.preference_dataset(d)]
+            _train(current, pairs, folder, {"stage": name, "datasets": datasets, "start": current})
+            out[name] = current = folder
+    return out
