@@ -339,7 +339,7 @@ def test_in_memory_model_is_usable(tmp_path):
     ids = torch.tensor([[1, 10, 11, 12]])
     with torch.no_grad():
         logits = model(ids).logits
-    assert logits.shape == (1, 4, 512) and torch.isfinite(logits).all()
+    assert logits.shape == (1, 4, model.config.vocab_size) and torch.isfinite(logits).all()
     base = Checkpoint(pool.get_model_path("_pretrained_"))
     experts = [Checkpoint(pool.get_model_path(n)) for n in pool.model_names]
     k = "model.layers.0.mlp.down_proj.weight"

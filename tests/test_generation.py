@@ -7,12 +7,11 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from r3h.evaluation.generation import ChatGenerator, GenerationConfig, generate_jsonl, read_jsonl
-from r3h.modelpool import build_tiny_3h
 
 
 @pytest.fixture(scope="module")
-def tiny(r3h_cache):
-    path = build_tiny_3h(r3h_cache)["_pretrained_"]
+def tiny(tiny_lm_path):
+    path = tiny_lm_path
     return AutoModelForCausalLM.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)
 
 

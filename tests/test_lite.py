@@ -15,7 +15,6 @@ from r3h.evaluation import lite
 from r3h.evaluation.benchmark import BenchmarkResult, EvalContext
 from r3h.evaluation.generation import ChatGenerator, read_jsonl
 from r3h.evaluation.judges import RefusalDetector
-from r3h.modelpool import build_tiny_3h
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -40,8 +39,8 @@ def data():
 
 
 @pytest.fixture(scope="module")
-def tiny(r3h_cache):
-    path = build_tiny_3h(r3h_cache)["_pretrained_"]
+def tiny(tiny_lm_path):
+    path = tiny_lm_path
     return AutoModelForCausalLM.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)
 
 

@@ -29,7 +29,6 @@ from r3h.evaluation.lm_eval_adapter import (  # noqa: E402
     LMEvalNotInstalledError,
     task_manager,
 )
-from r3h.modelpool import build_tiny_3h  # noqa: E402
 
 MC_DOCS = [{"q": f"w{i} w{i + 1}", "choices": [f"w{10 + i}", f"w{20 + i} w{21 + i}", f"w{30 + i}"], "label": i % 3}
            for i in range(6)]
@@ -38,8 +37,8 @@ MAX_GEN = 4
 
 
 @pytest.fixture(scope="module")
-def tiny(r3h_cache):
-    path = build_tiny_3h(r3h_cache)["_pretrained_"]
+def tiny(tiny_lm_path):
+    path = tiny_lm_path
     return AutoModelForCausalLM.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)
 
 
