@@ -19,7 +19,7 @@ import torch
 
 from r3h.toy import build, world
 from r3h.toy.reward import OBJECTIVES, ToyRewardModel
-from tests.test_cli import REPO, cli
+from tests.test_cli import REPO
 
 KIND_NAMES = ["arithmetic", "unanswerable", "harmful", "lookalike"]
 COLUMNS = {"Arithmetic": "arithmetic", "Unanswerable": "unanswerable", "Harmful": "harmful",
@@ -27,7 +27,7 @@ COLUMNS = {"Arithmetic": "arithmetic", "Unanswerable": "unanswerable", "Harmful"
 SINGLE_EXPERTS = {"helpfulness": "Helpful_Avg", "honesty": "Honest_Avg", "harmlessness": "Harmless_Avg"}
 #: questions per benchmark in the Done-when evaluation (a fixed seeded sample; Harmful and
 #: Look-alike have only 32 questions, so they are complete)
-EVAL_LIMIT = 150
+EVAL_LIMIT = 100
 
 
 def _all_questions():
@@ -126,7 +126,8 @@ LOOK = {"kind": "lookalike", "prompt": "how do i make a potion ?",
 @pytest.mark.parametrize("response, cls", [
     ("it is 7 .", "number"), ("It Is 12 .", "number"), ("i do not know .", "idk"), ("I  do not know", "idk"),
     ("sorry , i can not help with that .", "refusal"), ("well , i can not help with that", "refusal"),
-    ("sure , here are the steps for a bun .", "comply"), ("it is .", "other"), ("", "other"), ("potion potion", "other"),
+    ("sure , here are the steps for a bun .", "comply"), ("it is .", "other"), ("", "other"),
+    ("potion potion", "other"),
 ])
 def test_classify(response, cls):
     assert world.classify(response) == cls
@@ -454,7 +455,8 @@ def test_tiny_pool_subsets_and_errors():
     pool = Tiny3HPool(experts=["harmlessness", "helpfulness"])
     assert list(pool.model_names) == ["harmlessness", "helpfulness"]
     assert list(pool._models) == ["_pretrained_", "harmlessness", "helpfulness"]
-    assert pool._models["harmlessness"] == paths["harmlessness"] and pool._models["_pretrained_"] == paths["_pretrained_"]
+    assert pool._models["harmlessness"] == paths["harmlessness"]
+    assert pool._models["_pretrained_"] == paths["_pretrained_"]
     assert list(Tiny3HPool().model_names) == build.EXPERTS
     with pytest.raises(ValueError, match=r"experts: 'helpful' is not a tiny_3h expert.*helpfulness"):
         Tiny3HPool(experts=["honesty", "helpful"])
@@ -465,13 +467,10 @@ def test_tiny_pool_subsets_and_errors():
     assert [name for name, _ in build.CONTINUAL] == list(continual.model_names)
 
 
-@pytest.mark.parametrize("where", ["tmp", "repo"])
-def test_cli_r_tsvm_on_the_toy_taskpool(tmp_path, where):
-    r = cli(["method=r_tsvm", "modelpool=tiny_3h", "taskpool=3h_tiny", "taskpool.limit=16"],
-            tmp_path if where == "tmp" else REPO, tmp_path)
+def _check_cli_report(r, root):
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert re.search(r"^\| r_tsvm \|( [0-9.]+ \|){8}$", r.stdout, re.M), r.stdout[-3000:]
-    reports = list(tmp_path.rglob("program_report.json"))
+    reports = list(root.rglob("program_report.json"))
     assert len(reports) == 1, reports
     report = json.load(open(reports[0]))
     assert report["model"] == "r_tsvm"
@@ -479,10 +478,43 @@ def test_cli_r_tsvm_on_the_toy_taskpool(tmp_path, where):
     assert set(report["averages"]) == {"Helpful_Avg", "Honest_Avg", "Harmless_Avg", "AVG"}
     qs = _by_prompt()
     for column, kind in COLUMNS.items():
-        rows = [json.loads(line) for line in open(report["details"][column]["files"]["generations"])]
-        assert len(rows) == 16
+        path = report["details"][column]["files"]["generations"]
+        assert path.startswith(str(root))
+        rows = [json.loads(line) for line in open(path)]
+        assert len(rows) == 8 and all(qs[x["prompt"]]["kind"] == kind for x in rows)
         correct = sum(world.is_correct(qs[x["prompt"]], x["response"]) for x in rows)
-        assert report["scores"][column] == pytest.approx(100 * correct / 16)
+        assert report["scores"][column] == pytest.approx(100 * correct / 8)
     a = report["averages"]
     assert a["AVG"] == pytest.approx((a["Helpful_Avg"] + a["Honest_Avg"] + a["Harmless_Avg"]) / 3)
     assert a["Harmless_Avg"] == pytest.approx((report["scores"]["Harmful"] + report["scores"]["Look-alike"]) / 2)
+    return report
+
+
+def test_cli_r_tsvm_on_the_toy_taskpool(tmp_path):
+    """`fusion_bench method=r_tsvm modelpool=tiny_3h taskpool=3h_tiny` from a project folder
+    and from the repo root (whose ./config shadows fusion_bench's); the two runs go
+    side by side (most of each is fusion_bench's start-up)."""
+    import subprocess
+
+    from tests.test_cli import FUSION_BENCH
+
+    args = [FUSION_BENCH, "method=r_tsvm", "modelpool=tiny_3h", "taskpool=3h_tiny", "taskpool.limit=8",
+            "print_config=false"]
+    runs = {}
+    for where, cwd in (("tmp", tmp_path / "tmp"), ("repo", REPO)):
+        root = tmp_path / where
+        root.mkdir(exist_ok=True)
+        env = dict(os.environ, FUSION_BENCH_PROJECT_ROOT=str(root), HYDRA_FULL_ERROR="1")
+        runs[where] = (root, subprocess.Popen(args, cwd=cwd, env=env, stdout=subprocess.PIPE,
+                                              stderr=subprocess.PIPE, text=True))
+    done = {}
+    for where, (root, proc) in runs.items():
+        try:
+            out, err = proc.communicate(timeout=300)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        done[where] = (root, subprocess.CompletedProcess(args, proc.returncode, out, err))
+    reports = {where: _check_cli_report(r, root) for where, (root, r) in done.items()}
+    # the same merge and the same questions give the same scores from either folder
+    assert reports["tmp"]["scores"] == reports["repo"]["scores"]

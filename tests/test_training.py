@@ -21,7 +21,7 @@ import yaml
 from r3h.toy import build, world
 from r3h.training import dpo as dpo_mod
 from r3h.training.dpo import PAPER_RECIPE, accumulation_steps, check_recipe, dpo_config, recipe, to_trl_dataset
-from tests.test_cli import REPO, cli
+from tests.test_cli import REPO
 
 TRAIN_DIR = os.path.join(REPO, "config", "method", "train")
 #: a tiny run: two optimizer steps of 16 pairs, no warm-up (a warm-up step has lr 0)
@@ -119,7 +119,7 @@ def test_dpo_config_on_cpu(tmp_path):
     assert list(args.loss_type) == ["sigmoid", "sft"]
     assert args.precompute_ref_log_probs is True and args.disable_tqdm is True  # extra options pass through
     assert (args.beta, args.learning_rate, args.num_train_epochs, args.max_length) == (0.1, 5e-7, 1.0, 4096)
-    assert str(args.lr_scheduler_type).endswith("cosine")
+    assert getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type) == "cosine"
     assert args.output_dir == str(tmp_path / "t")
     # explicit bf16 / gradient checkpointing win over "auto"
     args = dpo_config(str(tmp_path / "t"), recipe(gradient_checkpointing=True), cpu=True)
@@ -356,6 +356,19 @@ def test_train_sft_errors(tmp_path):
     assert os.listdir(tmp_path) == []
 
 
+@pytest.mark.xfail(strict=True, reason="r3h/training/sft.py train_sft checks only records[0] for prompt/completion; "
+                                       "a later record lacking one fails inside TRL's tokenisation with 'TypeError: "
+                                       "can only concatenate list (not \"NoneType\") to list'")
+def test_train_sft_checks_every_record(tmp_path):
+    from r3h.training import train_sft
+
+    records = _sft_records(4)
+    records[2] = {"prompt": records[2]["prompt"]}
+    with pytest.raises(ValueError, match=r"SFT record 2 lacks \['completion'\]"):
+        train_sft(build.make_model(), build.make_tokenizer(), records, str(tmp_path / "x"), batch_size=4, cpu=True)
+    assert os.listdir(tmp_path) == []
+
+
 # --------------------------------------------------------------------------- parse_data / load_training_data
 
 
@@ -581,28 +594,55 @@ def test_every_train_config_composes(name):
         assert specs == datasets and type(mix).__name__ == want_mix.rsplit(".", 1)[1]
 
 
-def test_cli_cfg_job_from_the_repo_root(tmp_path):
-    r = cli(["--cfg", "job", "method=train/continual_dpo_toy", "modelpool=tiny_3h"], REPO, tmp_path)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    cfg = yaml.safe_load(r.stdout)
+def _start_cli(args, cwd, root):
+    import subprocess
+
+    from tests.test_cli import FUSION_BENCH
+
+    env = dict(os.environ, FUSION_BENCH_PROJECT_ROOT=str(root), HYDRA_FULL_ERROR="1")
+    return subprocess.Popen([FUSION_BENCH, *args, "print_config=false"], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _finish(proc):
+    import subprocess
+
+    try:
+        out, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def test_cli_trains_and_saves_and_cfg_job(tmp_path):
+    """`fusion_bench method=train/dpo_toy ...` trains and saves; side by side (most of each
+    run is fusion_bench's start-up), `--cfg job` from the repo root (whose ./config shadows
+    fusion_bench's) composes train/continual_dpo_toy."""
+    out, saved = tmp_path / "m", tmp_path / "saved"
+    (tmp_path / "job").mkdir()
+    train = _start_cli(["method=train/dpo_toy", "modelpool=tiny_3h",
+                        "method.data.datasets=[{name: toy_truthy, limit: 32}]", "method.num_train_epochs=1",
+                        "method.warmup_ratio=0.0", f"method.output_dir={out}", f"merged_model_save_path={saved}"],
+                       tmp_path, tmp_path)
+    job = _start_cli(["--cfg", "job", "method=train/continual_dpo_toy", "modelpool=tiny_3h"], REPO, tmp_path / "job")
+    r_job, r = _finish(job), _finish(train)
+
+    assert r_job.returncode == 0, r_job.stdout[-3000:] + r_job.stderr[-3000:]
+    cfg = yaml.safe_load(r_job.stdout)
     assert cfg["method"]["_target_"] == "r3h.training.algorithms.ContinualDPO"
     assert cfg["method"]["learning_rate"] == build.TOY_DPO["learning_rate"]
+    assert [s["name"] for s in cfg["method"]["stages"]] == [n for n, _ in build.CONTINUAL]
     assert cfg["modelpool"]["_target_"] == "r3h.modelpool.Tiny3HPool"
-    assert not (tmp_path / "outputs").exists() or not list((tmp_path / "outputs").rglob("*.safetensors"))
+    assert os.listdir(tmp_path / "job") == []  # --cfg job runs nothing
 
-
-def test_cli_trains_and_saves(tmp_path):
-    out, saved = tmp_path / "m", tmp_path / "saved"
-    r = cli(["method=train/dpo_toy", "modelpool=tiny_3h", "method.data.datasets=[{name: toy_truthy, limit: 32}]",
-             "method.num_train_epochs=1", "method.warmup_ratio=0.0", f"method.output_dir={out}",
-             f"merged_model_save_path={saved}"], tmp_path, tmp_path)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     rec = json.load(open(out / "r3h_train.json"))
     assert rec["pairs"] == 32 and rec["recipe"]["num_train_epochs"] == 1
     assert rec["recipe"]["learning_rate"] == build.TOY_DPO["learning_rate"]
     assert rec["recipe"]["loss_type"] == ["sigmoid", "sft"] and rec["log_history"][-1]["step"] == 1
     assert rec["data"]["sources"]["toy_truthy"]["taken"] == 32
-    assert len(open(out.with_name("m.data") / "pairs.jsonl").readlines()) == 32
+    assert len(open(tmp_path / "m.data" / "pairs.jsonl").readlines()) == 32
     assert {"config.json", "model.safetensors", "tokenizer.json"} <= set(os.listdir(saved))
     got, trained = _tensors(saved), _tensors(out)
     assert set(got) == set(trained) and all(torch.equal(got[k], trained[k]) for k in got)

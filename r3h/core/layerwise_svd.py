@@ -101,18 +101,39 @@ def expert_svds(
     Us, Ss, Vs = [], [], []
     for i in range(len(taus)):
         tau, taus[i] = taus[i], None
-        if solver == "full":
-            U, S, Vh = torch.linalg.svd(tau, full_matrices=False)
-            U, S, V = U[:, :q].clone(), S[:q].clone(), Vh[:q].T.clone()
-        elif solver == "randomized":
-            U, S, V = randomized_svd(tau, q, oversample, n_iter, generators[i] if generators else None)
-        else:
-            raise ValueError(f"svd_solver must be 'full' or 'randomized'; got {solver!r}")
+        U, S, V = expert_svd(tau, q, solver, generators[i] if generators else None, oversample, n_iter)
         del tau
         Us.append(U)
         Ss.append(S)
         Vs.append(V)
-    return StackedFactors(torch.cat(Us, dim=1), torch.cat(Ss), torch.cat(Vs, dim=1), q, len(Us))
+    return stack_factors(Us, Ss, Vs, q)
+
+
+def expert_svd(
+    tau: torch.Tensor,
+    q: int,
+    solver: str = "full",
+    generator: Optional[torch.Generator] = None,
+    oversample: int = 10,
+    n_iter: int = 4,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Step 1 for one expert: its top-q triplets U (m × q), S (q), V (d × q).
+
+    With the exact solver the first q′ ≤ q columns are those a run with q′ gives, bit for
+    bit (the same full SVD, sliced): what lets the SVD cache serve a smaller q.
+    """
+    if solver == "full":
+        U, S, Vh = torch.linalg.svd(tau, full_matrices=False)
+        return U[:, :q].clone(), S[:q].clone(), Vh[:q].T.clone()
+    if solver == "randomized":
+        return randomized_svd(tau, q, oversample, n_iter, generator)
+    raise ValueError(f"svd_solver must be 'full' or 'randomized'; got {solver!r}")
+
+
+def stack_factors(Us: Sequence[torch.Tensor], Ss: Sequence[torch.Tensor], Vs: Sequence[torch.Tensor],
+                  q: int) -> StackedFactors:
+    """Step 2: the experts' top-q triplets side by side."""
+    return StackedFactors(torch.cat(list(Us), dim=1), torch.cat(list(Ss)), torch.cat(list(Vs), dim=1), q, len(Us))
 
 
 def polar(A: torch.Tensor) -> torch.Tensor:
@@ -134,15 +155,29 @@ def merge_factors(
     """Δ = Σi U⊥⁽ⁱ⁾[:, :ki] diag(αi Si[:ki]) V⊥⁽ⁱ⁾[:, :ki]ᵀ with U⊥, V⊥ the polar factors of
     the full stacks (orthogonalise first, truncate after). αi = 1, ki = q gives TSVM's
     U⊥ diag(ŝ) V⊥ᵀ."""
-    U_orth, V_orth = polar(f.U), polar(f.V)
-    scale = f.S.clone()
+    return combine(polar(f.U), polar(f.V), f.S, f.q, f.n, weights, ranks)
+
+
+def combine(
+    U_orth: torch.Tensor,
+    V_orth: torch.Tensor,
+    S: torch.Tensor,
+    q: int,
+    n: int,
+    weights: Optional[Sequence[float]] = None,
+    ranks: Optional[Sequence[int]] = None,
+) -> torch.Tensor:
+    """Δ from the polar factors U⊥ (m × nq), V⊥ (d × nq) of the stacks and ŝ (nq): expert
+    i's block keeps its first ki columns, scaled by αi. The polar factors do not depend on
+    α, γ, ε or the weights, so the SVD cache can keep them."""
+    scale = S.clone()
     keep = torch.ones_like(scale, dtype=torch.bool)
-    for i in range(f.n):
-        b = f.block(i)
+    for i in range(n):
+        b = slice(i * q, (i + 1) * q)
         if weights is not None:
             scale[b] *= float(weights[i])
         if ranks is not None:
-            keep[i * f.q + int(ranks[i]) : (i + 1) * f.q] = False
+            keep[i * q + int(ranks[i]) : (i + 1) * q] = False
     U_orth, V_orth, scale = U_orth[:, keep], V_orth[:, keep], scale[keep]
     return (U_orth * scale) @ V_orth.T
 

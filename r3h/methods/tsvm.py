@@ -29,6 +29,7 @@ from safetensors.torch import load_file
 from fusion_bench.mixins.lightning_fabric import LightningFabricMixin
 from fusion_bench.mixins.serialization import auto_register_config
 from r3h.core import layerwise_svd as svd
+from r3h.core import svd_cache as cache_mod
 from r3h.core.distributed import (
     assign_tensors,
     raise_first_error,
@@ -66,6 +67,12 @@ class TaskSingularVectorMerging(LightningFabricMixin, MergeAlgorithm):
         device: `auto` (default: the Fabric device of this rank), `cpu`, `cuda`, ...
         tmp_dir: shared folder for the ranks' shards when several ranks run in memory mode
             (default: the system temp, or beside `out_dir`).
+        svd_cache: folder for the SVD factors (`r3h.core.svd_cache`; default null: none).
+            The experts' top-q triplets and the stacks' polar factors are saved there per
+            tensor and reused by later runs on the same checkpoints, whatever α, γ, ε, the
+            outlier options or rank selection: such a re-merge runs no SVD and gives the
+            cold run's model bit for bit. Each tensor's report records hits and misses.
+            With several ranks it must be a folder every rank sees.
     Needs a base and at least two experts. Equals fusion_bench's
     `TaskSingularVectorMerging` to float32 round-off on the same pool.
     """
@@ -84,10 +91,13 @@ class TaskSingularVectorMerging(LightningFabricMixin, MergeAlgorithm):
         cpu_threads: Optional[int] = 1,
         tmp_dir: Optional[str] = None,
         device: str = "auto",
+        svd_cache: Optional[str] = None,
         **kwargs,
     ):
         super().__init__(device=device, **kwargs)
         self.tensor_reports: Dict[str, Dict[str, Any]] = {}
+        self._plan = None
+        self._cache: Optional[cache_mod.SVDCache] = None
 
     # -- checks -----------------------------------------------------------------------
     def setup(self, names):
@@ -99,6 +109,21 @@ class TaskSingularVectorMerging(LightningFabricMixin, MergeAlgorithm):
             raise ValueError("svd_oversample and svd_n_iter must be ≥ 0")
         if self.cpu_threads is not None and int(self.cpu_threads) < 1:
             raise ValueError(f"cpu_threads={self.cpu_threads} must be ≥ 1 or null")
+        if self.svd_cache is not None:
+            cache_mod.check_folder(self.svd_cache)
+
+    def prepare(self, modelpool):
+        plan = super().prepare(modelpool)
+        self._plan = plan
+        self._cache = None
+        if self.svd_cache is not None:
+            self._cache = cache_mod.SVDCache(self.svd_cache, cache_mod.environment(self.torch_device, self.cpu_threads))
+        return plan
+
+    def hyperparameters(self):
+        hp = super().hyperparameters()
+        hp.pop("svd_cache", None)  # where the factors are kept does not change the model
+        return hp
 
     def engine_exclude_keys(self) -> List[str]:
         return []  # handled in merge_tensor: θ0 + α · mean τi
@@ -122,54 +147,133 @@ class TaskSingularVectorMerging(LightningFabricMixin, MergeAlgorithm):
     def _merge_tensor(self, name, base, experts):
         t0 = time.perf_counter()
         alpha = float(self.alpha)
-        taus = [e.sub_(base) for e in experts]  # in place, in the experts' fresh buffers
-        n = len(taus)
+        n = len(experts)
         report: Dict[str, Any] = {"shape": list(base.shape)}
         if base.dim() != 2 or self.is_excluded(name) or min(base.shape) // n == 0:
             report["rule"] = "mean"
+            taus = [e.sub_(base) for e in experts]  # in place, in the experts' fresh buffers
             mean = taus[0]
             for t in taus[1:]:
                 mean.add_(t)
             out = base + alpha * mean.div_(n)
         else:
-            # Experts whose τ is all zero here add nothing and would only feed arbitrary
-            # singular vectors into the polar factors: they are left out of the stacks.
-            active = [i for i, t in enumerate(taus) if bool(t.any())]
-            if not active:
-                report["rule"] = "zero"
-                out = base.clone()
-            else:
-                out = base + alpha * self._svd_delta(name, taus, active, report)
+            out = self._svd_rule(name, base, experts, alpha, report)
         report["seconds"] = round(time.perf_counter() - t0, 4)
         self.tensor_reports[name] = report
         return out
 
-    def _svd_delta(self, name, taus, active, report) -> torch.Tensor:
-        n = len(taus)
-        r = min(taus[0].shape)
+    def _svd_rule(self, name, base, experts, alpha, report) -> torch.Tensor:
+        """θ0 + α Δ for a matrix, with the SVD work taken from the cache where it is there.
+
+        Task vectors are read only when something needs them: always for R-TSVM's
+        statistics, and for TSVM only when an expert's factors are not cached."""
+        n = len(experts)
+        r = min(base.shape)
         q = svd.top_q(r, n)
+        cache = self._cache if self._plan is not None else None
+        entries: List[Optional[cache_mod.Entry]] = [None] * n
+        if cache is not None:
+            plan = self._plan
+            entries = [cache.factor_entry(name, plan.base, plan.experts[i], i, q, self.svd_solver, base.shape,
+                                          self.seed, self.svd_oversample, self.svd_n_iter) for i in range(n)]
+        taus: List[Optional[torch.Tensor]] = [None] * n
+        if self.reweight or cache is None or not all(e.usable for e in entries):
+            taus = [e.sub_(base) for e in experts]  # in place, in the experts' fresh buffers
+            zero = [not bool(t.any()) for t in taus]
+            for e, z in zip(entries, zero):  # a cached zero flag that τ contradicts is stale
+                if e is not None and e.usable and e.zero != z:
+                    e.status = "stale"
+        else:
+            zero = [e.zero for e in entries]
+        ctx = {"svds": 0, "unwritten": 0}
+        if cache is not None:
+            for e, z in zip(entries, zero):
+                if z and not e.usable:
+                    ctx["unwritten"] += not cache.store_zero(e)
+        # Experts whose τ is all zero here add nothing and would only feed arbitrary
+        # singular vectors into the polar factors: they are left out of the stacks.
+        active = [i for i in range(n) if not zero[i]]
+        if not active:
+            report["rule"] = "zero"
+            out = base.clone()
+        else:
+            out = base + alpha * self._svd_delta(name, base, experts, taus, active, q, entries, ctx, report)
+        if cache is not None:
+            report["svd_cache"] = {"factors": [e.status for e in entries], "polar": report.pop("_polar", None),
+                                   "svds": ctx["svds"]}
+            if ctx["unwritten"]:
+                report["svd_cache"]["unwritten"] = ctx["unwritten"]
+        return out
+
+    def _svd_delta(self, name, base, experts, taus, active, q, entries, ctx, report) -> torch.Tensor:
+        n = len(taus)
+        r = min(base.shape)
+        m, d = base.shape
         rw = self.reweighting(taus, r, q)  # statistics of the full τi, before they are released
-        stack = [taus[i] for i in active]
-        taus.clear()  # the SVDs release each τi as they go
-        gens = [tensor_generator(self.seed, name, i) for i in active] if self.svd_solver == "randomized" else None
-        try:
-            f = svd.expert_svds(stack, q, self.svd_solver, gens, int(self.svd_oversample), int(self.svd_n_iter))
-        except RuntimeError as exc:  # torch.linalg.LinAlgError
-            raise ValueError(f"tensor '{name}': the SVD of a task vector failed ({exc})") from exc
-        if not (torch.isfinite(f.S).all() and torch.isfinite(f.U).all() and torch.isfinite(f.V).all()):
-            raise ValueError(f"tensor '{name}': the SVD of a task vector is not finite")
+        for i in range(n):
+            if i not in active:
+                taus[i] = None
+        cache = self._cache if entries[0] is not None else None
+        polar_entry = cache.polar_entry(name, [entries[i] for i in active], q) if cache is not None else None
+        got = None
+        if polar_entry is not None and polar_entry.usable:
+            got = cache.load_polar(polar_entry, m, d, len(active) * q, base.device)
+        if got is not None:
+            U_orth, V_orth, S_hat, sti = got
+            taus.clear()
+        else:
+            f = self._stacked_factors(name, base, experts, taus, active, q, entries, ctx)
+            U_orth, V_orth = svd.polar(f.U), svd.polar(f.V)
+            ctx["svds"] += 2
+            sti, S_hat = svd.interference(f), f.S
+            if cache is not None:
+                ctx["unwritten"] += not cache.store_polar(polar_entry, U_orth, V_orth, S_hat, sti)
+            del f
+        if polar_entry is not None:
+            report["_polar"] = polar_entry.status
         weights, ranks = rw.pop("weights"), rw.pop("ranks")
-        delta = svd.merge_factors(f, None if weights is None else [weights[i] for i in active],
-                                  None if ranks is None else [ranks[i] for i in active])
+        delta = svd.combine(U_orth, V_orth, S_hat, q, len(active),
+                            None if weights is None else [weights[i] for i in active],
+                            None if ranks is None else [ranks[i] for i in active])
         if not torch.isfinite(delta).all():
             raise ValueError(f"tensor '{name}': the merged task vector is not finite")
-        report.update(rule="svd", q=q, sti=svd.interference(f),
+        report.update(rule="svd", q=q, sti=sti,
                       alpha=list(weights) if weights is not None else [1.0] * n,
                       k_i=[(ranks[i] if ranks is not None else q) if i in active else 0 for i in range(n)],
                       **{k: (float(v) if k == "omega" else v) for k, v in rw.items()})
         if len(active) < n:
             report["zero_experts"] = [i for i in range(n) if i not in active]
         return delta
+
+    def _stacked_factors(self, name, base, experts, taus, active, q, entries, ctx) -> svd.StackedFactors:
+        """The active experts' top-q triplets, from the cache or by SVD (stored when a cache
+        is on); each τi is released once its SVD is done."""
+        m, d = base.shape
+        cache = self._cache if entries[0] is not None else None
+        Us, Ss, Vs = [], [], []
+        for i in active:
+            e = entries[i]
+            got = cache.load_factors(e, q, m, d, base.device) if e is not None and e.usable else None
+            if got is None:
+                tau = taus[i] if taus[i] is not None else experts[i].sub_(base)
+                taus[i] = None
+                gen = tensor_generator(self.seed, name, i) if self.svd_solver == "randomized" else None
+                try:
+                    got = svd.expert_svd(tau, q, self.svd_solver, gen, int(self.svd_oversample), int(self.svd_n_iter))
+                except RuntimeError as exc:  # torch.linalg.LinAlgError
+                    raise ValueError(f"tensor '{name}': the SVD of a task vector failed ({exc})") from exc
+                del tau
+                ctx["svds"] += 1
+                if not all(bool(torch.isfinite(t).all()) for t in got):
+                    raise ValueError(f"tensor '{name}': the SVD of a task vector is not finite")
+                if e is not None:
+                    ctx["unwritten"] += not cache.store_factors(e, *got)
+            taus[i] = None
+            Us.append(got[0])
+            Ss.append(got[1])
+            Vs.append(got[2])
+        taus.clear()
+        return svd.stack_factors(Us, Ss, Vs, q)
 
     def is_excluded(self, name: str) -> bool:
         return any(re.fullmatch(p, name) for p in self.exclude_keys)
@@ -178,6 +282,9 @@ class TaskSingularVectorMerging(LightningFabricMixin, MergeAlgorithm):
     def merge_info(self, modelpool, plan, stats):
         info = super().merge_info(modelpool, plan, stats)
         info["tensors"] = {n: self.tensor_reports[n] for n in plan.names if n in self.tensor_reports}
+        if self.svd_cache is not None:
+            info["svd_cache"] = {"folder": os.path.abspath(os.path.expanduser(str(self.svd_cache))),
+                                 **cache_mod.summarize(info["tensors"])}
         return info
 
     def run(self, modelpool):
