@@ -493,7 +493,8 @@ def _check_cli_report(r, root):
 def test_cli_r_tsvm_on_the_toy_taskpool(tmp_path):
     """`fusion_bench method=r_tsvm modelpool=tiny_3h taskpool=3h_tiny` from a project folder
     and from the repo root (whose ./config shadows fusion_bench's); the two runs go
-    side by side (most of each is fusion_bench's start-up)."""
+    side by side, one thread each (most of each run is fusion_bench's start-up; tiny models
+    are no faster with more threads)."""
     import subprocess
 
     from tests.test_cli import FUSION_BENCH
@@ -504,7 +505,7 @@ def test_cli_r_tsvm_on_the_toy_taskpool(tmp_path):
     for where, cwd in (("tmp", tmp_path / "tmp"), ("repo", REPO)):
         root = tmp_path / where
         root.mkdir(exist_ok=True)
-        env = dict(os.environ, FUSION_BENCH_PROJECT_ROOT=str(root), HYDRA_FULL_ERROR="1")
+        env = dict(os.environ, FUSION_BENCH_PROJECT_ROOT=str(root), HYDRA_FULL_ERROR="1", OMP_NUM_THREADS="1")
         runs[where] = (root, subprocess.Popen(args, cwd=cwd, env=env, stdout=subprocess.PIPE,
                                               stderr=subprocess.PIPE, text=True))
     done = {}

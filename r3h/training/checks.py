@@ -10,9 +10,12 @@ def check_same_base(model: str, reference: str) -> None:
     """Raise a clear error when `model` and `reference` are not the same architecture
     with the same tensors and shapes (e.g. a checkpoint of a different base model),
     reading only configs and safetensors headers."""
-    ref = Checkpoint(reference, "reference")
-    pol = Checkpoint(model, "model")
-    plan = plan_merge(ref, [pol])
+    ref = Checkpoint(reference, f"reference {reference}")
+    pol = Checkpoint(model, f"model {model}")
+    try:
+        plan = plan_merge(ref, [pol])
+    except ValueError as e:
+        raise ValueError(f"model {model!r} and its DPO reference {reference!r} are not the same base: {e}") from None
     if plan.grown:
         name = next(iter(plan.grown))
         raise ValueError(f"model '{model}' has a larger vocabulary than the reference '{reference}' "

@@ -67,6 +67,15 @@ def torch_threads_set(n: Optional[int]) -> Iterator[None]:
         torch.set_num_threads(old)
 
 
+def checkpointing_option(config_cls, kwargs: dict) -> dict:
+    """`gradient_checkpointing` under the name this transformers version uses
+    (`activation_checkpointing` from 5.x on)."""
+    kwargs = dict(kwargs)
+    if "gradient_checkpointing" in kwargs and "activation_checkpointing" in config_cls.__dataclass_fields__:
+        kwargs["activation_checkpointing"] = kwargs.pop("gradient_checkpointing")
+    return kwargs
+
+
 def log_history(trainer) -> List[dict]:
     """The trainer's logged metrics, JSON-safe (non-finite floats -> None)."""
     return [{k: (v if not isinstance(v, float) or math.isfinite(v) else None) for k, v in h.items()}

@@ -27,7 +27,7 @@ import torch
 
 import r3h
 from r3h.training.common import (
-    log_history, quiet_printer, read_record, save_trained, staged_output, torch_threads_set, world_size,
+    checkpointing_option, log_history, quiet_printer, read_record, save_trained, staged_output, torch_threads_set, world_size,
 )
 
 log = logging.getLogger(__name__)
@@ -96,8 +96,7 @@ def dpo_config(output_dir: str, r: Mapping[str, Any], *, cpu: Optional[bool] = N
     cpu = (not torch.cuda.is_available()) if cpu is None else cpu
     bf16 = (not cpu and torch.cuda.is_bf16_supported()) if r["bf16"] == "auto" else bool(r["bf16"])
     gc = (not cpu) if r["gradient_checkpointing"] == "auto" else bool(r["gradient_checkpointing"])
-    extra = {k: v for k, v in r.items() if k not in PAPER_RECIPE}
-    return DPOConfig(
+    kwargs = dict(
         output_dir=output_dir,
         beta=float(r["beta"]),
         learning_rate=float(r["learning_rate"]),
@@ -118,8 +117,18 @@ def dpo_config(output_dir: str, r: Mapping[str, Any], *, cpu: Optional[bool] = N
         report_to=[],
         logging_steps=10,
         dataloader_num_workers=0,
-        **extra,
     )
+    recipe_fields = {"output_dir", "beta", "learning_rate", "per_device_train_batch_size",
+                     "gradient_accumulation_steps", "num_train_epochs", "warmup_steps", "max_length", "loss_type",
+                     "bf16", "gradient_checkpointing", "use_cpu", "seed"}
+    extra = {k: v for k, v in r.items() if k not in PAPER_RECIPE}
+    clash = sorted(set(extra) & recipe_fields)
+    if clash:
+        raise ValueError(f"trainer option(s) {clash} are set by r3h's recipe; use its options instead "
+                         "(beta, learning_rate, global_batch_size, per_device_batch_size, num_train_epochs, "
+                         "warmup_ratio, max_length, loss_type, bf16, gradient_checkpointing, seed, cpu)")
+    kwargs.update(extra)  # e.g. logging_steps, optim, precompute_ref_log_probs
+    return DPOConfig(**checkpointing_option(DPOConfig, kwargs))
 
 
 def to_trl_dataset(pairs: Sequence[Mapping[str, Any]]):
@@ -128,8 +137,8 @@ def to_trl_dataset(pairs: Sequence[Mapping[str, Any]]):
 
     if not pairs:
         raise ValueError("no preference pair to train on")
-    for i, p in enumerate(pairs[:1]):
-        missing = [k for k in ("prompt", "chosen", "rejected") if k not in p]
+    for i, p in enumerate(pairs):
+        missing = [k for k in ("prompt", "chosen", "rejected") if not p.get(k)]
         if missing:
             raise ValueError(f"preference pair {i} ({p.get('id', '?')}) lacks {missing}; normalise the data with "
                              "r3h.data.load_preference_data")

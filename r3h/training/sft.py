@@ -14,7 +14,7 @@ from typing import Any, Dict, Mapping, Optional, Sequence
 import torch
 
 import r3h
-from r3h.training.common import log_history, quiet_printer, read_record, save_trained, staged_output, torch_threads_set
+from r3h.training.common import checkpointing_option, log_history, quiet_printer, read_record, save_trained, staged_output, torch_threads_set
 
 
 def train_sft(model, tokenizer, records: Sequence[Mapping[str, Any]], output_dir: str, *,
@@ -30,19 +30,20 @@ def train_sft(model, tokenizer, records: Sequence[Mapping[str, Any]], output_dir
 
     if not records:
         raise ValueError("no SFT record to train on")
-    bad = [k for k in ("prompt", "completion") if k not in records[0]]
-    if bad:
-        raise ValueError(f"SFT record 0 lacks {bad}; records are {{'prompt': [...], 'completion': [...]}}")
+    for i, rec in enumerate(records):
+        bad = [k for k in ("prompt", "completion") if not rec.get(k)]
+        if bad:
+            raise ValueError(f"SFT record {i} lacks {bad}; records are {{'prompt': [...], 'completion': [...]}}")
     cpu = (not torch.cuda.is_available()) if cpu is None else cpu
     start = time.time()
     with staged_output(output_dir) as stage, torch_threads_set(torch_threads):
-        args = SFTConfig(
+        args = SFTConfig(**checkpointing_option(SFTConfig, dict(
             output_dir=os.path.join(stage, ".trainer"), num_train_epochs=num_train_epochs,
             learning_rate=learning_rate, per_device_train_batch_size=batch_size,
             lr_scheduler_type=lr_scheduler_type, warmup_steps=warmup_ratio, max_length=max_length,
             seed=seed, data_seed=seed, use_cpu=cpu, bf16=False, gradient_checkpointing=False,
             save_strategy="no", report_to=[], logging_steps=50, dataloader_num_workers=0, disable_tqdm=True,
-        )
+        )))
         trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list([dict(r) for r in records]),
                              processing_class=tokenizer)
         quiet_printer(trainer)

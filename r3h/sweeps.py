@@ -1,0 +1,557 @@
+"""Deployment-time sweeps: one merged model per point of a hyperparameter grid.
+
+`MergeSweep` (config `method=sweep`, presets under `method=sweep/...`) is a fusion_bench
+algorithm that runs one merging method once per grid point and returns a
+`ModelSweep` (one member per point, named `alpha=0.5,gamma=0.25`), which
+`taskpool=3h_tiny` / `3h` score member by member into one table. For `tsvm` / `r_tsvm` it
+turns the SVD cache (`r3h.core.svd_cache`) on, so the whole grid does one SVD pass; for
+`rewarded_soup` with a grid over `preference` alone it runs Rewarded Soup once with the list
+of λ (one streaming pass for all members). `pareto_table` marks the members no other
+member beats on two scores and plots them (`r3h.plots.pareto_front`).
+
+See docs/sweeps.md.
+"""
+
+from __future__ import annotations
+
+import importlib
+import itertools
+import json
+import logging
+import math
+import os
+import re
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from fusion_bench.method.base_algorithm import BaseAlgorithm
+from fusion_bench.mixins.lightning_fabric import LightningFabricMixin
+from fusion_bench.mixins.serialization import auto_register_config
+from r3h.modelpool.sweep import ModelSweep, write_sweep_manifest
+
+log = logging.getLogger(__name__)
+
+__all__ = ["MergeSweep", "NamedModelSweep", "ParetoTable", "pareto_table", "grid_points", "member_name",
+           "load_method_config"]
+
+#: options a grid point or `options` may not set: the sweep decides them
+SWEEP_OWNED = ("out_dir", "svd_cache")
+_META_KEYS = ("_target_", "_recursive_", "_usage_", "_version_")
+CONFIG_ROOT = Path(__file__).resolve().parent / "config"
+
+
+def _plain(x):
+    if isinstance(x, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(x, resolve=True)
+    return x
+
+
+# ---------------------------------------------------------------------------------------
+# the grid
+# ---------------------------------------------------------------------------------------
+
+def format_value(v) -> str:
+    """A grid value as it appears in a member name: 0.5, 7, true, a_b for lists,
+    helpfulness:0.5_honesty:0.5 for mappings."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if v is None:
+        return "null"
+    if isinstance(v, float):
+        return repr(v)
+    if isinstance(v, Mapping):
+        return "_".join(f"{k}:{format_value(x)}" for k, x in v.items())
+    if isinstance(v, (list, tuple)):
+        return "_".join(format_value(x) for x in v)
+    return str(v)
+
+
+def member_name(point: Mapping[str, Any]) -> str:
+    """`alpha=0.5,gamma=0.25` for {alpha: 0.5, gamma: 0.25} (path separators become `_`)."""
+    name = ",".join(f"{k}={format_value(v)}" for k, v in point.items())
+    return re.sub(r"[/\\\x00]", "_", name)
+
+
+def grid_points(grid) -> List[Dict[str, Any]]:
+    """The points of `grid`: a mapping option -> list of values (the Cartesian product, first
+    option outermost), or a list of mappings option -> value (the points themselves)."""
+    grid = _plain(grid)
+    if isinstance(grid, Mapping):
+        if not grid:
+            raise ValueError("grid: no option to sweep; give e.g. {alpha: [0.5, 1.0]}")
+        keys = [str(k) for k in grid]
+        values = []
+        for k in keys:
+            v = grid[k]
+            if not isinstance(v, (list, tuple)):
+                raise ValueError(f"grid.{k}: expected a list of values, got {v!r}")
+            if not v:
+                raise ValueError(f"grid.{k}: the list of values is empty")
+            values.append(list(v))
+        return [dict(zip(keys, combo)) for combo in itertools.product(*values)]
+    if isinstance(grid, (list, tuple)):
+        if not grid:
+            raise ValueError("grid: the list of points is empty")
+        points = []
+        for i, p in enumerate(grid):
+            if not isinstance(p, Mapping) or not p:
+                raise ValueError(f"grid[{i}]: expected a mapping option -> value, got {p!r}")
+            points.append({str(k): v for k, v in p.items()})
+        return points
+    raise ValueError(f"grid: expected a mapping option -> list of values or a list of points, got {grid!r}")
+
+
+def load_method_config(method) -> Dict[str, Any]:
+    """The method config as a plain dict with `_target_`: a config name (`r_tsvm`,
+    `sweep`-free names under r3h's `config/method/` or `./config/method/`) or a mapping."""
+    method = _plain(method)
+    if isinstance(method, Mapping):
+        cfg = dict(method)
+        where = "method"
+    elif isinstance(method, str) and method.strip():
+        name = method.strip().removesuffix(".yaml")
+        folders = [CONFIG_ROOT / "method", Path.cwd() / "config" / "method"]
+        files = [f / f"{name}.yaml" for f in folders if (f / f"{name}.yaml").is_file()]
+        if not files:
+            raise ValueError(f"method: no config '{name}' in {', '.join(str(f) for f in folders)}")
+        cfg = _plain(OmegaConf.load(files[0]))
+        where = str(files[0])
+        if not isinstance(cfg, Mapping):
+            raise ValueError(f"method: {where} is not a mapping")
+        if "defaults" in cfg:
+            raise ValueError(f"method: {where} composes other configs (Hydra `defaults`); pass the method "
+                             "as a config with _target_ instead of its name")
+    else:
+        raise ValueError(f"method: expected a method config name or a config with _target_, got {method!r}")
+    if not cfg.get("_target_"):
+        raise ValueError(f"method: {where} has no _target_ (the class to run)")
+    if str(cfg["_target_"]).endswith(".MergeSweep"):
+        raise ValueError("method: a sweep cannot sweep a sweep")
+    return cfg
+
+
+def _import(target: str):
+    module, _, attr = str(target).rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise ValueError(f"method: cannot import _target_ {target!r} ({exc})") from exc
+
+
+def _instantiate(cls, cfg: Mapping[str, Any]):
+    kwargs = {k: v for k, v in cfg.items() if k not in ("_target_", "_recursive_")}
+    return cls(**kwargs)
+
+
+def _option_names(obj) -> List[str]:
+    cfg = getattr(obj, "config", None)
+    if cfg is None:
+        import inspect
+
+        names = []
+        for klass in type(obj).__mro__:
+            init = klass.__dict__.get("__init__")
+            if init is not None:
+                names += [p for p in inspect.signature(init).parameters if p not in ("self", "args", "kwargs")]
+        return sorted(set(names))
+    return sorted(k for k in cfg.keys() if k not in _META_KEYS)
+
+
+# ---------------------------------------------------------------------------------------
+# the result
+# ---------------------------------------------------------------------------------------
+
+class NamedModelSweep(ModelSweep):
+    """A `ModelSweep` whose member names may contain dots (`alpha=0.5,gamma=0.25`), which
+    `nn.ModuleDict` keys cannot: the members are registered as `m000`, `m001`, … and
+    `keys()`, `items()`, `values()`, iteration and `[name]` use the names, so the task pool
+    (one table row per member) and `save_model` / `save_pretrained` (one folder per member,
+    `sweep.json`) see the names. Read-only once built."""
+
+    def __init__(self, models: Mapping[str, Any], manifest: Optional[dict] = None):
+        names = [str(n) for n in models]
+        if len(set(names)) != len(names):
+            raise ValueError(f"member names are not unique: {names}")
+        super().__init__({f"m{i:03d}": m for i, m in enumerate(models.values())}, manifest)
+        self.member_names = names
+
+    def _key(self, name: str) -> str:
+        try:
+            return f"m{self.member_names.index(name):03d}"
+        except ValueError:
+            raise KeyError(name) from None
+
+    def keys(self):
+        return list(self.member_names)
+
+    def values(self):
+        return [self._modules[self._key(n)] for n in self.member_names]
+
+    def items(self):
+        return list(zip(self.member_names, self.values()))
+
+    def __iter__(self):
+        return iter(self.member_names)
+
+    def __contains__(self, name) -> bool:
+        return name in self.member_names
+
+    def __getitem__(self, name):
+        return self._modules[self._key(name)]
+
+
+# ---------------------------------------------------------------------------------------
+# the sweep
+# ---------------------------------------------------------------------------------------
+
+@auto_register_config
+class MergeSweep(LightningFabricMixin, BaseAlgorithm):
+    """One merged model per grid point of a merging method's options.
+
+    Args:
+        method: a method config name (`r_tsvm`, `dare`, `rewarded_soup`, …, as for
+            `method=`) or a config with `_target_`.
+        grid: option -> list of values (every combination, the first option outermost), or a
+            list of points (option -> value). Any option of the method: `alpha`, `gamma`,
+            `density`, `weights` (lists or mappings), `seed` (the random sparsifiers),
+            `preference` (Rewarded Soup's λ), …
+        options: options fixed for every member (e.g. `{epsilon_mode: relative}`).
+        svd_cache: tsvm / r_tsvm only: the folder of the SVD factors; `null` (default) = a
+            temporary folder removed at the end (one SVD pass for the whole grid), a path =
+            kept for later runs, `false` = no cache (every member does its SVDs).
+        out_dir: write member <name> to `<out_dir>/<name>` (plus `sweep.json`, the members'
+            options, written last, and `r3h_sweep.json`, the sweep's report) and return
+            None, so memory holds one model at a time (what 7–8B pools need). Default: the
+            members are returned in memory as a `ModelSweep`.
+    Members are named `option=value,...` in grid order; each member's model card
+    (`r3h_merge.json`) records its full hyperparameters. Bad option names are errors when
+    the sweep is built, bad values (every member is checked) before any tensor is read.
+    """
+
+    def __init__(self, method=None, grid=None, options: Optional[Mapping[str, Any]] = None, svd_cache=None,
+                 out_dir: Optional[str] = None, **kwargs):
+        super().__init__(**kwargs)
+        if method is None:
+            raise ValueError("method: give the method to sweep (a config name such as r_tsvm, or a config)")
+        if grid is None:
+            raise ValueError("grid: give the options to sweep, e.g. {alpha: [0.5, 1.0]}")
+        self._method_cfg = load_method_config(method)
+        self._cls = _import(self._method_cfg["_target_"])
+        self._options = dict(_plain(options) or {})
+        self._points = grid_points(grid)
+        if svd_cache is not None and svd_cache is not False and not isinstance(svd_cache, (str, os.PathLike)):
+            raise ValueError(f"svd_cache must be a folder, null (a temporary folder) or false; got {svd_cache!r}")
+        for where, keys in [("options", list(self._options))] + [(f"grid ({member_name(p)})", list(p))
+                                                                for p in self._points]:
+            owned = [k for k in keys if k in SWEEP_OWNED]
+            if owned:
+                raise ValueError(f"{where}: '{owned[0]}' is set by the sweep itself (its own `{owned[0]}` option)")
+        probe = _instantiate(self._cls, {**self._method_cfg, **self._options, "progress": False}
+                             if "progress" in self._method_cfg else {**self._method_cfg, **self._options})
+        known = _option_names(probe)
+        for where, keys in [("options", list(self._options))] + [("grid", list(p)) for p in self._points]:
+            unknown = [k for k in keys if k not in known]
+            if unknown:
+                raise ValueError(f"{where}: '{unknown[0]}' is not an option of {self._method_cfg['_target_']} "
+                                 f"(options: {', '.join(known)})")
+        self._names = [member_name(p) for p in self._points]
+        dup = sorted({n for n in self._names if self._names.count(n) > 1})
+        if dup:
+            raise ValueError(f"grid: the point {dup[0]!r} appears more than once")
+        self.last_report: Dict[str, Any] = {}
+
+    # -- what the sweep will run -------------------------------------------------------
+    @property
+    def member_names(self) -> List[str]:
+        return list(self._names)
+
+    @property
+    def points(self) -> List[Dict[str, Any]]:
+        return [dict(p) for p in self._points]
+
+    @property
+    def manifest(self) -> Dict[str, Dict[str, Any]]:
+        """member name -> its grid point (the options it adds to the method config)."""
+        return {n: dict(p) for n, p in zip(self._names, self._points)}
+
+    def uses_svd_cache(self) -> bool:
+        from r3h.methods.tsvm import TaskSingularVectorMerging
+
+        return issubclass(self._cls, TaskSingularVectorMerging) and self.svd_cache is not False
+
+    def _soup_in_one_pass(self) -> bool:
+        from r3h.methods.rewarded_soup import RewardedSoup
+
+        return issubclass(self._cls, RewardedSoup) and all(list(p) == ["preference"] for p in self._points)
+
+    def member_config(self, i: int, svd_cache: Optional[str] = None) -> Dict[str, Any]:
+        cfg = {**self._method_cfg, **self._options, **self._points[i]}
+        if svd_cache is not None:
+            cfg["svd_cache"] = svd_cache
+        if self.out_dir is not None:
+            cfg["out_dir"] = os.path.join(os.path.expanduser(str(self.out_dir)), self._names[i])
+        return cfg
+
+    # -- the run ------------------------------------------------------------------------
+    def _fabric_or_none(self):
+        if issubclass(self._cls, LightningFabricMixin) or self._fabric_instance is not None:
+            return self.fabric
+        return None
+
+    def _cache_folder(self, fabric) -> Tuple[Optional[str], bool]:
+        """(folder, temporary) for the SVD cache."""
+        if not self.uses_svd_cache():
+            return None, False
+        if self.svd_cache not in (None, False):
+            return os.path.abspath(os.path.expanduser(str(self.svd_cache))), False
+        if self._options.get("svd_cache") or self._method_cfg.get("svd_cache"):
+            return None, False  # the method config names its own cache folder
+        parent = self._options.get("tmp_dir") or self._method_cfg.get("tmp_dir")
+        if not parent and self.out_dir is not None:
+            parent = os.path.dirname(os.path.abspath(os.path.expanduser(str(self.out_dir))))
+        path = None
+        if fabric is None or fabric.global_rank == 0:
+            if parent:
+                os.makedirs(parent, exist_ok=True)
+            path = tempfile.mkdtemp(prefix=".r3h-svd-cache-", dir=parent or None)
+        if fabric is not None and fabric.world_size > 1:
+            path = fabric.broadcast(path, src=0)
+        return path, True
+
+    def run(self, modelpool):
+        t_start = time.perf_counter()
+        fabric = self._fabric_or_none()
+        rank = fabric.global_rank if fabric is not None else 0
+        out_dir = os.path.abspath(os.path.expanduser(str(self.out_dir))) if self.out_dir is not None else None
+        cache, temporary = self._cache_folder(fabric)
+        try:
+            members = self._build_members(modelpool, cache, fabric)
+            if out_dir is not None and rank == 0:
+                os.makedirs(out_dir, exist_ok=True)
+                for stale in ("sweep.json", "r3h_sweep.json"):  # a finished-looking folder must be finished
+                    if os.path.exists(os.path.join(out_dir, stale)):
+                        os.remove(os.path.join(out_dir, stale))
+            if self._soup_in_one_pass():
+                models = self._run_soup(modelpool, members, out_dir)
+            else:
+                models = self._run_members(modelpool, members)
+            report = self._report(members, cache, temporary, time.perf_counter() - t_start)
+            self.last_report = report
+            if fabric is not None and fabric.world_size > 1:
+                fabric.barrier()
+        finally:
+            if temporary and cache and rank == 0:
+                shutil.rmtree(cache, ignore_errors=True)
+        if rank != 0:
+            return None
+        self._write_program_report(report)
+        if out_dir is not None:
+            if not self._soup_in_one_pass():
+                _write_json_atomic(os.path.join(out_dir, "sweep.json"), self.manifest)
+            _write_json_atomic(os.path.join(out_dir, "r3h_sweep.json"), report)
+            log.info("sweep of %d members written to %s", len(self._names), out_dir)
+            return None
+        sweep = NamedModelSweep(dict(zip(self._names, models)), manifest=self.manifest)
+        sweep.r3h_sweep_info = report
+        return sweep
+
+    def _build_members(self, modelpool, cache: Optional[str], fabric) -> List[Any]:
+        """Instantiate every member and check its options against the pool (no tensor read)."""
+        members = []
+        for i, name in enumerate(self._names):
+            cfg = self.member_config(i, cache)
+            if self._soup_in_one_pass():
+                cfg.pop("out_dir", None)
+            try:
+                m = _instantiate(self._cls, cfg)
+                if fabric is not None and hasattr(m, "_fabric_instance"):
+                    m._fabric_instance = fabric
+                if hasattr(m, "prepare"):
+                    m.prepare(modelpool)
+                if hasattr(m, "output_names") and m.output_names() is not None:
+                    raise ValueError("this point makes several models (e.g. a list of preference vectors); "
+                                     "sweep them through the grid instead")
+            except ValueError as exc:
+                raise ValueError(f"sweep member '{name}': {exc}") from exc
+            members.append(m)
+        return members
+
+    def _run_members(self, modelpool, members) -> List[Any]:
+        models = []
+        for name, m in zip(self._names, members):
+            log.info("sweep: member %s", name)
+            try:
+                model = m.run(modelpool)
+            except Exception as exc:
+                exc.add_note(f"(while merging sweep member '{name}')")
+                raise
+            if isinstance(model, ModelSweep):
+                raise ValueError(f"sweep member '{name}' returned several models; sweep them through the grid")
+            models.append(model)
+        return models
+
+    def _run_soup(self, modelpool, members, out_dir) -> List[Any]:
+        """Rewarded Soup over a λ grid: one streaming pass gives every member."""
+        vectors = [p["preference"] for p in self._points]
+        cfg = {**self._method_cfg, **self._options, "preference": vectors}
+        soup = _instantiate(self._cls, cfg if out_dir is None else {**cfg, "out_dir": out_dir})
+        if out_dir is not None:
+            # write the members under the sweep's names, with the sweep's manifest
+            names, manifest = list(self._names), self.manifest
+            soup.output_names = lambda: names
+            soup.sweep_manifest = lambda: manifest
+        result = soup.run(modelpool)
+        for m in members:
+            m.last_report = soup.last_report
+        if out_dir is not None:
+            return []
+        return list(result.values())
+
+    def _report(self, members, cache, temporary, seconds) -> Dict[str, Any]:
+        per = {}
+        for name, point, m in zip(self._names, self._points, members):
+            rep = getattr(m, "last_report", None) or {}
+            entry = {"options": point, "stats": rep.get("stats")}
+            if rep.get("svd_cache"):
+                entry["svd_cache"] = {k: v for k, v in rep["svd_cache"].items() if k != "folder"}
+            if self.out_dir is not None:
+                entry["out_dir"] = os.path.join(os.path.abspath(os.path.expanduser(str(self.out_dir))), name)
+            per[name] = entry
+        return {
+            "method": self._method_cfg["_target_"],
+            "method_config": {k: v for k, v in self._method_cfg.items() if k not in _META_KEYS},
+            "options": self._options,
+            "members": per,
+            "svd_cache": None if cache is None else {"folder": cache, "temporary": temporary},
+            "one_pass": self._soup_in_one_pass(),
+            "seconds": round(seconds, 3),
+        }
+
+    def _write_program_report(self, report) -> None:
+        program = getattr(self, "_program", None)
+        log_dir = getattr(program, "log_dir", None) if program is not None else None
+        if log_dir:
+            os.makedirs(log_dir, exist_ok=True)
+            _write_json_atomic(os.path.join(log_dir, "r3h_sweep_report.json"), report)
+
+
+def _write_json_atomic(path: str, obj) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=os.path.dirname(path))
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=2, default=str)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+# ---------------------------------------------------------------------------------------
+# Pareto
+# ---------------------------------------------------------------------------------------
+
+@dataclass
+class ParetoTable:
+    """Members on two scores, each marked Pareto-optimal or dominated (see `pareto_table`)."""
+
+    x: str
+    y: str
+    maximize: Tuple[bool, bool]
+    rows: List[Dict[str, Any]]
+
+    @property
+    def front(self) -> List[str]:
+        """The non-dominated members, in order of x."""
+        sign = 1.0 if self.maximize[0] else -1.0
+        return [r["name"] for r in sorted((r for r in self.rows if r["pareto"]), key=lambda r: sign * r[self.x])]
+
+    @property
+    def dominated(self) -> List[str]:
+        return [r["name"] for r in self.rows if not r["pareto"]]
+
+    def to_markdown(self) -> str:
+        lines = [f"| member | {self.x} | {self.y} | Pareto | dominated by |", "|---|---:|---:|:---:|---|"]
+        for r in self.rows:
+            lines.append(f"| {r['name']} | {r[self.x]:.4g} | {r[self.y]:.4g} | {'yes' if r['pareto'] else 'no'} | "
+                         f"{', '.join(r['dominated_by'])} |")
+        return "\n".join(lines)
+
+    def plot(self, out_path, title: Optional[str] = None, annotate: bool = True) -> List[str]:
+        """`r3h.plots.pareto_front` of the members: writes `<out_path>.png` and `.pdf`."""
+        from r3h.plots import pareto_front
+
+        points = [{"label": r["name"], "scores": {self.x: r[self.x], self.y: r[self.y]}} for r in self.rows]
+        return pareto_front(points, out_path, self.x, self.y, list(self.maximize), title=title, annotate=annotate)
+
+
+def _sweep_rows(report: Mapping[str, Any]) -> List[Tuple[str, Dict[str, Any], Dict[str, Any]]]:
+    """(member, scores and averages, options) from a 3H task pool report of a sweep."""
+    sweep = report.get("sweep") or {}
+    out = []
+    for name in report["members"]:
+        values = dict((report.get("scores") or {}).get(name) or {})
+        values.update({k: v for k, v in ((report.get("averages") or {}).get(name) or {}).items() if v is not None})
+        opts = sweep.get(name) if isinstance(sweep, Mapping) else None
+        out.append((str(name), values, dict(opts) if isinstance(opts, Mapping) else {}))
+    return out
+
+
+def pareto_table(report_or_rows, x: str = "Helpful_Avg", y: str = "Harmless_Avg",
+                 maximize: Union[bool, Sequence[bool]] = True) -> ParetoTable:
+    """Mark the members of a sweep that no other member dominates on (`x`, `y`).
+
+    `report_or_rows`: the 3H task pool's report of a `ModelSweep` (the dict `evaluate`
+    returns, or the path of its `3h_report.json` / fusion_bench's `program_report.json`),
+    or any score form `r3h.plots.score_rows` accepts (`{name: {column: value}}`, rows with a
+    `method`/`label` key, a results table). Member j dominates i when it is at least as
+    good on both scores and better on one (`maximize` per score, default both); equal
+    points do not dominate each other. Each row: `name`, x, y, `pareto`, `dominated_by`
+    and, from a sweep report, the member's `options`.
+    """
+    import numpy as np
+
+    from r3h.plots import pareto_mask, score_rows
+
+    data = report_or_rows
+    if isinstance(data, (str, os.PathLike)) and not str(data).endswith(".csv"):
+        with open(data) as f:
+            data = json.load(f)
+    if isinstance(data, Mapping) and isinstance(data.get("members"), list) and "averages" in data:
+        items = _sweep_rows(data)
+    else:
+        items = [(name, values, {}) for name, values in score_rows(data)]
+    if not items:
+        raise ValueError("pareto_table: no members")
+    signs = np.where(np.broadcast_to(np.asarray(maximize, dtype=bool), (2,)), 1.0, -1.0)
+    xy = np.empty((len(items), 2))
+    for i, (name, values, _) in enumerate(items):
+        for j, col in enumerate((x, y)):
+            v = values.get(col)
+            if v is None:
+                raise ValueError(f"pareto_table: member {name!r} has no {col!r} (it has: "
+                                 f"{', '.join(sorted(map(str, values))) or 'nothing'})")
+            try:
+                xy[i, j] = float(v)
+            except (TypeError, ValueError):
+                raise ValueError(f"pareto_table: member {name!r}: {col!r} is not a number: {v!r}") from None
+            if not math.isfinite(xy[i, j]):
+                raise ValueError(f"pareto_table: member {name!r}: {col!r} is {v!r}")
+    mask = pareto_mask(xy, [bool(s > 0) for s in signs])
+    v = xy * signs
+    rows = []
+    for i, (name, values, opts) in enumerate(items):
+        by = [items[j][0] for j in range(len(items))
+              if j != i and (v[j] >= v[i]).all() and (v[j] > v[i]).any()]
+        row = {"name": name, x: float(xy[i, 0]), y: float(xy[i, 1]), "pareto": bool(mask[i]), "dominated_by": by}
+        if opts:
+            row["options"] = opts
+        rows.append(row)
+        assert row["pareto"] == (not by)
+    return ParetoTable(x, y, (bool(signs[0] > 0), bool(signs[1] > 0)), rows)
