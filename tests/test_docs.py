@@ -1,0 +1,182 @@
+"""The documentation site (mkdocs.yml, docs/): it builds with --strict, its generated
+configuration reference is up to date, every config it (or the README) names exists, and
+each method page's defaults table is the method's YAML config."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DOCS = os.path.join(ROOT, "docs")
+CONFIG = os.path.join(ROOT, "config")
+
+# the methods with a page docs/methods/<name>.md (r3h.methods.METHODS)
+METHOD_PAGES = ["weight_average", "rewarded_soup", "task_arithmetic", "ties", "dare", "dare_ties", "della",
+                "della_ties", "breadcrumbs", "breadcrumbs_ties", "model_stock", "tsvm", "r_tsvm"]
+
+
+def _generator():
+    spec = importlib.util.spec_from_file_location("gen_config_reference", os.path.join(DOCS, "gen_config_reference.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _markdown_files():
+    """README.md and every page under docs/."""
+    files = [os.path.join(ROOT, "README.md")]
+    for dirpath, _, filenames in os.walk(DOCS):
+        files += [os.path.join(dirpath, f) for f in sorted(filenames) if f.endswith(".md")]
+    return files
+
+
+def test_mkdocs_build_strict(tmp_path):
+    """`mkdocs build --strict`: no broken link or anchor, no page outside the nav, no
+    docstring mkdocstrings cannot parse. Needs the docs extra: pip install -e ".[docs]"."""
+    pytest.importorskip("mkdocs", reason='mkdocs is not installed: pip install -e ".[docs]"')
+    pytest.importorskip("mkdocstrings", reason='mkdocstrings is not installed: pip install -e ".[docs]"')
+    pytest.importorskip("material", reason='mkdocs-material is not installed: pip install -e ".[docs]"')
+    env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--config-file", os.path.join(ROOT, "mkdocs.yml"),
+         "--site-dir", str(tmp_path / "site")],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, f"mkdocs build --strict failed:\n{log[-6000:]}"
+    assert (tmp_path / "site" / "index.html").exists()
+    # the API reference really rendered the docstrings (not just the headings)
+    api = (tmp_path / "site" / "api" / "methods" / "index.html").read_text(encoding="utf-8")
+    assert 'id="r3h.methods.RTSVM"' in api and "outlier" in api
+
+
+def test_config_reference_is_up_to_date():
+    """docs/configs.md is what docs/gen_config_reference.py writes from config/ today."""
+    with open(os.path.join(DOCS, "configs.md"), encoding="utf-8") as f:
+        current = f.read()
+    assert current == _generator().render(), (
+        "docs/configs.md is out of date with config/: run  python docs/gen_config_reference.py")
+
+
+def test_config_reference_covers_every_config():
+    text = _generator().render()
+    for group in ("method", "modelpool", "taskpool"):
+        for dirpath, _, filenames in os.walk(os.path.join(CONFIG, group)):
+            for f in filenames:
+                if f.endswith(".yaml"):
+                    rel = os.path.relpath(os.path.join(dirpath, f), CONFIG).replace(os.sep, "/")
+                    assert f"`config/{rel}`" in text, rel
+
+
+def _fusion_bench_config_dir():
+    spec = importlib.util.find_spec("fusion_bench_config")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return list(spec.submodule_search_locations)[0]
+
+
+CONFIG_REF = re.compile(r"(?<![\w.])(method|modelpool|taskpool)=([A-Za-z0-9_][\w./-]*)")
+
+
+def _config_refs(text):
+    # configs.md escapes _ and * in prose
+    text = text.replace("\\_", "_").replace("\\*", "*")
+    for m in CONFIG_REF.finditer(text):
+        group, name = m.group(1), m.group(2)
+        if "..." in name or "…" in name:
+            continue  # placeholders such as method=train/...
+        yield group, name.rstrip(".,;:/")
+
+
+def test_every_named_config_exists():
+    """Every `method=<name>`, `modelpool=<name>`, `taskpool=<name>` in README.md and docs/
+    is a config under config/ (or one of fusion_bench's own, such as method=dummy): a renamed
+    or removed config breaks this test, not the reader's command."""
+    fb = _fusion_bench_config_dir()
+    missing, seen = [], 0
+    for path in _markdown_files():
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+        for group, name in _config_refs(text):
+            seen += 1
+            if os.path.exists(os.path.join(CONFIG, group, f"{name}.yaml")):
+                continue
+            if fb and os.path.exists(os.path.join(fb, group, f"{name}.yaml")):
+                continue
+            missing.append(f"{os.path.relpath(path, ROOT)}: {group}={name}")
+    assert seen > 50  # the pattern still finds the commands
+    assert not missing, "configs named in the docs that do not exist:\n" + "\n".join(sorted(set(missing)))
+
+
+def _defaults_table(page_text):
+    """{option: YAML value} from the rows `| `option` | `default` | ... |` of the
+    '## Hyperparameters' section."""
+    m = re.search(r"^## Hyperparameters\n(.*?)(?=^## |\Z)", page_text, re.S | re.M)
+    assert m, "no '## Hyperparameters' section"
+    rows = {}
+    for line in m.group(1).splitlines():
+        r = re.match(r"^\| `([^`]+)` \| `([^`]*)` \|", line)
+        if r:
+            assert r.group(1) not in rows, f"option {r.group(1)} listed twice"
+            rows[r.group(1)] = yaml.safe_load(r.group(2))
+    return rows
+
+
+@pytest.mark.parametrize("name", METHOD_PAGES)
+def test_method_page_defaults_match_config(name):
+    """docs/methods/<name>.md lists exactly the options of config/method/<name>.yaml, with its
+    defaults, names the config and its class, and is in the site's nav."""
+    with open(os.path.join(CONFIG, "method", f"{name}.yaml"), encoding="utf-8") as f:
+        cfg = yaml.safe_load(f)
+    with open(os.path.join(DOCS, "methods", f"{name}.md"), encoding="utf-8") as f:
+        page = f.read()
+    table = _defaults_table(page)
+    expected = {k: v for k, v in cfg.items() if k != "_target_"}
+    assert table == expected
+    assert f"method={name} " in page
+    assert cfg["_target_"] in page
+    with open(os.path.join(ROOT, "mkdocs.yml"), encoding="utf-8") as f:
+        assert f"methods/{name}.md" in f.read()
+
+
+def test_every_method_has_a_page():
+    from r3h.methods import METHODS
+
+    assert sorted(METHODS) == sorted(METHOD_PAGES)
+    # r3h.methods' __all__ is computed, which griffe cannot read: the API page lists the classes
+    with open(os.path.join(DOCS, "api", "methods.md"), encoding="utf-8") as f:
+        api = f.read()
+    for cls in METHODS.values():
+        assert f"- {cls.__name__}\n" in api, f"docs/api/methods.md: add {cls.__name__} to the members"
+
+
+@pytest.mark.parametrize("name", METHOD_PAGES)
+def test_method_class_defaults_match_config(name):
+    """The method pages say the class has the config's defaults: check the signatures."""
+    import inspect
+
+    from r3h.methods import METHODS
+
+    with open(os.path.join(CONFIG, "method", f"{name}.yaml"), encoding="utf-8") as f:
+        cfg = yaml.safe_load(f)
+    defaults = {}
+    for klass in reversed(METHODS[name].__mro__):
+        if "__init__" in vars(klass):
+            for p in inspect.signature(klass.__init__).parameters.values():
+                if p.default is not inspect.Parameter.empty:
+                    defaults[p.name] = p.default
+    for option, value in cfg.items():
+        if option == "_target_":
+            continue
+        assert option in defaults, f"{name}: {option} is not an argument of {METHODS[name].__name__}"
+        default = defaults[option]
+        if default is None and value == []:  # exclude_keys: None means none
+            continue
+        assert default == value, f"{name}.{option}: class default {default!r}, config {value!r}"
