@@ -33,7 +33,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from fusion_bench.method.base_algorithm import BaseAlgorithm
 from fusion_bench.mixins.lightning_fabric import LightningFabricMixin
 from fusion_bench.mixins.serialization import auto_register_config
-from r3h.modelpool.sweep import ModelSweep, write_sweep_manifest
+from r3h.modelpool.sweep import ModelSweep
 
 log = logging.getLogger(__name__)
 

@@ -53,7 +53,7 @@ import platform
 import re
 import tempfile
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 from safetensors import safe_open
@@ -171,7 +171,7 @@ class SVDCache:
         """The file (real path, size, mtime) and header entry of one checkpoint tensor."""
         info = checkpoint.tensors[name]
         real, size, mtime = self.file_stat(info.file)
-        return {"file": real, "size": size, "dtype": str(info.dtype).replace("torch.", ""),
+        return {"file": real, "size": size, "mtime_ns": mtime, "dtype": str(info.dtype).replace("torch.", ""),
                 "shape": list(info.shape), "offsets": [int(info.start), int(info.end)]}
 
     # -- entries -----------------------------------------------------------------------
