@@ -312,6 +312,11 @@ def test_sweep_scored_by_the_3h_taskpool_into_one_table(paths, tmp_path, tiny_lm
     assert again.rows == table.rows
     png, pdf = table.plot(tmp_path / "fig" / "pareto")
     assert Path(png).stat().st_size > 0 and Path(pdf).stat().st_size > 0
+    # the taskpool drew the front itself, for the only pair of averages every member has
+    assert list(report["files"]["pareto"]) == ["Helpful_Avg/Harmless_Avg"]
+    drawn = report["files"]["pareto"]["Helpful_Avg/Harmless_Avg"]
+    assert drawn["front"] == table.front and open(drawn["table"]).read() == table.to_markdown() + "\n"
+    assert [Path(p).read_bytes()[:4] for p in drawn["plot"]] == [b"\x89PNG", b"%PDF"]
 
 
 def test_pareto_table_forms_and_errors():

@@ -223,6 +223,29 @@ def write_dimension_tables(rows: Mapping[str, Mapping[str, Any]], columns: Seque
     return paths
 
 
+#: The trade-offs a sweep's Pareto plots show (x, y).
+PARETO_PAIRS = (("Helpful_Avg", "Harmless_Avg"), ("Helpful_Avg", "Honest_Avg"), ("Honest_Avg", "Harmless_Avg"))
+
+
+def write_pareto_plots(report: Mapping[str, Any], out_dir: str) -> Dict[str, Any]:
+    """For a sweep's report: the Pareto front of each pair of dimension averages that all
+    members have, as `pareto_<x>_<y>.{png,pdf}` plus the table `pareto_<x>_<y>.md`."""
+    from r3h.sweeps import pareto_table
+
+    out: Dict[str, Any] = {}
+    averages = report.get("averages") or {}
+    for x, y in PARETO_PAIRS:
+        if not all(isinstance(a, Mapping) and a.get(x) is not None and a.get(y) is not None
+                   for a in averages.values()):
+            continue
+        stem = os.path.join(out_dir, f"pareto_{x}_{y}")
+        table = pareto_table(report, x=x, y=y)
+        with open(stem + ".md", "w", encoding="utf-8") as f:
+            f.write(table.to_markdown() + "\n")
+        out[f"{x}/{y}"] = {"plot": table.plot(stem), "table": stem + ".md", "front": list(table.front)}
+    return out
+
+
 def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._=-]+", "_", name).strip("_") or "model"
 
@@ -480,6 +503,8 @@ class ThreeHTaskPool(BaseTaskPool):
                                       if isinstance(d, Mapping) and d.get("files")} for name in details}
         if not sweep:
             files["benchmarks"] = files["benchmarks"][contexts[0][0]]
+        if sweep and len(per) > 1:
+            files["pareto"] = write_pareto_plots(report, out_root)
         report["files"] = files
         report["output_dir"] = out_root
         report = _jsonable(report)
