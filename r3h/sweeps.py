@@ -28,11 +28,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import OmegaConf
 
 from fusion_bench.method.base_algorithm import BaseAlgorithm
 from fusion_bench.mixins.lightning_fabric import LightningFabricMixin
 from fusion_bench.mixins.serialization import auto_register_config
+from r3h.core.plain import to_container
 from r3h.modelpool.sweep import ModelSweep
 
 log = logging.getLogger(__name__)
@@ -45,11 +46,6 @@ SWEEP_OWNED = ("out_dir", "svd_cache")
 _META_KEYS = ("_target_", "_recursive_", "_usage_", "_version_")
 CONFIG_ROOT = Path(__file__).resolve().parent / "config"
 
-
-def _plain(x):
-    if isinstance(x, (DictConfig, ListConfig)):
-        return OmegaConf.to_container(x, resolve=True)
-    return x
 
 
 # ---------------------------------------------------------------------------------------
@@ -81,7 +77,7 @@ def member_name(point: Mapping[str, Any]) -> str:
 def grid_points(grid) -> List[Dict[str, Any]]:
     """The points of `grid`: a mapping option -> list of values (the Cartesian product, first
     option outermost), or a list of mappings option -> value (the points themselves)."""
-    grid = _plain(grid)
+    grid = to_container(grid)
     if isinstance(grid, Mapping):
         if not grid:
             raise ValueError("grid: no option to sweep; give e.g. {alpha: [0.5, 1.0]}")
@@ -110,7 +106,7 @@ def grid_points(grid) -> List[Dict[str, Any]]:
 def load_method_config(method) -> Dict[str, Any]:
     """The method config as a plain dict with `_target_`: a config name (`r_tsvm`,
     `sweep`-free names under r3h's `config/method/` or `./config/method/`) or a mapping."""
-    method = _plain(method)
+    method = to_container(method)
     if isinstance(method, Mapping):
         cfg = dict(method)
         where = "method"
@@ -120,7 +116,7 @@ def load_method_config(method) -> Dict[str, Any]:
         files = [f / f"{name}.yaml" for f in folders if (f / f"{name}.yaml").is_file()]
         if not files:
             raise ValueError(f"method: no config '{name}' in {', '.join(str(f) for f in folders)}")
-        cfg = _plain(OmegaConf.load(files[0]))
+        cfg = to_container(OmegaConf.load(files[0]))
         where = str(files[0])
         if not isinstance(cfg, Mapping):
             raise ValueError(f"method: {where} is not a mapping")
@@ -243,7 +239,7 @@ class MergeSweep(LightningFabricMixin, BaseAlgorithm):
             raise ValueError("grid: give the options to sweep, e.g. {alpha: [0.5, 1.0]}")
         self._method_cfg = load_method_config(method)
         self._cls = _import(self._method_cfg["_target_"])
-        self._options = dict(_plain(options) or {})
+        self._options = dict(to_container(options) or {})
         self._points = grid_points(grid)
         if svd_cache is not None and svd_cache is not False and not isinstance(svd_cache, (str, os.PathLike)):
             raise ValueError(f"svd_cache must be a folder, null (a temporary folder) or false; got {svd_cache!r}")

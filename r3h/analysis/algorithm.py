@@ -32,7 +32,7 @@ from r3h.analysis.alignment_vectors import layer_summaries, summarize, tensor_st
 from r3h.core.engine import ExpertTensors, MergePlan, _read, plan_merge
 from r3h.core.memory import peak_accelerator_bytes, peak_rss_bytes
 from r3h.io.writer import atomic_output_dir
-from r3h.methods.base import to_container
+from r3h.core.plain import to_container
 from r3h.modelpool.sources import BASE, pool_checkpoints, pool_sources
 
 log = logging.getLogger(__name__)

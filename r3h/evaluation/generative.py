@@ -44,6 +44,7 @@ from collections import Counter, defaultdict
 from importlib import resources
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
+from r3h.core.plain import to_container
 from r3h.evaluation.benchmark import Benchmark, BenchmarkResult, EvalContext
 from r3h.evaluation.generation import generate_jsonl, read_jsonl
 from r3h.evaluation.judges import (
@@ -277,7 +278,7 @@ class JudgedBenchmark(Benchmark):
         self.name = name if (name is not None or path is not None) else self.default_name
         self.split = split or self.default_split
         self.revision = revision
-        self.data_files = _plain(data_files) if (data_files is not None or path is not None) \
+        self.data_files = to_container(data_files) if (data_files is not None or path is not None) \
             else self.default_data_files
         if limit is not None and int(limit) < 1:
             raise ValueError(f"{self.dataset}: limit must be >= 1, got {limit}")
@@ -504,12 +505,12 @@ class MTBench(JudgedBenchmark):
     def __init__(self, *args, reference_categories: Optional[Sequence[str]] = FASTCHAT_REFERENCE_CATEGORIES,
                  max_turns: Optional[int] = None, **kwargs):
         super().__init__(*args, **kwargs)
-        self.reference_categories = None if reference_categories is None else tuple(_plain(reference_categories))
+        self.reference_categories = None if reference_categories is None else tuple(to_container(reference_categories))
         self.max_turns = None if max_turns is None else int(max_turns)
 
     def parse(self, i, row):
         f = self._field(i, row, self.prompt_field, self.prompt_fields)
-        turns = _plain(row[f])
+        turns = to_container(row[f])
         if isinstance(turns, str):
             turns = [turns]
         if not isinstance(turns, list) or not turns or not all(_is_text(t) for t in turns):
@@ -518,7 +519,7 @@ class MTBench(JudgedBenchmark):
         if self.max_turns is not None:
             turns = turns[:self.max_turns]
         category = self._category(row)
-        ref = _plain(row.get("reference"))
+        ref = to_container(row.get("reference"))
         if isinstance(ref, str):
             ref = [ref]
         use_ref = self.reference_categories is None or category in self.reference_categories
@@ -699,16 +700,6 @@ class ORBench(JudgedBenchmark):
 GENERATIVE_BENCHMARKS = {cls.column: cls for cls in (MTBench, HaluEvalWild, SaladBench, ORBench)}
 
 
-def _plain(x):
-    """Plain containers from OmegaConf values (lists, dicts)."""
-    try:
-        from omegaconf import DictConfig, ListConfig, OmegaConf
-    except ImportError:  # pragma: no cover
-        return x
-    if isinstance(x, (DictConfig, ListConfig)):
-        return OmegaConf.to_container(x, resolve=True)
-    return x
-
 
 # ----------------------------------------------------------------- offline stand-in
 
@@ -761,7 +752,7 @@ class ReferenceMatchJudge(Judge):
         if not 0 < float(threshold) <= 1:
             raise ValueError("threshold must lie in (0, 1]")
         self.threshold = float(threshold)
-        self.unsafe_words = tuple(w.lower() for w in _plain(unsafe_words))
+        self.unsafe_words = tuple(w.lower() for w in to_container(unsafe_words))
         self.refusal = RefusalDetector()
 
     @staticmethod

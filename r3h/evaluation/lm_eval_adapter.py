@@ -75,6 +75,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
+from r3h.core.plain import to_container
+
 from .benchmark import Benchmark, BenchmarkResult, EvalContext
 
 __all__ = [
@@ -299,14 +301,14 @@ class LMEvalBenchmark(Benchmark):
         self.limit = limit
         self.dataset_path = dataset_path
         self.dataset_name = dataset_name
-        self.data_files = _plain(data_files)
-        self.dataset_kwargs = None if dataset_kwargs is None else dict(_plain(dataset_kwargs))
+        self.data_files = to_container(data_files)
+        self.dataset_kwargs = None if dataset_kwargs is None else dict(to_container(dataset_kwargs))
         self.task_dir = task_dir
         self.include_default_tasks = bool(include_default_tasks)
-        self.gen_kwargs = None if gen_kwargs is None else dict(_plain(gen_kwargs))
+        self.gen_kwargs = None if gen_kwargs is None else dict(to_container(gen_kwargs))
         self.system_instruction = system_instruction
         self.fewshot_as_multiturn = fewshot_as_multiturn
-        self.model_kwargs = dict(_plain(model_kwargs or {}))
+        self.model_kwargs = dict(to_container(model_kwargs or {}))
         self.bootstrap_iters = int(bootstrap_iters)
         self.dimension = dimension
 
@@ -633,15 +635,3 @@ def _check_minerva_math_deps() -> None:
 def _plain_numbers(table: Mapping[str, Any]) -> Dict[str, Any]:
     """lm-eval's metric dict with numpy scalars as Python numbers (JSON-ready)."""
     return {k: (v.item() if hasattr(v, "item") and not isinstance(v, (str, bytes)) else v) for k, v in table.items()}
-
-
-def _plain(value):
-    """OmegaConf containers (from Hydra configs) as plain dicts/lists."""
-    try:
-        from omegaconf import DictConfig, ListConfig, OmegaConf
-
-        if isinstance(value, (DictConfig, ListConfig)):
-            return OmegaConf.to_container(value, resolve=True)
-    except ImportError:  # pragma: no cover
-        pass
-    return value

@@ -45,6 +45,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from fusion_bench.mixins.serialization import auto_register_config
 from fusion_bench.taskpool.base_pool import BaseTaskPool
+from r3h.core.plain import to_container
 from r3h.evaluation.aggregate import AVERAGES, BENCHMARKS, aggregate_3h
 from r3h.evaluation.benchmark import Benchmark, EvalContext
 from r3h.evaluation.generation import ChatGenerator, GenerationConfig
@@ -55,11 +56,6 @@ __all__ = ["ThreeHTaskPool", "LazyJudges"]
 
 log = logging.getLogger(__name__)
 
-
-def _plain(x):
-    if isinstance(x, (DictConfig, ListConfig)):
-        return OmegaConf.to_container(x, resolve=True)
-    return x
 
 
 def _instantiate(cfg, what: str):
@@ -297,7 +293,7 @@ class ThreeHTaskPool(BaseTaskPool):
                 raise ValueError(f"benchmarks: column {str(c)!r} is not the paper's spelling; did you mean {near!r}?")
         selected = [str(c) for c, v in bench_cfg.items() if v is not None]
         if columns is not None:
-            columns = [str(c) for c in _plain(columns)]
+            columns = [str(c) for c in to_container(columns)]
             missing = [c for c in columns if c not in selected]
             if missing:
                 raise ValueError(f"columns: {', '.join(map(repr, missing))} not configured under benchmarks "
@@ -306,7 +302,7 @@ class ThreeHTaskPool(BaseTaskPool):
         if not selected:
             raise ValueError("the 3H taskpool has no benchmark to run: configure `benchmarks`")
         self._selected = selected
-        gen = dict(_plain(generation) or {})
+        gen = dict(to_container(generation) or {})
         known = {f.name for f in dc_fields(GenerationConfig)}
         bad = sorted(set(gen) - known)
         if bad:
@@ -321,7 +317,7 @@ class ThreeHTaskPool(BaseTaskPool):
                 raise ValueError(f"allow_partial is false but the selection lacks {', '.join(absent)}; "
                                  "select all eleven columns or set allow_partial: true")
         self._benchmarks: Optional[Dict[str, Benchmark]] = None
-        self._judges = LazyJudges(_plain(judges) if isinstance(judges, (DictConfig, ListConfig)) else judges)
+        self._judges = LazyJudges(to_container(judges) if isinstance(judges, (DictConfig, ListConfig)) else judges)
 
     # -- pieces ---------------------------------------------------------------------
     @property

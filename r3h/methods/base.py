@@ -16,12 +16,13 @@ import re
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import torch
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import OmegaConf
 
 import r3h
 from fusion_bench.method.base_algorithm import BaseAlgorithm
 from fusion_bench.mixins.serialization import auto_register_config
 from r3h.core.engine import MergePlan, plan_merge, stream_merge
+from r3h.core.plain import to_container
 from r3h.io.model import (
     build_model,
     copy_model_files,
@@ -34,13 +35,6 @@ from r3h.modelpool.sweep import write_sweep_manifest
 from r3h.modelpool.sources import BASE, pool_checkpoints, pool_sources, tokenizer_dir
 
 log = logging.getLogger(__name__)
-
-
-def to_container(x):
-    """Plain Python containers from OmegaConf values."""
-    if isinstance(x, (DictConfig, ListConfig)):
-        return OmegaConf.to_container(x, resolve=True)
-    return x
 
 
 def per_expert(values, names: Sequence[str], option: str, default: float = 1.0) -> List[float]:

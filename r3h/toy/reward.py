@@ -23,7 +23,7 @@ what real helpfulness reward models do; it is where the dimensions conflict.
 from __future__ import annotations
 
 import re
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Sequence
 
 import torch
 

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import OmegaConf
 
 from fusion_bench.method.base_algorithm import BaseAlgorithm
 from fusion_bench.mixins.serialization import auto_register_config
+from r3h.core.plain import to_container
 from r3h.modelpool.sources import BASE, model_path
 from r3h.training.dpo import check_recipe, recipe, train_dpo
 
@@ -30,14 +31,10 @@ RECIPE_KEYS = ("beta", "learning_rate", "global_batch_size", "per_device_batch_s
                "seed")
 
 
-def _plain(x):
-    return OmegaConf.to_container(x, resolve=True) if isinstance(x, (DictConfig, ListConfig)) else x
-
-
 def parse_data(data) -> Tuple[List[Any], Optional[Any]]:
     """(dataset specs, mixture or None) from a `data` option: a list of dataset specs,
     or {datasets: [...], mixture: <config with _target_ or a Mixture>}."""
-    data = _plain(data)
+    data = to_container(data)
     if data is None:
         raise ValueError("data: no preference data given (method.data.datasets=[name, ...])")
     if isinstance(data, (list, tuple)):
@@ -119,7 +116,7 @@ class DPOTraining(BaseAlgorithm):
         super().__init__(**kwargs)
 
     def recipe(self) -> Dict[str, Any]:
-        r = recipe(**{k: _plain(getattr(self, k)) for k in RECIPE_KEYS}, **dict(_plain(self.trainer_kwargs) or {}))
+        r = recipe(**{k: to_container(getattr(self, k)) for k in RECIPE_KEYS}, **dict(to_container(self.trainer_kwargs) or {}))
         r["loss_type"] = list(r["loss_type"])
         check_recipe(r)
         return r
@@ -175,7 +172,7 @@ class ContinualDPO(DPOTraining):
         super().__init__(**kwargs)
 
     def parsed_stages(self) -> List[Tuple[str, Any]]:
-        stages = _plain(self.stages)
+        stages = to_container(self.stages)
         if not stages:
             raise ValueError("stages: give at least one {name, data} stage")
         out = []
