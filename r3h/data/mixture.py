@@ -16,6 +16,7 @@ deterministic for a seed, and takes plain constructor arguments (Hydra ``_target
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 import hashlib
 import json
 import math
@@ -145,18 +146,20 @@ def read_mixture(out_dir: str) -> Tuple[Pairs, dict]:
 # --------------------------------------------------------------------------- base
 
 
-class Mixture:
+class Mixture(ABC):
     """Base class: ``mixture(datasets, load_counts=None) -> (pairs, manifest)``."""
 
     method = "mixture"
     seed: Optional[int] = None
 
+    @abstractmethod
     def options(self) -> dict:
-        raise NotImplementedError
+        """The mixture's options, as recorded in its manifest."""
 
+    @abstractmethod
     def __call__(self, datasets: Mapping[str, Pairs], load_counts: Optional[Mapping[str, Mapping]] = None
                  ) -> Tuple[Pairs, dict]:
-        raise NotImplementedError
+        """Mix `datasets` (name -> normalised pairs) into (pairs, manifest)."""
 
     def _manifest(self, sources: dict, totals: dict) -> dict:
         from r3h import __version__
