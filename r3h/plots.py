@@ -185,9 +185,10 @@ def pareto_mask(values, maximize: Union[bool, Sequence[bool]] = True) -> np.ndar
 
 
 def pareto_front(points, out_path: PathLike, x: str, y: str, maximize: Union[bool, Sequence[bool]] = True,
-                 title: Optional[str] = None, annotate: bool = True) -> List[str]:
+                 title: Optional[str] = None, annotate: Union[bool, str] = "front") -> List[str]:
     """A sweep's points on scores `x` and `y`: non-dominated points (`pareto_mask` on (x, y))
-    filled and joined in order of x, dominated ones as grey crosses.
+    filled and joined in order of x, dominated ones as grey crosses. `annotate`: label the
+    front's points ("front", default), every point (True) or none (False).
     points: [{"label": ..., "scores": {...}}] (or the score forms `score_rows` accepts)."""
     items = score_rows(points)
     xy = _values(items, [x, y], allow_missing=False)
@@ -198,8 +199,9 @@ def pareto_front(points, out_path: PathLike, x: str, y: str, maximize: Union[boo
     order = np.argsort(xy[front, 0], kind="stable")
     ax.plot(xy[front, 0][order], xy[front, 1][order], "-o", color=COLORS[0], label="Pareto front")
     if annotate:
-        for (name, _), (px, py) in zip(items, xy):
-            ax.annotate(name, (px, py), fontsize=6, xytext=(3, 3), textcoords="offset points")
+        for (name, _), (px, py), on_front in zip(items, xy, front):
+            if on_front or annotate is True:
+                ax.annotate(name, (px, py), fontsize=6, xytext=(3, 3), textcoords="offset points")
     ax.set_xlabel(LABELS.get(x, x))
     ax.set_ylabel(LABELS.get(y, y))
     ax.grid(alpha=0.3)

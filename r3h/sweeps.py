@@ -479,7 +479,7 @@ class ParetoTable:
                          f"{', '.join(r['dominated_by'])} |")
         return "\n".join(lines)
 
-    def plot(self, out_path, title: Optional[str] = None, annotate: bool = True) -> List[str]:
+    def plot(self, out_path, title: Optional[str] = None, annotate: Union[bool, str] = "front") -> List[str]:
         """`r3h.plots.pareto_front` of the members: writes `<out_path>.png` and `.pdf`."""
         from r3h.plots import pareto_front
 
