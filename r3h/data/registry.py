@@ -17,6 +17,7 @@ available, so ``paper_size`` is None everywhere and the dimensions follow the da
 from __future__ import annotations
 
 import difflib
+import functools
 import os
 import random
 from collections import Counter, defaultdict
@@ -31,6 +32,7 @@ from r3h.data.preference import (
     require_fields,
     validate_pairs,
 )
+from r3h.toy import world as toy_world
 
 __all__ = [
     "PreferenceSource",
@@ -304,74 +306,16 @@ _UNCONFIRMED = ("The paper's Table 1 size and dimension assignment could not be 
                 "dimensions follow the dataset card.")
 
 
-def _toy_builder(name: str) -> Callable[[int], List[dict]]:
-    def build(seed: int = 0) -> List[dict]:
-        from r3h.toy.world import preference_dataset  # lazy: the toy world is only needed here
-
-        return preference_dataset(name, seed)
-
-    build.__name__ = f"build_{name}"
-    return build
-
-
 def _toy_sources() -> Dict[str, PreferenceSource]:
-    from r3h.toy import world
-
-    return {name: PreferenceSource(name=name, dimensions=tuple(spec["dimensions"]), builder=_toy_builder(name),
+    """The toy 3H world's datasets (r3h.toy.world.DATASETS), built in memory."""
+    return {name: PreferenceSource(name=name, dimensions=tuple(spec["dimensions"]),
+                                   builder=functools.partial(toy_world.preference_dataset, name),
                                    converter=convert_toy, required=("prompt", "chosen", "rejected"),
                                    title=name, note="Synthetic toy 3H data (r3h.toy.world); built in memory.")
-            for name, spec in world.DATASETS.items()}
+            for name, spec in toy_world.DATASETS.items()}
 
 
-class _Registry(dict):
-    """The registry dict; the toy datasets' entries are added on first use, so that
-    importing r3h.data does not import r3h.toy."""
-
-    _toys_added = False
-
-    def _add_toys(self) -> None:
-        if not self._toys_added:
-            self._toys_added = True
-            dict.update(self, {k: v for k, v in _toy_sources().items() if not dict.__contains__(self, k)})
-
-    def __getitem__(self, key):
-        self._add_toys()
-        return dict.__getitem__(self, key)
-
-    def __contains__(self, key):
-        self._add_toys()
-        return dict.__contains__(self, key)
-
-    def __iter__(self):
-        self._add_toys()
-        return dict.__iter__(self)
-
-    def __len__(self):
-        self._add_toys()
-        return dict.__len__(self)
-
-    def get(self, key, default=None):
-        self._add_toys()
-        return dict.get(self, key, default)
-
-    def keys(self):
-        self._add_toys()
-        return dict.keys(self)
-
-    def values(self):
-        self._add_toys()
-        return dict.values(self)
-
-    def items(self):
-        self._add_toys()
-        return dict.items(self)
-
-    def __repr__(self):
-        self._add_toys()
-        return dict.__repr__(self)
-
-
-REGISTRY: Dict[str, PreferenceSource] = _Registry({s.name: s for s in [
+REGISTRY: Dict[str, PreferenceSource] = {s.name: s for s in [
     PreferenceSource(
         name="helpsteer", title="HelpSteer", hub_id="nvidia/HelpSteer", dimensions=("helpfulness",),
         converter=convert_helpsteer, required=("prompt", "response"),
@@ -433,7 +377,8 @@ REGISTRY: Dict[str, PreferenceSource] = _Registry({s.name: s for s in [
         converter=convert_nectar, required=("prompt", "answers"), options={"rejected": "worst"},
         note="7-wise GPT-4 ranking for helpfulness and harmlessness -> best vs worst ranked answer "
              "(options.rejected: 'worst' | 'random' | a rank). " + _UNCONFIRMED),
-]})
+]}
+REGISTRY.update(_toy_sources())
 
 
 def list_sources() -> List[str]:
