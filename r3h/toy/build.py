@@ -129,8 +129,8 @@ def build_experts(root: str, names: Optional[Iterable[str]] = None) -> Dict[str,
     base = build_base(root)
     out = {"_pretrained_": base}
     for n in names:
-        out[n] = _train(base, expert_pairs(n), os.path.join(root, n),
-                        {"datasets": world.EXPERT_DATA[n], "pairs": len(expert_pairs(n))})
+        pairs = expert_pairs(n)
+        out[n] = _train(base, pairs, os.path.join(root, n), {"datasets": world.EXPERT_DATA[n], "pairs": len(pairs)})
     return out
 
 
