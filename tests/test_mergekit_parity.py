@@ -6,7 +6,7 @@ alone) these tests feed the same random float32 tensors to r3h's
 `method.merge_tensor(name, base, experts)` and to MergeKit's own task objects
 (`GTATask`, `ModelStockMergeTask`, `LinearMergeTask`, built by the methods of MergeKit's
 registry with MergeKit's defaults, and executed directly, without its graph runner)
-and require the same result. Otherwise the module is skipped.
+and require the same result. Without MergeKit 0.1.4 the module fails (tests/optional.py).
 
 Vocabulary: MergeKit's per-model `weight` is r3h's `weights`; MergeKit's `lambda` is
 r3h's `scaling_factor`; MergeKit's `rescale: true` is r3h's `rescale: l1`.
@@ -39,11 +39,13 @@ import warnings
 import pytest
 import torch
 
-mergekit = pytest.importorskip("mergekit")
+from tests.optional import missing, need  # noqa: E402
+
+mergekit = need("mergekit", "MergeKit 0.1.4 (benchmarks/parity-requirements.txt)")
 
 MK_VERSION = importlib.metadata.version("mergekit")
 if MK_VERSION != "0.1.4":
-    pytest.skip(f"parity reference is mergekit 0.1.4 (installed: {MK_VERSION})", allow_module_level=True)
+    missing(f"MergeKit 0.1.4, the parity reference (installed: {MK_VERSION}),")
 
 
 def _import_merge_methods():
