@@ -269,7 +269,7 @@ def test_existing_output_replaced_only_when_complete(tmp_path, pool_factory):
     (out / "old.txt").write_text("previous run")
     ex["e2"]["layer.weight"][0, 0] = float("nan")
     pool = pool_factory(base, ex)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="layer.weight"):
         TaskArithmetic(progress=False, out_dir=str(out)).run(pool)
     assert (out / "old.txt").read_text() == "previous run"
     assert leftovers(tmp_path) == []

@@ -375,7 +375,7 @@ def test_model_stock_one_expert_raises(pool_factory):
     base, experts = make_case((8, 12), 1, seed=1)
     m = make_method("model_stock")
     m.setup(["a"])
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="two|2"):
         m.merge_tensor("w", base, fresh(experts))
     pool = pool_factory({"w": base}, {"a": {"w": experts[0]}})
     with pytest.raises(ValueError, match="two|2"):
@@ -497,7 +497,8 @@ def test_zero_task_vectors_give_the_base(case, n):
     ("breadcrumbs", {"gamma": 1.0}),
 ])
 def test_invalid_hyperparameters_fail_at_setup(method, kwargs):
-    with pytest.raises(ValueError):
+    """Refused at setup, before any tensor is read, by an error that names the option at fault."""
+    with pytest.raises(ValueError, match="|".join(kwargs)):
         make_method(method, **kwargs).setup(["a", "b"])
 
 

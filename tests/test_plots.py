@@ -1,5 +1,6 @@
 """r3h.plots: the Pareto mask against a brute-force definition, every figure written as a
-valid PNG and PDF from each accepted input form, and clear errors on bad input."""
+valid PNG and PDF from each accepted input form, the values each figure draws (read back
+from the matplotlib artists), and clear errors on bad input."""
 
 from __future__ import annotations
 
@@ -25,6 +26,26 @@ def assert_figure(paths, stem):
         pdf = f.read()
     assert png[:8] == PNG and len(png) > 2000
     assert pdf[:5] == PDF and len(pdf) > 1000 and pdf.rstrip().endswith(b"%%EOF")
+
+
+@pytest.fixture
+def drawn(monkeypatch):
+    """The figures r3h.plots saves, in order, as (figure, out_path)."""
+    figs = []
+    save = plots.save_figure
+
+    def record(fig, out_path):
+        figs.append((fig, out_path))
+        return save(fig, out_path)
+
+    monkeypatch.setattr(plots, "save_figure", record)
+    return figs
+
+
+def bar_heights(fig):
+    """Per legend label, the heights of its bars (NaN for a bar left out)."""
+    ax = fig.axes[0]
+    return {c.get_label(): [p.get_height() for p in c.patches] for c in ax.containers}
 
 
 # ---------------------------------------------------------------------------------------
@@ -81,34 +102,60 @@ def scores(seed):
     return aggregate_3h(s)
 
 
-def test_tradeoff_bars_from_every_input_form(tmp_path):
+def test_tradeoff_bars_from_every_input_form(tmp_path, drawn):
     paper = load_paper_results(table="Table 3")
     assert_figure(plots.tradeoff_bars(paper, tmp_path / "paper.png", title="Table 3"), tmp_path / "paper")
+    assert bar_heights(drawn[-1][0])["Helpfulness"] == pytest.approx([float(r["Helpful_Avg"]) for r in paper])
     runs = {m: scores(i) for i, m in enumerate(["ties", "tsvm", "r_tsvm"])}
     assert_figure(plots.tradeoff_bars(runs, tmp_path / "runs"), tmp_path / "runs")
+    heights = bar_heights(drawn[-1][0])
+    for col, label in zip(plots.DIMENSION_COLUMNS, ("Helpfulness", "Honesty", "Harmlessness")):
+        assert heights[label] == pytest.approx([runs[m][col] for m in runs])
+    assert [t.get_text() for t in drawn[-1][0].axes[0].get_xticklabels()] == list(runs)
     (tmp_path / "table.json").write_text(to_json(runs))
     assert_figure(plots.tradeoff_bars(str(tmp_path / "table.json"), tmp_path / "json", columns=plots.DIMENSION_COLUMNS + ("AVG",)),
                   tmp_path / "json")
     assert_figure(plots.tradeoff_bars(json.loads(to_json(runs))["rows"], tmp_path / "rows"), tmp_path / "rows")
     partial = {"a": {"Helpful_Avg": 50.0, "Honest_Avg": None, "Harmless_Avg": 60.0}, "b": runs["ties"]}
     assert_figure(plots.tradeoff_bars(partial, tmp_path / "partial"), tmp_path / "partial")
+    heights = bar_heights(drawn[-1][0])
+    assert heights["Helpfulness"] == pytest.approx([50.0, runs["ties"]["Helpful_Avg"]])
+    assert np.isnan(heights["Honesty"][0]) and heights["Honesty"][1] == pytest.approx(runs["ties"]["Honest_Avg"])
 
 
-def test_radar_and_pareto_front(tmp_path):
+def test_radar_and_pareto_front(tmp_path, drawn):
     runs = {m: scores(i) for i, m in enumerate(["ties", "tsvm", "r_tsvm", "dare"])}
     assert_figure(plots.radar(runs, tmp_path / "radar"), tmp_path / "radar")
+    lines = drawn[-1][0].axes[0].get_lines()
+    assert [ln.get_label() for ln in lines] == list(runs)
+    for ln, m in zip(lines, runs):  # each polygon closes on its first value
+        want = [runs[m][c] for c in plots.DIMENSION_COLUMNS]
+        assert list(ln.get_ydata()) == pytest.approx(want + want[:1])
     cols = ["Math", "GSM8K", "MT-Bench", "HaluEval_Wild", "Salad_Bench"]
     assert_figure(plots.radar(load_paper_results(table="Table 3")[:4], tmp_path / "r2", columns=cols, normalize=True),
                   tmp_path / "r2")
     sweep = [{"label": f"λ={l:.2f}", "scores": scores(10 + i)} for i, l in enumerate(np.linspace(0, 1, 6))]
     assert_figure(plots.pareto_front(sweep, tmp_path / "front.pdf", x="Helpful_Avg", y="Harmless_Avg",
                                      title="Rewarded Soup"), tmp_path / "front")
+    pts = [(p["scores"]["Helpful_Avg"], p["scores"]["Harmless_Avg"]) for p in sweep]
+    on_front = sorted(pt for pt, keep in zip(pts, brute_pareto(pts, True)) if keep)
+    ax = drawn[-1][0].axes[0]
+    front = [ln for ln in ax.get_lines() if ln.get_label() == "Pareto front"][0]
+    np.testing.assert_allclose(np.column_stack([front.get_xdata(), front.get_ydata()]), on_front)
+    crosses = np.asarray(ax.collections[0].get_offsets())  # the dominated points
+    np.testing.assert_allclose(sorted(map(tuple, crosses)), sorted(pt for pt in pts if pt not in on_front))
+    labels = {t.get_text() for t in ax.texts}
+    assert labels == {p["label"] for p, keep in zip(sweep, brute_pareto(pts, True)) if keep}
 
 
-def test_layer_heatmap(tmp_path):
+def test_layer_heatmap(tmp_path, drawn):
     m = np.arange(12, dtype=float).reshape(4, 3)
     m[1, 2] = np.nan
     assert_figure(plots.layer_heatmap(m, [0, 1, 2, 3], ["a", "b", "c"], tmp_path / "h", "test"), tmp_path / "h")
+    img = drawn[-1][0].axes[0].get_images()[0].get_array()
+    assert img.mask[1, 2] and img.mask.sum() == 1
+    np.testing.assert_array_equal(img.filled(np.nan), m)
+    assert sorted(t.get_text() for t in drawn[-1][0].axes[0].texts) == sorted(f"{v:.3g}" for v in m[np.isfinite(m)])
     big = np.random.default_rng(0).normal(size=(80, 7))  # many layers: thinned ticks, no annotation
     assert_figure(plots.layer_heatmap(big.tolist(), list(range(80)), list("abcdefg"), tmp_path / "big", "big"),
                   tmp_path / "big")
@@ -131,7 +178,7 @@ def pool(tmp_path_factory):
     return make_pool(tmp_path_factory.mktemp("pool"), base, experts)
 
 
-def test_heatmaps_of_an_r_tsvm_report(pool, tmp_path):
+def test_heatmaps_of_an_r_tsvm_report(pool, tmp_path, drawn):
     from r3h.methods.tsvm import RTSVM
 
     out = tmp_path / "merged"
@@ -141,6 +188,15 @@ def test_heatmaps_of_an_r_tsvm_report(pool, tmp_path):
     for name, paths in figs.items():
         assert_figure(paths, tmp_path / "figs" / name)
     report = json.loads((out / "r3h_merge.json").read_text())
+    # the Ω heatmap: layer × module, each cell the report's Ω of that layer's matrix
+    fig = next(f for f, p in drawn if str(p).endswith("merge_omega"))
+    ax = fig.axes[0]
+    modules = [t.get_text() for t in ax.get_xticklabels()]
+    assert modules == ["mlp.down_proj", "self_attn.q_proj"]
+    img = ax.get_images()[0].get_array()
+    for layer in range(3):
+        for j, mod in enumerate(modules):
+            assert img[layer, j] == pytest.approx(report["tensors"][f"model.layers.{layer}.{mod}.weight"]["omega"])
     del report["tensors"]["model.layers.1.mlp.down_proj.weight"]["omega"]  # a TSVM-like record
     for rec in report["tensors"].values():
         rec.pop("omega", None)
