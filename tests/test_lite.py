@@ -101,7 +101,14 @@ def test_loglikelihood_truncates_the_context_from_the_left(tiny):
 
 
 def test_sampling_is_deterministic_and_nested(data):
-    assert lite.sample_indices(10, 3, 0, "x") == lite.sample_indices(10, 3, 0, "x") == [3, 1, 0]  # pinned
+    # The documented rule, computed here independently: order by SHA-256 of "salt:seed:index".
+    import hashlib
+
+    digests = {i: hashlib.sha256(f"x:0:{i}".encode()).hexdigest() for i in range(10)}
+    by_hash = sorted(digests, key=digests.get)
+    assert lite.sample_indices(10, 3, 0, "x") == lite.sample_indices(10, 3, 0, "x") == by_hash[:3]
+    assert lite.sample_indices(10, None, 0, "x") == by_hash and lite.sample_indices(10, 0, 0, "x") == []
+    assert lite.sample_indices(10, 3, 1, "x") != by_hash[:3] or lite.sample_indices(10, 3, 0, "y") != by_hash[:3]
     for cls in (lite.HaluEvalQALite, lite.HarmBenchLite, lite.DoNotAnswerLite):
         a, b = cls(n=8, seed=1).items(), cls(n=8, seed=1).items()
         assert a == b and len(a) == 8
