@@ -926,3 +926,33 @@ def test_zero_task_vector_experts_are_left_out_of_the_stacks():
     finally:
         core.torch.linalg.svd = orig
     assert torch.equal(out, out2)
+
+
+# ---------------------------------------------------------------------------------------
+# RESM: the paper's v3 name for R-TSVM
+# ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("alias", ["resm", "resm_no_outlier", "resm_no_rank"])
+def test_resm_configs_are_r_tsvm(alias):
+    """`method=resm` (arXiv 2502.06876v3's "Reweighting Enhanced task Singular Merging") is
+    R-TSVM: the same class, and every option of the r_tsvm config it stands for."""
+    import importlib
+    import os
+
+    import yaml
+
+    import r3h.methods as methods
+
+    assert methods.RESM is RTSVM and methods.ALIASES[alias] == alias.replace("resm", "r_tsvm")
+    folder = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "config", "method")
+    with open(os.path.join(folder, f"{alias}.yaml")) as f:
+        cfg = yaml.safe_load(f)
+    with open(os.path.join(folder, f"{methods.ALIASES[alias]}.yaml")) as f:
+        assert cfg == yaml.safe_load(f)
+    module, _, cls = cfg["_target_"].rpartition(".")
+    assert getattr(importlib.import_module(module), cls) is RTSVM
+    # fusion_bench has no method of that name for it to shadow
+    fb = importlib.util.find_spec("fusion_bench_config")
+    if fb is not None:
+        fb_dir = list(fb.submodule_search_locations)[0]
+        assert not os.path.exists(os.path.join(fb_dir, "method", f"{alias}.yaml"))
