@@ -4,6 +4,7 @@ How to run (from the repository root, in the project's virtual environment)::
 
     python benchmarks/outlier_readings.py            # ~10 s on 2 CPU cores
     python benchmarks/outlier_readings.py --json /tmp/outliers.json
+    python benchmarks/outlier_readings.py --toy      # also the toy pool's experts (trains it once if not cached)
 
 Everything is seeded and single-threaded; the task vectors are one 576 × 576 matrix per
 expert (SmolLM2-135M's hidden size), made here:
@@ -22,13 +23,16 @@ with the guard off (`outlier_min_share: 0`) and at its default, for three expert
 `adam_10` experts and one `adam_10` expert with 20 entries raised to 3 × its largest |τ| (a
 handful of outliers, as in issue 10's DPO experts); (3) the same for three experts of
 growing tail weight (gaussian, laplace, student_t3, rescaled so that Σ|τ| is 4 : 1 : 1),
-where the readings disagree without any collapse.
+where the readings disagree without any collapse. `--toy` adds (4): over every matrix of the toy
+pool `tiny_3h` (five DPO experts trained with Adam, cached under $R3H_CACHE), each expert's
+outlier shares, how often the default guard fires, and the mean `eq8` weights without it.
 """
 
 from __future__ import annotations
 
 import argparse
 import inspect
+import os
 import json
 
 import torch
@@ -110,9 +114,40 @@ def print_weights(title, rows):
         print(f"  {r['outlier_reading']:<16}{r['outlier_min_share']:>10g}  {alpha:<30}{r['alpha_rule']}")
 
 
+def toy_pool():
+    from r3h.io import Checkpoint
+    from r3h.modelpool import build_tiny_3h
+
+    paths = build_tiny_3h()
+    names = [k for k in paths if k != "_pretrained_"]
+    base, experts = Checkpoint(paths["_pretrained_"]), {n: Checkpoint(paths[n]) for n in names}
+    rules, shares, eq8 = {}, [], []
+    for key in base.keys():
+        b = base.get(key).float()
+        if b.dim() != 2:
+            continue
+        taus = [experts[n].get(key).float() - b for n in names]
+        guarded = svd.outlier_weights(taus, "mean", "eq8", DEFAULT_MIN_SHARE)
+        rules[guarded.rule] = rules.get(guarded.rule, 0) + 1
+        shares.append([s or 0.0 for s in guarded.shares])
+        eq8.append(svd.outlier_weights(taus, "mean", "eq8", 0.0).weights)
+    s, w = torch.tensor(shares), torch.tensor(eq8)
+    res = {"experts": names, "matrices": len(shares), "rules_at_default_guard": rules,
+           "share_min": s.min(0).values.tolist(), "share_median": s.median(0).values.tolist(),
+           "share_max": s.max(0).values.tolist(), "eq8_mean_alpha_without_guard": w.mean(0).tolist()}
+    print(f"\ntoy pool tiny_3h ({os.path.dirname(paths['_pretrained_'])}): {len(shares)} matrices; "
+          f"alpha_rule at outlier_min_share {DEFAULT_MIN_SHARE:g}: {rules}")
+    print(f"  {'expert':<26}{'share min':>10}{'median':>9}{'max':>9}{'eq8 alpha, no guard (mean)':>29}")
+    for i, n in enumerate(names):
+        print(f"  {n:<26}{res['share_min'][i]:>10.4f}{res['share_median'][i]:>9.4f}{res['share_max'][i]:>9.4f}"
+              f"{res['eq8_mean_alpha_without_guard'][i]:>29.2f}")
+    return res
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", help="write every number here")
+    ap.add_argument("--toy", action="store_true", help="also measure the toy pool tiny_3h's experts")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     out = {"size": SIZE, "lr": LR, "default_outlier_min_share": DEFAULT_MIN_SHARE}
@@ -135,6 +170,8 @@ def main(argv=None) -> int:
     out["tails"] = weights_table(tails, [0.0, DEFAULT_MIN_SHARE])
     print_weights("three experts of growing tail weight (gaussian, laplace, student_t3), "
                   "sum|tau| in ratio 4 : 1 : 1:", out["tails"])
+    if args.toy:
+        out["toy"] = toy_pool()
     if args.json:
         with open(args.json, "w") as f:
             json.dump(out, f, indent=2)
