@@ -77,6 +77,28 @@ def test_fusion_bench_causal_lm_pool_of_local_models(tmp_path):
     assert_same_model(out, model)
 
 
+def test_resm_is_r_tsvm_from_the_cli(tmp_path):
+    """`method=resm` (the paper's v3 name) runs R-TSVM: the same class, options and merge, bit for bit."""
+    from tests.test_svd_cache import write_pool
+
+    paths = write_pool(tmp_path / "pool")
+    (tmp_path / "config" / "modelpool").mkdir(parents=True)
+    yaml = "_target_: r3h.modelpool.AlignedCausalLMPool\nmodels:\n" + "".join(
+        f"  {k}: {v}\n" for k, v in paths.items()) + "tokenizer: null\n"
+    (tmp_path / "config" / "modelpool" / "mini_3h.yaml").write_text(yaml)
+    infos = {}
+    for name in ("resm", "r_tsvm"):
+        r = cli([f"method={name}", "modelpool=mini_3h", "method.epsilon_mode=relative", "method.epsilon=0.5",
+                 "method.outlier_reading=inverse", f"method.out_dir={tmp_path / name}"], tmp_path, tmp_path)
+        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+        infos[name] = json.load(open(tmp_path / name / "r3h_merge.json"))
+    assert infos["resm"]["algorithm"] == infos["r_tsvm"]["algorithm"] == "r3h.methods.tsvm.RTSVM"
+    assert infos["resm"]["hyperparameters"] == infos["r_tsvm"]["hyperparameters"]
+    assert infos["resm"]["hyperparameters"]["outlier_reading"] == "inverse"
+    a, b = read_folder(tmp_path / "resm"), read_folder(tmp_path / "r_tsvm")
+    assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_bad_option_fails_cleanly(tmp_path):
     out = tmp_path / "never"
     r = cli(["method=ties", "modelpool=tiny_3h", "method.density=1.5", f"merged_model_save_path={out}"], tmp_path, tmp_path)

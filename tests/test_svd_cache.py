@@ -137,6 +137,9 @@ R_TSVM_CONFIGS = [
     dict(outlier_weighting=False, gamma=0.8, epsilon_mode="relative", epsilon=0.6),
     dict(rank_selection=False, alpha=1.2),
     dict(outlier_weighting=False, rank_selection=False),
+    dict(outlier_reading="inverse", outlier_min_share=0.0, gamma=0.4, epsilon_mode="relative", epsilon=0.6),
+    dict(outlier_reading="share", outlier_min_share=0.0, rank_selection=False),
+    dict(outlier_reading="inverse", outlier_min_share=0.9, outlier_norm="sum"),
 ]
 
 
@@ -156,6 +159,9 @@ def test_r_tsvm_warm_equals_cold_across_gamma_epsilon_and_switches(paths, tmp_pa
         assert svds == (9 * (N_EXPERTS + 2) if i == 0 else 0), (opts, svds)
         results.append(state(warm))
         ranks.add(tuple(m.last_report["tensors"]["model.layers.0.mlp.up_proj.weight"]["k_i"]))
+        if "outlier_reading" in opts:  # another reading or guard: other weights, still no SVD
+            rules = {r["alpha_rule"] for r in m.last_report["tensors"].values() if r["rule"] == "svd"}
+            assert rules == {"equal (guard)" if opts["outlier_min_share"] > 0.5 else opts["outlier_reading"]}
     assert len(ranks) > 2  # the configurations really keep different ranks
     assert len({tuple(float(r[k].sum()) for k in sorted(r)) for r in results}) == len(results)
 

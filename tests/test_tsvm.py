@@ -145,11 +145,29 @@ def ref_outlier_mass(tau: torch.Tensor) -> float:
     return total
 
 
-def ref_weights(taus, norm: str) -> List[float]:
+def ref_weights(taus, norm: str, reading: str = "eq8", min_share: float = 0.01):
+    """(αi, rule): Eq. 8 as written (αi ∝ Ti), the appendix's inverse reading (αi ∝ 1/Ti;
+    equal if some nonzero expert has Ti = 0) or the scale-free share (αi ∝ Ti / Σ|τi|),
+    replaced by equal weights when some nonzero expert's share is below `min_share`."""
+    n = len(taus)
     T = [ref_outlier_mass(t) for t in taus]
-    n = len(T)
-    alpha = [1.0 / n] * n if sum(T) == 0 else [t / sum(T) for t in T]
-    return [n * a for a in alpha] if norm == "mean" else alpha
+    L = [float(t.abs().sum()) for t in taus]
+    nonzero = [i for i in range(n) if L[i] > 0]
+    equal = [1.0] * n if norm == "mean" else [1.0 / n] * n
+    if any(T[i] / L[i] < min_share for i in nonzero):
+        return equal, "equal (guard)"
+    if reading == "eq8":
+        score = T
+    elif reading == "share":
+        score = [T[i] / L[i] if i in nonzero else 0.0 for i in range(n)]
+    elif any(T[i] == 0 for i in nonzero):
+        return equal, "equal (no outliers)"
+    else:
+        score = [1.0 / T[i] if i in nonzero else 0.0 for i in range(n)]
+    if sum(score) == 0:
+        return equal, "equal (no outliers)"
+    alpha = [x / sum(score) for x in score]
+    return ([n * a for a in alpha] if norm == "mean" else alpha), reading
 
 
 def ref_omega_counts(taus, epsilon: float, mode: str):
@@ -167,18 +185,20 @@ def ref_rank_budget(r: int, n: int, q: int, small: int, total: int, gamma: float
 
 
 def ref_rtsvm(base, experts, outlier_weighting=True, rank_selection=True, outlier_norm="mean",
-              gamma=0.5, epsilon=0.1, epsilon_mode="absolute"):
+              gamma=0.5, epsilon=0.1, epsilon_mode="absolute", outlier_reading="eq8", outlier_min_share=0.01):
     taus = taus64(base, experts)
     n, r = len(taus), min(base.shape)
     q = r // n
     factors = ref_factors(taus, q)
     small, total = ref_omega_counts(taus, epsilon, epsilon_mode)
     k, ki = ref_rank_budget(r, n, q, small, total, gamma)
-    weights = ref_weights(taus, outlier_norm) if outlier_weighting else [1.0] * n
+    weights, rule = ref_weights(taus, outlier_norm, outlier_reading, outlier_min_share)
+    if not outlier_weighting:
+        weights, rule = [1.0] * n, "off"
     ranks = [ki] * n if rank_selection else [q] * n
     delta = ref_rtsvm_delta_from_factors(factors, weights, ranks)
     return delta, {"q": q, "sti": ref_sti(factors), "alpha": weights, "k_i": ranks,
-                   "omega": small / total, "k": k}
+                   "omega": small / total, "k": k, "alpha_rule": rule}
 
 
 # ---------------------------------------------------------------------------------------
@@ -264,7 +284,7 @@ RTSVM_CASES = {
     # name: (shape, n, spikes per expert, method options, alpha, expectations)
     "default": ((24, 16), 2, [3, 10], {}, 1.0, {"trunc": True, "weights": True}),
     "relative_sum_gamma1": ((16, 40), 3, [0, 4, 12], dict(gamma=1.0, epsilon=0.5, epsilon_mode="relative",
-                                                         outlier_norm="sum"), 0.7,
+                                                         outlier_norm="sum", outlier_min_share=0.0), 0.7,
                            {"trunc": True, "weights": True}),
     "tall_4": ((48, 20), 4, [1, 2, 6, 15], dict(gamma=0.8, epsilon=0.15), 1.0, {"trunc": True, "weights": True}),
     "k_clamped_to_1": ((40, 24), 3, [2, 5, 9], dict(gamma=1.0, epsilon=5.0, epsilon_mode="relative"), 1.0,
@@ -277,6 +297,17 @@ RTSVM_CASES = {
     # d = 8 ≤ 9 columns: by Samuelson's inequality no entry can reach μ + 3σ, so every T is 0
     "all_T_zero_mean": ((30, 8), 2, None, dict(gamma=1.0, epsilon=0.05), 1.0, {"equal": True}),
     "all_T_zero_sum": ((30, 8), 3, None, dict(outlier_norm="sum", rank_selection=False), 1.0, {"equal": True}),
+    "all_T_zero_no_guard": ((30, 8), 3, None, dict(outlier_min_share=0.0), 1.0, {"equal": True}),
+    # the readings (expert i has the most outlier mass for the largest i)
+    "inverse": ((24, 40), 3, [2, 6, 14], dict(outlier_reading="inverse"), 1.0, {"weights": True, "trunc": True}),
+    "inverse_sum": ((40, 24), 3, [3, 8, 20], dict(outlier_reading="inverse", outlier_norm="sum",
+                                                  rank_selection=False), 0.8, {"weights": True}),
+    "share": ((24, 40), 3, [2, 6, 14], dict(outlier_reading="share", gamma=0.9), 1.0,
+              {"weights": True, "trunc": True}),
+    "share_sum_no_guard": ((16, 40), 3, [0, 4, 12], dict(outlier_reading="share", outlier_norm="sum",
+                                                         outlier_min_share=0.0), 0.7, {"weights": True}),
+    "guard_high": ((24, 40), 3, [2, 6, 14], dict(outlier_reading="inverse", outlier_min_share=0.5), 1.0,
+                   {"equal": True}),
 }
 
 
@@ -294,6 +325,11 @@ def test_rtsvm_matches_reference(case):
     assert rep["k"] == info["k"]
     assert rep["k_i"] == info["k_i"]
     assert rep["alpha"] == pytest.approx(info["alpha"], rel=1e-5)
+    assert rep["alpha_rule"] == info["alpha_rule"]
+    taus = taus64(base, experts)
+    if opts.get("outlier_weighting", True):
+        shares = [ref_outlier_mass(t) / float(t.abs().sum()) for t in taus]
+        assert rep["outlier_share"] == pytest.approx(shares, rel=1e-5, abs=1e-12)
     assert rep["sti"] == pytest.approx(info["sti"], rel=1e-4)
     # The case exercises what it claims to.
     q = info["q"]
@@ -304,9 +340,22 @@ def test_rtsvm_matches_reference(case):
     if expect.get("weights"):
         assert max(info["alpha"]) - min(info["alpha"]) > 0.05, info["alpha"]
     if expect.get("equal"):
-        assert all(ref_outlier_mass(t) == 0 for t in taus64(base, experts))
+        if case == "guard_high":
+            assert rep["alpha_rule"] == "equal (guard)" and min(rep["outlier_share"]) > 0
+        else:
+            assert all(ref_outlier_mass(t) == 0 for t in taus)
+            assert rep["alpha_rule"] == ("equal (no outliers)" if "no_guard" in case else "equal (guard)")
         w = 1.0 if opts.get("outlier_norm", "mean") == "mean" else 1.0 / n
         assert rep["alpha"] == pytest.approx([w] * n, rel=1e-12)
+    reading = opts.get("outlier_reading", "eq8")
+    if expect.get("weights"):
+        assert rep["alpha_rule"] == reading
+        T = [ref_outlier_mass(t) for t in taus]
+        order = sorted(range(n), key=lambda i: T[i] / float(taus[i].abs().sum()) if reading == "share" else T[i])
+        if reading == "inverse":  # more outlier mass, less weight
+            assert sorted(range(n), key=lambda i: -rep["alpha"][i]) == order
+        else:
+            assert sorted(range(n), key=lambda i: rep["alpha"][i]) == order
     if "sum" == opts.get("outlier_norm"):
         assert sum(rep["alpha"]) == pytest.approx(1.0, rel=1e-9)
     else:
@@ -365,6 +414,7 @@ def test_rtsvm_report_in_run_and_json(tmp_path):
         assert rep["omega"] == pytest.approx(info["omega"], abs=1e-15)
         assert rep["alpha"] == pytest.approx(info["alpha"], rel=1e-5)
         assert rep["sti"] == pytest.approx(info["sti"], rel=1e-4)
+        assert rep["alpha_rule"] == info["alpha_rule"] == "eq8" and len(rep["outlier_share"]) == 3
     assert saved["c.bias"]["rule"] == "mean"
     mean = torch.stack(taus64(base["c.bias"], [e["c.bias"] for e in ex])).mean(0)
     assert_rel(merged["c.bias"], base["c.bias"].double() + 0.9 * mean, 1.0, 1e-6)
@@ -391,6 +441,95 @@ def test_rank_budget_exact_at_integer_boundary():
     assert (rep["k"], rep["k_i"]) == (k, [ki, ki])
 
 
+def adam_like_case(shape=(48, 64), n=3, spikes=4, seed=40, lr=5e-5):
+    """Task vectors of a short Adam run: every entry ≈ ±lr (sign(g)·lr·(1 + 0.01u), u ~ U(−1, 1),
+    bounded, so no entry of a row reaches μ + 3σ and T = 0), the last expert with a handful
+    of entries raised to 3·lr (its only outliers): the pattern that made Eq. 8 keep one expert."""
+    g = gen(seed)
+    base = (0.3 * torch.randn(shape, generator=g, dtype=F64)).float()
+    taus = []
+    for i in range(n):
+        sign = torch.where(torch.rand(shape, generator=g) < 0.5, -1.0, 1.0).to(F64)
+        tau = sign * lr * (1 + 0.01 * (2 * torch.rand(shape, generator=g, dtype=F64) - 1))
+        if i == n - 1:
+            idx = torch.randperm(tau.numel(), generator=g)[:spikes]
+            tau.view(-1)[idx] *= 3
+        taus.append(tau)
+    return base, [(base.double() + t).float() for t in taus]
+
+
+def test_adam_like_eq8_collapses_and_the_guard_gives_equal_weights():
+    base, experts = adam_like_case()
+    taus = taus64(base, experts)
+    T = [ref_outlier_mass(t) for t in taus]
+    assert T[0] == T[1] == 0 < T[2]  # the case is what it claims to be
+    share = T[2] / float(taus[2].abs().sum())
+    assert 0 < share < 0.01
+    # Eq. 8 with the guard off: one expert takes all the weight, the others are dropped
+    off = rtsvm(outlier_min_share=0.0, rank_selection=False)
+    merge(off, "w", base, experts)
+    rep = off.tensor_reports["w"]
+    assert rep["alpha_rule"] == "eq8" and rep["alpha"] == pytest.approx([0.0, 0.0, 3.0], abs=1e-12)
+    # ... the scale-free share collapses the same way; the inverse reading has 1/0 and is equal
+    for reading, alpha, rule in [("share", [0.0, 0.0, 3.0], "share"), ("inverse", [1.0] * 3, "equal (no outliers)")]:
+        m = rtsvm(outlier_min_share=0.0, outlier_reading=reading, rank_selection=False)
+        merge(m, "w", base, experts)
+        assert m.tensor_reports["w"]["alpha_rule"] == rule
+        assert m.tensor_reports["w"]["alpha"] == pytest.approx(alpha, abs=1e-12)
+    # the default guard: equal weights, reported as such, the same merge as without weighting
+    for reading in ("eq8", "inverse", "share"):
+        for norm in ("mean", "sum"):
+            m = rtsvm(outlier_reading=reading, outlier_norm=norm)
+            out = merge(m, "w", base, experts)
+            rep = m.tensor_reports["w"]
+            assert rep["alpha_rule"] == "equal (guard)"
+            assert rep["alpha"] == pytest.approx([1.0] * 3 if norm == "mean" else [1 / 3] * 3, rel=1e-12)
+            assert rep["outlier_share"] == pytest.approx([0.0, 0.0, share], rel=1e-5)
+            if norm == "mean":
+                assert torch.equal(out, merge(rtsvm(outlier_weighting=False), "w", base, experts))
+    # (the merged Δ is not compared with the float64 reference: the spectrum of a sign
+    # matrix is flat, so its top-q subspace moves with float32 rounding)
+    assert ref_weights(taus, "mean") == ([1.0] * 3, "equal (guard)")
+
+
+@pytest.mark.parametrize("T,L,norm,reading,min_share,alpha,rule", [
+    # an expert with τ = 0 here (L = 0) scores 0 and is ignored by the guard
+    ([0.0, 2.0, 6.0], [0.0, 10.0, 30.0], "mean", "eq8", 0.1, [0.0, 0.75, 2.25], "eq8"),
+    ([0.0, 2.0, 6.0], [0.0, 10.0, 30.0], "mean", "inverse", 0.1, [0.0, 2.25, 0.75], "inverse"),
+    ([0.0, 2.0, 6.0], [0.0, 10.0, 60.0], "sum", "share", 0.05, [0.0, 2 / 3, 1 / 3], "share"),
+    # inverse: a nonzero expert with T = 0 makes 1/T undefined: equal weights
+    ([0.0, 2.0, 6.0], [5.0, 10.0, 30.0], "sum", "inverse", 0.0, [1 / 3] * 3, "equal (no outliers)"),
+    ([0.0, 0.0], [5.0, 10.0], "mean", "eq8", 0.0, [1.0, 1.0], "equal (no outliers)"),
+    # the guard looks at each expert's share, not at the total
+    ([1.0, 9.0], [100.0, 100.0], "mean", "eq8", 0.02, [1.0, 1.0], "equal (guard)"),
+    ([1.0, 9.0], [100.0, 100.0], "mean", "eq8", 0.01, [0.2, 1.8], "eq8"),
+])
+def test_weights_from_outliers_rules(T, L, norm, reading, min_share, alpha, rule):
+    from r3h.core.layerwise_svd import weights_from_outliers
+
+    ow = weights_from_outliers(T, L, norm, reading, min_share)
+    assert ow.weights == pytest.approx(alpha, rel=1e-12) and ow.rule == rule
+    assert ow.shares == [t / l if l > 0 else None for t, l in zip(T, L)]
+
+
+def test_outlier_mass_of_an_adam_first_step_is_zero():
+    """Adam's first step moves every entry by lr·g/(|g| + eps) ≈ ±lr: no outliers. The
+    one-pass σ = sqrt(mean τ² − μ²) cancels in float32, is 0 on some rows and then counts
+    about half of their entries as outliers; r3h's two-pass σ does not."""
+    from r3h.core.layerwise_svd import outlier_mass
+
+    w = torch.nn.Parameter(torch.zeros(64, 256))
+    opt = torch.optim.Adam([w], lr=5e-5)
+    w.grad = torch.randn(64, 256, generator=gen(2))
+    opt.step()
+    tau = w.detach()
+    a = tau.abs()
+    mu = a.mean(dim=1, keepdim=True)
+    one_pass = (tau.pow(2).mean(dim=1, keepdim=True) - mu.pow(2)).clamp_min(0).sqrt()
+    assert float((a * (a >= mu + 3 * one_pass)).sum()) > 0  # the artefact is there to avoid
+    assert outlier_mass(tau) == ref_outlier_mass(tau.double()) == 0
+
+
 # ---------------------------------------------------------------------------------------
 # 3. invariants
 # ---------------------------------------------------------------------------------------
@@ -402,9 +541,16 @@ def test_rtsvm_without_switches_is_tsvm(shape, n, alpha):
     m = rtsvm(alpha=alpha, outlier_weighting=False, rank_selection=False, gamma=1.0)
     b = merge(m, "w", base, experts)
     assert torch.equal(a, b)
+    for reading in ("inverse", "share"):  # the outlier options do nothing with the switch off
+        m = rtsvm(alpha=alpha, outlier_weighting=False, rank_selection=False, outlier_reading=reading,
+                  outlier_min_share=0.0)
+        assert torch.equal(a, merge(m, "w", base, experts))
+        assert m.tensor_reports["w"]["alpha_rule"] == "off"
     # ... and an R-TSVM that does reweight is not TSVM on these inputs.
-    c = merge(rtsvm(alpha=alpha, rank_selection=False), "w", base, experts)
-    assert float((c - a).abs().max()) > 1e-3 * float((a - base).abs().max())
+    for reading in ("eq8", "inverse", "share"):
+        c = merge(rtsvm(alpha=alpha, rank_selection=False, outlier_reading=reading, outlier_min_share=0.0),
+                  "w", base, experts)
+        assert float((c - a).abs().max()) > 1e-3 * float((a - base).abs().max())
 
 
 def test_rtsvm_without_switches_is_tsvm_end_to_end(tmp_path):
@@ -470,14 +616,17 @@ def explicit_case(shape, n, seed):
     return base, experts, factors
 
 
-@pytest.mark.parametrize("cls", ["tsvm", "r_tsvm"])
+@pytest.mark.parametrize("cls", ["tsvm", "r_tsvm", "r_tsvm_inverse", "r_tsvm_share"])
 def test_sign_convention_end_to_end(cls, monkeypatch):
     """r3h's result equals the reference built from the explicit factors under any sign
     choice, and does not move when torch's SVD returns randomly flipped pairs."""
     shape, n = (26, 18), 3
     base, experts, factors = explicit_case(shape, n, seed=21)
     q = min(shape) // n
-    opts = {} if cls == "tsvm" else dict(gamma=0.5, epsilon=0.3)
+    opts = {} if cls == "tsvm" else dict(gamma=0.5, epsilon=0.3, outlier_min_share=0.0)
+    if cls != "tsvm":
+        opts["outlier_reading"] = cls.split("_")[2] if cls.count("_") == 2 else "eq8"
+        cls = "r_tsvm"
     make = (lambda: tsvm(alpha=0.9)) if cls == "tsvm" else (lambda: rtsvm(alpha=0.9, **opts))
     m = make()
     out = merge(m, "w", base, experts)
@@ -654,6 +803,11 @@ BAD_OPTIONS = [
     (RTSVM, dict(epsilon=-1.0), "epsilon"),
     (RTSVM, dict(epsilon_mode="percent"), "epsilon_mode"),
     (RTSVM, dict(outlier_norm="max"), "outlier_norm"),
+    (RTSVM, dict(outlier_reading="eq9"), "outlier_reading"),
+    (RTSVM, dict(outlier_min_share=-0.1), "outlier_min_share"),
+    (RTSVM, dict(outlier_min_share=1.5), "outlier_min_share"),
+    (RTSVM, dict(outlier_min_share=float("nan")), "outlier_min_share"),
+    (RTSVM, dict(outlier_min_share="high"), "outlier_min_share"),
     (RTSVM, dict(svd_solver="lanczos"), "svd_solver"),
     (TaskSingularVectorMerging, dict(svd_solver="lanczos"), "svd_solver"),
 ]
@@ -772,3 +926,33 @@ def test_zero_task_vector_experts_are_left_out_of_the_stacks():
     finally:
         core.torch.linalg.svd = orig
     assert torch.equal(out, out2)
+
+
+# ---------------------------------------------------------------------------------------
+# RESM: the paper's v3 name for R-TSVM
+# ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("alias", ["resm", "resm_no_outlier", "resm_no_rank"])
+def test_resm_configs_are_r_tsvm(alias):
+    """`method=resm` (arXiv 2502.06876v3's "Reweighting Enhanced task Singular Merging") is
+    R-TSVM: the same class, and every option of the r_tsvm config it stands for."""
+    import importlib
+    import os
+
+    import yaml
+
+    import r3h.methods as methods
+
+    assert methods.RESM is RTSVM and methods.ALIASES[alias] == alias.replace("resm", "r_tsvm")
+    folder = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "config", "method")
+    with open(os.path.join(folder, f"{alias}.yaml")) as f:
+        cfg = yaml.safe_load(f)
+    with open(os.path.join(folder, f"{methods.ALIASES[alias]}.yaml")) as f:
+        assert cfg == yaml.safe_load(f)
+    module, _, cls = cfg["_target_"].rpartition(".")
+    assert getattr(importlib.import_module(module), cls) is RTSVM
+    # fusion_bench has no method of that name for it to shadow
+    fb = importlib.util.find_spec("fusion_bench_config")
+    if fb is not None:
+        fb_dir = list(fb.submodule_search_locations)[0]
+        assert not os.path.exists(os.path.join(fb_dir, "method", f"{alias}.yaml"))

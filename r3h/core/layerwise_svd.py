@@ -183,25 +183,84 @@ def combine(
 
 
 def outlier_mass(tau: torch.Tensor) -> float:
-    """Eq. 6–7: per row ρ, μρ = mean |τ|, σρ = sqrt(mean τ² − μρ²); T = Σ |τ| over the
-    entries with |τ| ≥ μρ + 3σρ."""
+    """Eq. 6–7: per row ρ, μρ = mean |τ|, σρ = sqrt(mean (|τ| − μρ)²) (= sqrt(mean τ² − μρ²));
+    T = Σ |τ| over the entries with |τ| ≥ μρ + 3σρ.
+
+    σρ is computed in two passes: the one-pass form mean τ² − μρ² cancels catastrophically
+    in float32 when |τ| is nearly constant along a row (Adam's first step, lr·sign(g)), and
+    rounds to 0 on some rows, which then count half their entries as outliers."""
     a = tau.abs()
     mu = a.mean(dim=1, keepdim=True)
-    sigma = (tau.pow(2).mean(dim=1, keepdim=True) - mu.pow(2)).clamp_min(0).sqrt()
+    sigma = (a - mu).pow(2).mean(dim=1, keepdim=True).sqrt()
     return float((a * (a >= mu + 3 * sigma)).sum())
 
 
-def outlier_weights(taus: Sequence[torch.Tensor], norm: str = "mean") -> List[float]:
-    """Eq. 8: αi = Ti / Σj Tj (`sum`), or n·αi (`mean`, so equal outlier mass gives 1).
-    If every Tj is 0 the weights are equal."""
+OUTLIER_READINGS = ("eq8", "inverse", "share")
+
+
+@dataclass
+class OutlierWeights:
+    """Expert weights αi of R-TSVM's outlier weighting, how they were chosen, and each
+    expert's outlier share si = Ti / Σ|τi| (None where τi is zero)."""
+
+    weights: List[float]
+    rule: str  # the reading applied, "equal (guard)" or "equal (no outliers)"
+    shares: List[Optional[float]]
+
+
+def outlier_weights(
+    taus: Sequence[torch.Tensor], norm: str = "mean", reading: str = "eq8", min_share: float = 0.0
+) -> OutlierWeights:
+    """R-TSVM's expert weights from each expert's outlier mass Ti (Eq. 6–7) and L1 mass
+    Li = Σ|τi|; see `weights_from_outliers` for the rules."""
     T = [outlier_mass(t) for t in taus]
-    n, total = len(T), sum(T)
-    alpha = [1.0 / n] * n if total == 0 else [t / total for t in T]
-    if norm == "mean":
-        return [n * a for a in alpha]
-    if norm == "sum":
-        return alpha
-    raise ValueError(f"outlier_norm must be 'mean' or 'sum'; got {norm!r}")
+    L = [float(t.abs().sum(dtype=torch.float64)) for t in taus]
+    return weights_from_outliers(T, L, norm, reading, min_share)
+
+
+def weights_from_outliers(
+    T: Sequence[float], L: Sequence[float], norm: str = "mean", reading: str = "eq8", min_share: float = 0.0
+) -> OutlierWeights:
+    """αi = ci / Σj cj, with the score ci of the reading (experts whose τ is zero, Li = 0,
+    have ci = 0):
+
+    - `eq8`: ci = Ti (Eq. 8 as written: more outlier mass, more weight);
+    - `inverse`: ci = 1 / Ti (Appendix A.1's reading: the weight is reduced in proportion
+      to the outlier mass); if some expert with Li > 0 has Ti = 0 the weights are equal;
+    - `share`: ci = si = Ti / Li (scale-free: the share of its own L1 mass in outliers).
+
+    `norm`: `sum` uses αi (Σ αi = 1), `mean` n·αi (equal scores give 1). Equal weights
+    (1, or 1/n with `sum`) replace them when Σj cj = 0 (rule `equal (no outliers)`) and,
+    first, when some expert with Li > 0 has si < `min_share` (rule `equal (guard)`): its Ti
+    is too small a part of its task vector to be a signal, and any reading would then
+    hand the merge to one side (Eq. 8 drops the expert, the inverse keeps only it).
+    """
+    if reading not in OUTLIER_READINGS:
+        raise ValueError(f"outlier_reading must be one of {', '.join(OUTLIER_READINGS)}; got {reading!r}")
+    if norm not in ("mean", "sum"):
+        raise ValueError(f"outlier_norm must be 'mean' or 'sum'; got {norm!r}")
+    n = len(T)
+    shares = [t / l if l > 0 else None for t, l in zip(T, L)]
+    live = [s is not None for s in shares]
+    rule = reading
+    if any(s is not None and s < min_share for s in shares):
+        rule, c = "equal (guard)", [0.0] * n
+    elif reading == "eq8":
+        c = list(T)
+    elif reading == "share":
+        c = [s if z else 0.0 for s, z in zip(shares, live)]
+    elif any(t == 0 for t, z in zip(T, live) if z):  # inverse: 1/0
+        c = [0.0] * n
+    else:
+        c = [1.0 / t if z else 0.0 for t, z in zip(T, live)]
+    total = sum(c)
+    if total == 0:
+        alpha = [1.0 / n] * n
+        if rule == reading:
+            rule = "equal (no outliers)"
+    else:
+        alpha = [x / total for x in c]
+    return OutlierWeights([n * a for a in alpha] if norm == "mean" else alpha, rule, shares)
 
 
 def sparsity(taus: Sequence[torch.Tensor], epsilon: float, mode: str = "absolute") -> Fraction:

@@ -5,6 +5,10 @@ task_arithmetic → TaskArithmetic, ties → TiesMerging, dare → DareMerging,
 dare_ties → DareTiesMerging, della → DellaMerging, della_ties → DellaTiesMerging,
 breadcrumbs → BreadcrumbsMerging, breadcrumbs_ties → BreadcrumbsTiesMerging,
 model_stock → ModelStock, tsvm → TaskSingularVectorMerging, r_tsvm → RTSVM.
+
+`RESM` is `RTSVM` under the name arXiv 2502.06876v3 gives it ("Reweighting Enhanced task
+Singular Merging"); its configs `resm`, `resm_no_outlier`, `resm_no_rank` are those of
+`r_tsvm` (ALIASES: alias config name → config name).
 """
 
 from r3h.methods.base import MergeAlgorithm
@@ -34,4 +38,7 @@ METHODS = {
     "r_tsvm": RTSVM,
 }
 
-__all__ = ["METHODS", "MergeAlgorithm", *[c.__name__ for c in METHODS.values()]]
+RESM = RTSVM
+ALIASES = {"resm": "r_tsvm", "resm_no_outlier": "r_tsvm_no_outlier", "resm_no_rank": "r_tsvm_no_rank"}
+
+__all__ = ["METHODS", "ALIASES", "MergeAlgorithm", "RESM", *[c.__name__ for c in METHODS.values()]]

@@ -373,15 +373,23 @@ class RTSVM(TaskSingularVectorMerging):
     """R-TSVM: TSVM with outlier-aware expert weights and sparsity-adaptive rank.
 
     Args:
-        outlier_weighting: αi from each expert's 3σ outlier mass (Eq. 6–8); default true.
-        outlier_norm: `mean` (n·αi, so equal mass gives 1; default) or `sum` (αi, Eq. 8 literally).
+        outlier_weighting: αi from each expert's 3σ outlier mass Ti (Eq. 6–8); default true.
+        outlier_reading: how Ti becomes αi ∝ ci: `eq8` (ci = Ti, Eq. 8 as written; default),
+            `inverse` (ci = 1/Ti, Appendix A.1's reading; equal weights if some Ti = 0) or
+            `share` (ci = Ti / Σ|τi|, scale-free). See `layerwise_svd.weights_from_outliers`.
+        outlier_norm: `mean` (n·αi, so equal scores give 1; default) or `sum` (αi, Σ αi = 1).
+        outlier_min_share: the guard: if some expert's outlier share Ti / Σ|τi| is below it,
+            the tensor's weights are equal (report: `alpha_rule: equal (guard)`); in [0, 1],
+            default 0.01 (a Gaussian row has ≈ 0.033, Adam-like task vectors ≈ 0); 0 = off.
         rank_selection: keep ki = min(q, max(1, ⌊k/n⌋)) triplets per expert with
             k = ⌊r (1 − γ Ω)⌋ (Eq. 9–10); default true.
         gamma: γ in [0, 1]; default 0.5.
         epsilon: ε > 0 for Ω = fraction of |τ| < ε; default 0.1 (the paper's).
         epsilon_mode: `absolute` (the paper's, default) or `relative` (ε · RMS of the stacked τ).
         alpha, svd_solver, exclude_keys, ...: as TSVM.
-    With both switches off R-TSVM equals TSVM. Per tensor the report gives αi, Ω, k, ki, STI.
+    With both switches off R-TSVM equals TSVM. Per tensor the report gives αi, how they were
+    chosen (`alpha_rule`), each expert's outlier share, Ω, k, ki and STI. `RESM` is this class
+    under the paper's v3 name.
     """
 
     _method_name = "r_tsvm"
@@ -392,6 +400,8 @@ class RTSVM(TaskSingularVectorMerging):
         outlier_weighting: bool = True,
         rank_selection: bool = True,
         outlier_norm: str = "mean",
+        outlier_reading: str = "eq8",
+        outlier_min_share: float = 0.01,
         gamma: float = 0.5,
         epsilon: float = 0.1,
         epsilon_mode: str = "absolute",
@@ -408,14 +418,21 @@ class RTSVM(TaskSingularVectorMerging):
             raise ValueError(f"epsilon_mode must be 'absolute' or 'relative'; got {self.epsilon_mode!r}")
         if self.outlier_norm not in ("mean", "sum"):
             raise ValueError(f"outlier_norm must be 'mean' or 'sum'; got {self.outlier_norm!r}")
+        if self.outlier_reading not in svd.OUTLIER_READINGS:
+            raise ValueError(f"outlier_reading must be one of {', '.join(svd.OUTLIER_READINGS)}; "
+                             f"got {self.outlier_reading!r}")
+        share = self.outlier_min_share
+        if isinstance(share, bool) or not isinstance(share, (int, float)) or share != share:
+            raise ValueError(f"outlier_min_share must be a number in [0, 1]; got {share!r}")
+        check_range("outlier_min_share", float(share), 0.0, 1.0)
 
     def reweighting(self, taus, r, q):
         n = len(taus)
         omega = svd.sparsity(taus, float(self.epsilon), self.epsilon_mode)
         k, ki = svd.rank_budget(r, n, q, omega, float(self.gamma))
-        return {
-            "weights": svd.outlier_weights(taus, self.outlier_norm) if self.outlier_weighting else None,
-            "ranks": ki if self.rank_selection else None,
-            "omega": omega,
-            "k": k,
-        }
+        out = {"weights": None, "ranks": ki if self.rank_selection else None, "omega": omega, "k": k,
+               "alpha_rule": "off"}
+        if self.outlier_weighting:
+            ow = svd.outlier_weights(taus, self.outlier_norm, self.outlier_reading, float(self.outlier_min_share))
+            out.update(weights=ow.weights, alpha_rule=ow.rule, outlier_share=ow.shares)
+        return out
