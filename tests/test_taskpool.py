@@ -104,9 +104,12 @@ def make_pool(root: Path, base_url: str, files=None, judge_kw=None, **kw) -> Thr
     judge = {"_target_": "r3h.evaluation.judges.OpenAIChatJudge", "model": MODEL, "base_url": base_url,
              "cache": False, "jitter": False, "max_attempts": 1, **(judge_kw or {})}
     benchmarks = {
-        "MT-Bench": {"_target_": "r3h.evaluation.generative.MTBench", "path": files["mt"], "judge": "scripted"},
+        # the pipeline on r3h's own test data: the question file's references and r3h's judge wording
+        # (FastChat's protocol on its published layout: tests/test_published_layouts.py)
+        "MT-Bench": {"_target_": "r3h.evaluation.generative.MTBench", "path": files["mt"], "judge": "scripted",
+                     "reference_answers": "question", "judge_prompts": None},
         "HaluEval_Wild": {"_target_": "r3h.evaluation.generative.HaluEvalWild", "path": files["halu"],
-                          "judge": "scripted"},
+                          "judge": "scripted", "query_types": None},
         "Salad_Bench": {"_target_": "r3h.evaluation.generative.SaladBench", "path": files["salad"],
                         "judge": "scripted"},
         "OR-Bench": {"_target_": "r3h.evaluation.generative.ORBench", "path": files["or"], "judge": "scripted"},
@@ -294,7 +297,7 @@ def test_no_tokenizer_and_no_judge(tiny, server, tmp_path, no_generation):
     with pytest.raises(ValueError, match="cannot tell which tokenizer.*taskpool.tokenizer"):
         make_pool(tmp_path, server.base_url).evaluate(Bare())
     pool = ThreeHTaskPool(benchmarks={"HaluEval_Wild": {"_target_": "r3h.evaluation.generative.HaluEvalWild",
-                                                         "path": data_files(tmp_path)["halu"]}},
+                                                         "path": data_files(tmp_path)["halu"], "query_types": None}},
                           output_dir=str(tmp_path / "out"))
     with pytest.raises(ValueError, match="HaluEval-Wild: no judge for the 'hallucination' rubric"):
         pool.evaluate(tiny[0])
@@ -346,7 +349,7 @@ def test_reference_match_judge():
 
 def test_benchmarks_read_the_published_field_names(tmp_path):
     """FastChat's / HuggingFaceH4's MT-Bench, SALAD's three sets, HaluEval-Wild with a reference."""
-    mt = MTBench(path=write_jsonl(tmp_path / "h4.jsonl", [
+    mt = MTBench(reference_answers="question", judge_prompts=None, path=write_jsonl(tmp_path / "h4.jsonl", [
         {"prompt_id": 5, "category": "coding", "prompt": ["a", "b"], "reference": ["r1", "r2"]},
         {"prompt_id": 6, "category": "writing", "prompt": ["c", "d"], "reference": ["x", "y"]}]))
     items = mt.items()
@@ -359,9 +362,10 @@ def test_benchmarks_read_the_published_field_names(tmp_path):
     defense = SaladBench(path=write_jsonl(tmp_path / "defense.jsonl", [{"did": 3, "qid": 1, "daugq": "dq"}]))
     assert defense.items()[0]["prompt"] == "dq"
     (tmp_path / "halu.json").write_text(json.dumps([{"query": "q", "query_type": "t", "answer": "ref"}]))
-    assert HaluEvalWild(path=str(tmp_path / "halu.json")).items()[0]["reference"] == "ref"
+    assert HaluEvalWild(path=str(tmp_path / "halu.json"), query_types=None).items()[0]["reference"] == "ref"
     assert ORBench().source == "bench-llm/or-bench, name=or-bench-hard-1k, split=train"
-    assert SaladBench().name == "base_set" and MTBench().path == "lighteval/mt-bench"
+    assert SaladBench().name == "base_set" and MTBench().path == "json"
+    assert MTBench().data_files.startswith("https://raw.githubusercontent.com/lm-sys/FastChat/")
 
 
 def test_columns_that_are_not_the_papers_average_by_dimension(tmp_path):
