@@ -811,9 +811,6 @@ class HaluEvalWild(JudgedBenchmark):
         return d
 
 
-#: Salad-Data on the hub, pinned: the commit of its card with the configs base_set,
-#: attack_enhanced_set, small_attack_subset, defense_enhanced_set, mcq_set.
-SALAD_DATA_REVISION = "e0f207e6a1f65392d945d0d67cf0fedc67d6285e"
 #: The number of SALAD-Bench questions the paper scores (Table 9). Which 1,817 of the 21,318
 #: base-set questions is not published; ``sample_size: 1817`` draws a seeded sample of that size.
 PAPER_SALAD_SIZE = 1817
