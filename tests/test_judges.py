@@ -749,8 +749,8 @@ def remote_code_model(tiny_judge_model, tmp_path_factory):
 
     src, vocab = tiny_judge_model
     folder = tmp_path_factory.mktemp("remote_code_judge")
-    for f in os.listdir(src):
-        if f.startswith(("tokenizer", "special_tokens")):
+    for f in os.listdir(src):  # the tokenizer files (and its chat template)
+        if not f.startswith(("model", "config", "generation_config")):
             shutil.copy(os.path.join(src, f), folder)
     (folder / "configuration_r3hfx.py").write_text(
         "from transformers import LlamaConfig\n\n\nclass R3hFxConfig(LlamaConfig):\n    model_type = 'r3hfx'\n")
@@ -768,8 +768,7 @@ def remote_code_model(tiny_judge_model, tmp_path_factory):
     return str(folder)
 
 
-def test_hf_judge_runs_repository_code_only_when_opted_in(remote_code_model, tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_MODULES_CACHE", str(tmp_path / "modules"))
+def test_hf_judge_runs_repository_code_only_when_opted_in(remote_code_model):
     with pytest.raises(JudgeConfigError, match="ships its own model code.*trust_remote_code: true"):
         HFJudge(remote_code_model, cache=None).check()
     with pytest.raises(TypeError, match="trust_remote_code must be true or false"):
