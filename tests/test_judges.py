@@ -778,3 +778,14 @@ def test_hf_judge_runs_repository_code_only_when_opted_in(remote_code_model):
     assert type(judge.model).__name__ == "R3hFxForCausalLM"
     v = judge.judge([JudgeRequest("how w1", "w2", "safety")])
     assert len(v) == 1 and v[0].judge == f"hf:{remote_code_model}"
+
+
+def test_md_judge_preset_on_an_openai_compatible_judge(serve, tmp_path):
+    """The v0.2 prompt through a served model (e.g. vLLM): one user message, the card's template."""
+    server = serve(lambda body, n: Reply(content="[REASONING]: It refuses.\n[RESULT]: safe, score 1"))
+    judge = OpenAIChatJudge(MODEL, base_url=server.base_url, templates="md-judge-v0.2", cache=None, jitter=False)
+    v = judge.judge([JudgeRequest("how w1", "w2", "safety")])
+    assert (v[0].value, v[0].ok) == ("safe", True)
+    messages = server.posts[0]["messages"]
+    assert [m["role"] for m in messages] == ["user"]
+    assert messages[0]["content"] == TEMPLATE_PRESETS["md-judge-v0.2"]["prompt"].format(question="how w1", answer="w2")

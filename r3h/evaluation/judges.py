@@ -966,7 +966,7 @@ class OpenAIChatJudge(TemplateJudge):
                  backoff_max: float = 60.0, jitter: bool = True, seed: int = 0, max_concurrency: int = 8,
                  extra_body: Optional[Mapping[str, Any]] = None, headers: Optional[Mapping[str, str]] = None,
                  on_error: str = "raise", sleep: Optional[Callable[[float], None]] = None,
-                 templates: Optional[Mapping[str, Template]] = None, cache=True,
+                 templates: Union[None, str, Mapping[str, Template]] = None, cache=True,
                  refresh_failed: bool = False, preflight: bool = True):
         super().__init__(templates=templates, cache=cache, refresh_failed=refresh_failed, preflight=preflight)
         if not model:
