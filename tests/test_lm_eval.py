@@ -190,7 +190,12 @@ def test_multiple_choice_score_is_lm_eval_per_sample_mean_and_the_models_loglike
     assert res.details["n"] == len(rows) == 6 and res.details["version"] == 1.5
     assert res.score == pytest.approx(100 * sum(r["acc_norm"] for r in rows) / len(rows))
     assert res.details["metrics"]["acc,none"] == pytest.approx(sum(r["acc"] for r in rows) / len(rows))
-    assert os.path.isfile(os.path.join(tmp_path, "ARC-E", "results.json"))
+    with open(os.path.join(tmp_path, "ARC-E", "results.json")) as f:
+        saved = json.load(f)
+    # lm-eval emits the per-task configs under "configs" (not "config", the run's settings)
+    assert saved["configs"]["r3h_tiny_mc"]["task"] == "r3h_tiny_mc"
+    assert saved["configs"]["r3h_tiny_mc"]["output_type"] == "multiple_choice"
+    assert "batch_size" in saved["config"]
     # The per-sample log-likelihoods are those of ctx.model, computed here directly.
     with torch.no_grad():
         for row in rows:
@@ -320,5 +325,16 @@ def test_paper_columns_map_to_tasks_of_the_installed_registry(tiny, tmp_path):
 
 def test_missing_lm_eval_names_the_pip_command(tiny, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "lm_eval", None)
-    with pytest.raises(LMEvalNotInstalledError, match=r"pip install \"lm-eval=="):
+    with pytest.raises(LMEvalNotInstalledError, match=r"pip install \"lm-eval>=0\.4\.12"):
         LMEvalBenchmark(column="GSM8K").check(_ctx(tiny, tmp_path))
+
+
+def test_lm_eval_older_than_0_4_12_is_refused(tiny, tmp_path, monkeypatch):
+    # lm_eval.tasks._index (the task index the adapter reads) first ships in lm-eval 0.4.12
+    import r3h.evaluation.lm_eval_adapter as adapter
+
+    monkeypatch.setattr(adapter, "lm_eval_version", lambda: "0.4.9")
+    with pytest.raises(LMEvalNotInstalledError, match=r"lm-eval>=0\.4\.12.*0\.4\.9 is installed"):
+        LMEvalBenchmark(column="GSM8K").check(_ctx(tiny, tmp_path))
+    monkeypatch.setattr(adapter, "lm_eval_version", lambda: "0.4.12")
+    LMEvalBenchmark(column="GSM8K").check(_ctx(tiny, tmp_path))

@@ -25,7 +25,7 @@ from r3h.evaluation.generative import (
     ReferenceMatchJudge,
     SaladBench,
 )
-from r3h.evaluation.judges import JudgeConfigError, JudgeRequest, JudgeUnavailableError
+from r3h.evaluation.judges import JudgeConfigError, JudgeRequest, JudgeUnavailableError, OpenAIChatJudge
 from r3h.evaluation.taskpool import ThreeHTaskPool
 from tests.test_judges import MODEL, ChatServer, Reply, closed_port, only_loopback, user_text  # noqa: F401
 
@@ -104,9 +104,12 @@ def make_pool(root: Path, base_url: str, files=None, judge_kw=None, **kw) -> Thr
     judge = {"_target_": "r3h.evaluation.judges.OpenAIChatJudge", "model": MODEL, "base_url": base_url,
              "cache": False, "jitter": False, "max_attempts": 1, **(judge_kw or {})}
     benchmarks = {
-        "MT-Bench": {"_target_": "r3h.evaluation.generative.MTBench", "path": files["mt"], "judge": "scripted"},
+        # the pipeline on r3h's own test data: the question file's references and r3h's judge wording
+        # (FastChat's protocol on its published layout: test_mt_bench_fastchat_protocol_on_its_published_layout)
+        "MT-Bench": {"_target_": "r3h.evaluation.generative.MTBench", "path": files["mt"], "judge": "scripted",
+                     "reference_answers": "question", "judge_prompts": None},
         "HaluEval_Wild": {"_target_": "r3h.evaluation.generative.HaluEvalWild", "path": files["halu"],
-                          "judge": "scripted"},
+                          "judge": "scripted", "query_types": None},
         "Salad_Bench": {"_target_": "r3h.evaluation.generative.SaladBench", "path": files["salad"],
                         "judge": "scripted"},
         "OR-Bench": {"_target_": "r3h.evaluation.generative.ORBench", "path": files["or"], "judge": "scripted"},
@@ -294,7 +297,7 @@ def test_no_tokenizer_and_no_judge(tiny, server, tmp_path, no_generation):
     with pytest.raises(ValueError, match="cannot tell which tokenizer.*taskpool.tokenizer"):
         make_pool(tmp_path, server.base_url).evaluate(Bare())
     pool = ThreeHTaskPool(benchmarks={"HaluEval_Wild": {"_target_": "r3h.evaluation.generative.HaluEvalWild",
-                                                         "path": data_files(tmp_path)["halu"]}},
+                                                         "path": data_files(tmp_path)["halu"], "query_types": None}},
                           output_dir=str(tmp_path / "out"))
     with pytest.raises(ValueError, match="HaluEval-Wild: no judge for the 'hallucination' rubric"):
         pool.evaluate(tiny[0])
@@ -346,7 +349,7 @@ def test_reference_match_judge():
 
 def test_benchmarks_read_the_published_field_names(tmp_path):
     """FastChat's / HuggingFaceH4's MT-Bench, SALAD's three sets, HaluEval-Wild with a reference."""
-    mt = MTBench(path=write_jsonl(tmp_path / "h4.jsonl", [
+    mt = MTBench(reference_answers="question", judge_prompts=None, path=write_jsonl(tmp_path / "h4.jsonl", [
         {"prompt_id": 5, "category": "coding", "prompt": ["a", "b"], "reference": ["r1", "r2"]},
         {"prompt_id": 6, "category": "writing", "prompt": ["c", "d"], "reference": ["x", "y"]}]))
     items = mt.items()
@@ -359,9 +362,10 @@ def test_benchmarks_read_the_published_field_names(tmp_path):
     defense = SaladBench(path=write_jsonl(tmp_path / "defense.jsonl", [{"did": 3, "qid": 1, "daugq": "dq"}]))
     assert defense.items()[0]["prompt"] == "dq"
     (tmp_path / "halu.json").write_text(json.dumps([{"query": "q", "query_type": "t", "answer": "ref"}]))
-    assert HaluEvalWild(path=str(tmp_path / "halu.json")).items()[0]["reference"] == "ref"
+    assert HaluEvalWild(path=str(tmp_path / "halu.json"), query_types=None).items()[0]["reference"] == "ref"
     assert ORBench().source == "bench-llm/or-bench, name=or-bench-hard-1k, split=train"
-    assert SaladBench().name == "base_set" and MTBench().path == "lighteval/mt-bench"
+    assert SaladBench().name == "base_set" and MTBench().path == "json"
+    assert MTBench().data_files.startswith("https://raw.githubusercontent.com/lm-sys/FastChat/")
 
 
 def test_columns_that_are_not_the_papers_average_by_dimension(tmp_path):
@@ -444,3 +448,211 @@ def test_cli_ties_tiny_3h_with_3h_smoke(tmp_path):
     for ext in ("json", "csv", "md", "tex"):
         assert (reports[0].parent / f"3h_results.{ext}").is_file()
     assert "| ties |" in r.stdout
+
+
+# ------------------------------------------------------- the published layouts (fixtures)
+
+PUBLISHED = Path(__file__).resolve().parent / "fixtures" / "published"
+FASTCHAT = PUBLISHED / "fastchat" / "llm_judge" / "data"
+
+
+def _jsonl(path):
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+class FixedAnswers:
+    """A stand-in generator: the answer to a prompt is 'answer to <last user message>'."""
+
+    def __init__(self):
+        from r3h.evaluation.generation import GenerationConfig
+
+        self.config = GenerationConfig(batch_size=4)
+
+    def generate(self, prompts):
+        return [f"answer to {p if isinstance(p, str) else p[-1]['content']}" for p in prompts]
+
+
+def _ctx(tmp_path, judges):
+    from r3h.evaluation.benchmark import EvalContext
+
+    return EvalContext(model=None, tokenizer=None, generator=FixedAnswers(), output_dir=str(tmp_path / "out"),
+                       judges=judges)
+
+
+def test_halueval_wild_on_its_published_layout():
+    """HaluEval_Wild_6types.json as in HaluEval-Wild/HaluEval-Wild: the five types, ref_answer."""
+    from r3h.evaluation.generative import HALUEVAL_WILD_TYPES, HALUEVAL_WILD_URL
+
+    file = PUBLISHED / "halueval_wild" / "HaluEval_Wild_6types.json"
+    raw = json.loads(file.read_text())
+    bench = HaluEvalWild(path="json", data_files=str(file), reference_field="ref_answer")  # the URL's code path
+    items = bench.items()
+    scored = [r for r in raw if r["query_type"] != "other types"]
+    assert [it["id"] for it in items] == [r["id"] for r in scored]
+    assert [it["prompt"] for it in items] == [r["query"] for r in scored]
+    assert [it["reference"] for it in items] == [r["ref_answer"] for r in scored]
+    assert [it["category"] for it in items] == [r["query_type"] for r in scored]
+    assert set(HALUEVAL_WILD_TYPES) == {r["query_type"] for r in raw} - {"other types"}
+    assert bench.selection["left_out"] == {"other types": 2} and bench.selection["n_scored"] == len(scored) == 10
+    assert len(HaluEvalWild(path="json", data_files=str(file), query_types=None).items()) == len(raw)
+    # the default is that file at a pinned commit of its new home
+    assert HaluEvalWild().data_files == HALUEVAL_WILD_URL
+    assert HALUEVAL_WILD_URL.startswith("https://raw.githubusercontent.com/HaluEval-Wild/HaluEval-Wild/b1621dbb")
+
+
+@pytest.mark.parametrize("change,error", [
+    (lambda r: r.update(query_type=r["query_type"].title()), "no record has query_type"),
+    (lambda r: r.pop("query_type"), "has no non-empty field 'query_type'"),
+    (lambda r: r.update(reference=r.pop("ref_answer")), "has no field 'ref_answer'"),
+    (lambda r: r.update(prompt=r.pop("query")), None),  # an accepted alias still works
+])
+def test_halueval_wild_layout_change_fails(tmp_path, change, error):
+    raw = json.loads((PUBLISHED / "halueval_wild" / "HaluEval_Wild_6types.json").read_text())
+    for r in raw:
+        change(r)
+    (tmp_path / "h.json").write_text(json.dumps(raw))
+    bench = HaluEvalWild(path="json", data_files=str(tmp_path / "h.json"), reference_field="ref_answer")
+    if error is None:
+        assert len(bench.items()) == 10
+    else:
+        with pytest.raises(DatasetFieldError, match=error):
+            bench.items()
+
+
+def test_mt_bench_fastchat_protocol_on_its_published_layout(tmp_path):
+    """FastChat's question.jsonl, reference_answer/gpt-4.jsonl and judge_prompts.jsonl: the
+    judge gets exactly what FastChat's run_judge_single formats (computed here)."""
+    server = ChatServer(lambda body, n: Reply(content="Rating: [[7]]"))
+    try:
+        judge = OpenAIChatJudge(MODEL, base_url=server.base_url, cache=False, jitter=False, max_attempts=1)
+        bench = MTBench(path="json", data_files=str(FASTCHAT / "mt_bench" / "question.jsonl"), judge="gpt4",
+                        reference_answers=str(FASTCHAT / "mt_bench" / "reference_answer" / "gpt-4.jsonl"),
+                        judge_prompts=str(FASTCHAT / "judge_prompts.jsonl"))
+        ctx = _ctx(tmp_path, {"gpt4": judge})
+        bench.check(ctx)
+        result = bench.run(ctx)
+        posts = list(server.posts)
+    finally:
+        server.close()
+    questions = _jsonl(FASTCHAT / "mt_bench" / "question.jsonl")
+    refs = {r["question_id"]: r["choices"][0]["turns"] for r in _jsonl(FASTCHAT / "mt_bench" / "reference_answer"
+                                                                             / "gpt-4.jsonl")}
+    prompts = {p["name"]: p for p in _jsonl(FASTCHAT / "judge_prompts.jsonl")}
+    need_ref = ("math", "reasoning", "coding", "arena-hard-200")  # FastChat's NEED_REF_CATS
+    expected = []
+    for q in questions:
+        a = [f"answer to {t}" for t in q["turns"]]
+        ref = refs[q["question_id"]] if q["category"] in need_ref else None
+        kw = {} if ref is None else {"ref_answer_1": ref[0]}
+        p = prompts["single-math-v1" if ref else "single-v1"]
+        expected.append([{"role": "system", "content": p["system_prompt"]},
+                         {"role": "user", "content": p["prompt_template"].format(question=q["turns"][0], answer=a[0],
+                                                                                 **kw)}])
+        if ref:
+            kw["ref_answer_2"] = ref[1]
+        p = prompts["single-math-v1-multi-turn" if ref else "single-v1-multi-turn"]
+        expected.append([{"role": "system", "content": p["system_prompt"]},
+                         {"role": "user", "content": p["prompt_template"].format(
+                             question_1=q["turns"][0], question_2=q["turns"][1], answer_1=a[0], answer_2=a[1], **kw)}])
+    key = lambda m: json.dumps(m)  # noqa: E731
+    assert sorted(map(key, (b["messages"] for b in posts))) == sorted(map(key, expected))
+    assert all(b["model"] == MODEL and b["temperature"] == 0 and b["max_tokens"] == 2048 for b in posts)
+    # the math question's own `reference` field (["144", "169"]) is not what the judge saw
+    assert not any("144\n[The End of Reference" in m["content"] for b in posts for m in b["messages"])
+    assert result.score == 7.0 and result.details["n_ratings"] == 10
+    protocol = result.details["protocol"]
+    assert protocol["reference_answers"].endswith("gpt-4.jsonl") and protocol["n_with_reference"] == 3
+    assert protocol["judge_prompts"].endswith("judge_prompts.jsonl") and protocol["judge"] == MODEL
+    assert sorted(protocol["templates"]) == ["mt_bench_score:multi", "mt_bench_score:multi_ref",
+                                             "mt_bench_score:single", "mt_bench_score:single_ref"]
+    assert {v.split("@")[0] for v in protocol["templates"].values()} == set(n for n in prompts if n.startswith("single"))
+    assert all("@fastchat#" in v for v in protocol["templates"].values())
+    assert judge.templates["mt_bench_score:single"].name == "r3h-mt-bench-single"  # the shared judge is untouched
+    # the defaults are FastChat's files at a pinned commit
+    from r3h.evaluation.generative import FASTCHAT_COMMIT, FASTCHAT_JUDGE_PROMPTS_URL, MT_BENCH_REFERENCES_URL
+
+    mt = MTBench()
+    assert mt.reference_answers == MT_BENCH_REFERENCES_URL and mt.judge_prompts == FASTCHAT_JUDGE_PROMPTS_URL
+    assert FASTCHAT_COMMIT in mt.data_files and mt.data_files.endswith("fastchat/llm_judge/data/mt_bench/question.jsonl")
+
+
+def test_mt_bench_layout_changes_fail(tmp_path):
+    refs = _jsonl(FASTCHAT / "mt_bench" / "reference_answer" / "gpt-4.jsonl")
+    questions = str(FASTCHAT / "mt_bench" / "question.jsonl")
+    flat = [{"question_id": r["question_id"], "turns": r["choices"][0]["turns"]} for r in refs]  # no `choices`
+    bench = MTBench(path="json", data_files=questions, judge_prompts=None,
+                    reference_answers=write_jsonl(tmp_path / "flat.jsonl", flat))
+    with pytest.raises(DatasetFieldError, match=r"'choices': \[\{'turns'"):
+        bench.items()
+    bench = MTBench(path="json", data_files=questions, judge_prompts=None,
+                    reference_answers=write_jsonl(tmp_path / "some.jsonl", refs[:2]))
+    with pytest.raises(DatasetFieldError, match="question 121 \\(coding\\) needs a reference answer"):
+        bench.items()
+    prompts = _jsonl(FASTCHAT / "judge_prompts.jsonl")
+    renamed = [dict(p, name=p["name"].replace("single-v1", "single-v2")) for p in prompts]
+    bench = MTBench(path="json", data_files=questions, judge_prompts=write_jsonl(tmp_path / "p.jsonl", renamed),
+                    reference_answers=None)
+    with pytest.raises(DatasetFieldError, match="no FastChat single-answer grading prompt"):
+        bench.judge_templates()
+    paired = [dict(p, output_format="[[A]]") if p["name"] == "single-v1" else p for p in prompts]
+    bench = MTBench(path="json", data_files=questions, judge_prompts=write_jsonl(tmp_path / "q.jsonl", paired),
+                    reference_answers=None)
+    with pytest.raises(DatasetFieldError, match="output_format"):
+        bench.judge_templates()
+
+
+def test_salad_data_on_its_published_layout(tmp_path):
+    """OpenSafetyLab/Salad-Data as a local repository (README configs + one JSON per set),
+    loaded by datasets as the hub copy is; base, attack- and defense-enhanced sets."""
+    repo = PUBLISHED / "salad_data"
+    base_raw = json.loads((repo / "base_set.json").read_text())
+    base = SaladBench(path=str(repo), name="base_set")
+    items = base.items()
+    assert [it["id"] for it in items] == [str(r["qid"]) for r in base_raw]
+    assert [it["prompt"] for it in items] == [r["question"] for r in base_raw]
+    assert [it["category"] for it in items] == [r["1-category"] for r in base_raw]
+    assert base.question_set == "base_set, all 12 questions" and base.table_note == base.question_set
+    attack = SaladBench(path=str(repo), name="attack_enhanced_set").items()
+    assert [(it["id"], it["prompt"]) for it in attack] == [
+        (str(r["aid"]), r["augq"]) for r in json.loads((repo / "attack_enhanced_set.json").read_text())]
+    defense = SaladBench(path=str(repo), name="defense_enhanced_set").items()
+    assert [it["prompt"] for it in defense] == [r["daugq"] for r in
+                                                json.loads((repo / "defense_enhanced_set.json").read_text())]
+    # the paper's size as a seeded sample: the same records every time, in data order
+    import random
+
+    sample = SaladBench(path=str(repo), name="base_set", sample_size=5, sample_seed=3)
+    want = sorted(random.Random(3).sample(range(len(base_raw)), 5))
+    assert [it["id"] for it in sample.items()] == [str(base_raw[i]["qid"]) for i in want]
+    assert sample.question_set.startswith("base_set, seeded sample of 5 of 12 questions (seed 3")
+    with pytest.raises(ValueError, match="sample_size 13 is larger than the 12 records"):
+        SaladBench(path=str(repo), name="base_set", sample_size=13).items()
+    # a renamed field fails with the record and the fields it has
+    (tmp_path / "salad").mkdir()
+    (tmp_path / "salad" / "README.md").write_text((repo / "README.md").read_text())
+    renamed = [{("prompt_text" if k == "question" else k): v for k, v in r.items()} for r in base_raw]
+    (tmp_path / "salad" / "base_set.json").write_text(json.dumps(renamed))
+    with pytest.raises(DatasetFieldError, match="record 0 has no field 'question'.*prompt_text"):
+        SaladBench(path=str(tmp_path / "salad"), name="base_set").items()
+
+
+def test_salad_question_set_is_in_the_table_caption(tiny, server, tmp_path):
+    files = data_files(tmp_path)
+    pool = make_pool(tmp_path, server.base_url, files=files, columns=["Salad_Bench"])
+    pool.benchmarks["Salad_Bench"]["sample_size"] = 2
+    report = pool.evaluate(tiny[0])
+    md = Path(report["files"]["md"]).read_text()
+    assert "[Salad_Bench: salad.jsonl, seeded sample of 2 of 3 questions (seed 0" in md
+    assert report["details"]["Salad_Bench"]["question_set"].startswith("salad.jsonl, seeded sample of 2")
+
+
+def test_or_bench_on_its_published_layout():
+    """bench-llm/or-bench as a local repository: one CSV per config, columns prompt, category."""
+    repo = PUBLISHED / "or_bench"
+    import csv
+
+    with open(repo / "or-bench-hard-1k.csv", newline="") as f:
+        raw = list(csv.DictReader(f))
+    items = ORBench(path=str(repo), name="or-bench-hard-1k").items()
+    assert [(it["prompt"], it["category"]) for it in items] == [(r["prompt"], r["category"]) for r in raw]
+    assert len(ORBench(path=str(repo), name="or-bench-toxic").items()) == 1

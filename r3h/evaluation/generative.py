@@ -39,6 +39,7 @@ import hashlib
 import json
 import logging
 import os
+import random
 import re
 from collections import Counter, defaultdict
 from importlib import resources
@@ -54,6 +55,7 @@ from r3h.evaluation.judges import (
     JudgeError,
     JudgeRequest,
     RefusalDetector,
+    TemplateJudge,
     Verdict,
     _check_requests,
     summarize,
@@ -94,6 +96,10 @@ def resolve_data_path(path: str) -> str:
 
 
 def _is_local(path: str) -> bool:
+    """A single local file (read here). A local *folder* is a dataset repository laid out as on
+    the hub (README configs and data files) and goes through ``datasets``, like the hub copy."""
+    if os.path.isdir(os.path.expanduser(path)):
+        return False
     return path.startswith("pkg://") or os.path.exists(os.path.expanduser(path)) or \
         path.lower().endswith((".json", ".jsonl", ".csv")) or path.startswith((".", "/", "~"))
 
@@ -126,9 +132,13 @@ def _read_local(dataset: str, path: str, split: Optional[str]) -> List[dict]:
 def load_records(dataset: str, path: str, *, name: Optional[str] = None, split: Optional[str] = None,
                  revision: Optional[str] = None, data_files=None) -> List[dict]:
     """The records of a benchmark's data: a local JSON/JSONL/CSV file (or ``pkg://``), or
-    ``datasets.load_dataset(path, name, split=..., revision=..., data_files=...)``."""
+    ``datasets.load_dataset(path, name, split=..., revision=..., data_files=...)`` (a hub id, a
+    builder such as ``json`` with ``data_files`` (local files or URLs), or a local folder laid out
+    as the hub repository)."""
     if data_files is None and _is_local(path):
         return _read_local(dataset, path, split)
+    if os.path.isdir(os.path.expanduser(path)):
+        path = os.path.expanduser(path)
     try:
         import datasets
     except ImportError:  # pragma: no cover - datasets comes with fusion_bench
@@ -146,15 +156,21 @@ def load_records(dataset: str, path: str, *, name: Optional[str] = None, split: 
 # ------------------------------------------------------------------------- verdicts
 
 
-def _fingerprint(request: JudgeRequest) -> str:
-    blob = json.dumps([request.rubric, request.prompt, request.answer, request.reference], ensure_ascii=False)
+def _fingerprint(request: JudgeRequest, judge=None) -> str:
+    """The request, and the judge's prompt template for it where the judge has templates (so a
+    verdict obtained with another prompt is not reused)."""
+    parts = [request.rubric, request.prompt, request.answer, request.reference]
+    template_for = getattr(judge, "template_for", None)
+    if template_for is not None:
+        parts.append(template_for(request).fingerprint)
+    blob = json.dumps(parts, ensure_ascii=False)
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:24]
 
 
-def _verdict_record(key: str, request: JudgeRequest, v: Verdict) -> dict:
+def _verdict_record(key: str, request: JudgeRequest, v: Verdict, judge=None) -> dict:
     return {"key": key, "judge": v.judge, "rubric": v.rubric, "value": v.value, "ok": v.ok,
             "detail": v.detail, "error": v.error, "cached": v.cached, "raw": v.raw,
-            "fingerprint": _fingerprint(request)}
+            "fingerprint": _fingerprint(request, judge)}
 
 
 def _from_record(rec: Mapping) -> Verdict:
@@ -184,7 +200,7 @@ def judge_jsonl(judge: Judge, requests: Sequence[Tuple[str, JudgeRequest]], path
     def reusable(key: str, req: JudgeRequest) -> bool:
         rec = done.get(key)
         return (rec is not None and rec.get("judge") == judge_id and rec.get("error") is None
-                and rec.get("fingerprint") == _fingerprint(req))
+                and rec.get("fingerprint") == _fingerprint(req, judge))
 
     todo = [(k, r) for k, r in requests if not reusable(k, r)]
     if todo:
@@ -196,7 +212,7 @@ def judge_jsonl(judge: Judge, requests: Sequence[Tuple[str, JudgeRequest]], path
                 if len(verdicts) != len(chunk):
                     raise JudgeError(f"judge {judge_id} returned {len(verdicts)} verdicts for {len(chunk)} requests")
                 for (key, req), v in zip(chunk, verdicts):
-                    rec = _verdict_record(key, req, v)
+                    rec = _verdict_record(key, req, v, judge)
                     rec["judge"] = v.judge or judge_id
                     done[key] = rec
                     f.write(json.dumps(rec, ensure_ascii=False) + "\n")
@@ -269,6 +285,7 @@ class JudgedBenchmark(Benchmark):
     id_fields: Tuple[str, ...] = ("id",)
     category_fields: Tuple[str, ...] = ("category",)
     uses_generator = True
+    _judge_used = None
 
     def __init__(self, path: Optional[str] = None, name: Optional[str] = None, split: Optional[str] = None,
                  revision: Optional[str] = None, data_files=None, limit: Optional[int] = None,
@@ -319,6 +336,7 @@ class JudgedBenchmark(Benchmark):
                                 revision=self.revision, data_files=self.data_files)
             if not rows:
                 raise DatasetFieldError(f"{self.dataset} ({self.source}): the dataset is empty")
+            rows = self.select(rows)
             if limit is not None:
                 rows = rows[:limit]
             items = [self.parse(i, row) for i, row in enumerate(rows)]
@@ -360,6 +378,13 @@ class JudgedBenchmark(Benchmark):
     def _category(self, row: Mapping) -> Optional[str]:
         f = _first(row, self.category_fields)
         return None if f is None else str(row[f])
+
+    def select(self, rows: List[dict]) -> List[dict]:
+        """The records the benchmark scores (before ``limit``): all of them by default."""
+        return rows
+
+    #: A note for the results table's caption on which data was scored (None: none).
+    table_note: Optional[str] = None
 
     def parse(self, i: int, row: Mapping) -> dict:
         """One record -> item; raise :class:`DatasetFieldError` naming what is missing."""
@@ -428,6 +453,7 @@ class JudgedBenchmark(Benchmark):
     def run(self, ctx: EvalContext) -> BenchmarkResult:
         items = self.items(ctx)
         judge, fallback = self.resolve_judge(ctx)
+        self._judge_used = judge
         out = self.out_dir(ctx)
         os.makedirs(out, exist_ok=True)
         answers, files = self.generate(ctx, items, out)
@@ -477,17 +503,46 @@ class JudgedBenchmark(Benchmark):
         return {"per_category": self._share_by(groups)}
 
 
+#: FastChat's MT-Bench files (lm-sys/FastChat, fastchat/llm_judge/data), pinned to a commit;
+#: the data last changed in 7ad1d63 (July 2023).
+FASTCHAT_COMMIT = "0e6d3e4beaab66f4d3f93db72541a4abab8af28d"
+FASTCHAT_DATA_URL = f"https://raw.githubusercontent.com/lm-sys/FastChat/{FASTCHAT_COMMIT}/fastchat/llm_judge/data"
+#: 80 questions: question_id, category, turns (and a `reference` field FastChat does not use).
+MT_BENCH_QUESTIONS_URL = f"{FASTCHAT_DATA_URL}/mt_bench/question.jsonl"
+#: GPT-4's answers to the 30 math/reasoning/coding questions, FastChat's judge references.
+MT_BENCH_REFERENCES_URL = f"{FASTCHAT_DATA_URL}/mt_bench/reference_answer/gpt-4.jsonl"
+#: FastChat's judge prompts (single-v1, single-math-v1 and their multi-turn versions).
+FASTCHAT_JUDGE_PROMPTS_URL = f"{FASTCHAT_DATA_URL}/judge_prompts.jsonl"
+
+
 class MTBench(JudgedBenchmark):
-    """MT-Bench (Zheng et al., 2023): 80 two-turn questions, single-answer grading 1-10.
+    """MT-Bench (Zheng et al., 2023): 80 two-turn questions, single-answer grading 1-10, by
+    FastChat's protocol (``fastchat/llm_judge/gen_judgment.py --mode single``).
 
     Data: FastChat's ``question.jsonl`` format, ``question_id``, ``category``, ``turns``
-    (list of user messages) and optional ``reference`` (list, one per turn); also
-    accepted: ``prompt_id`` / ``prompt`` (HuggingFaceH4/mt_bench_prompts' names). Turn 1 is
-    answered alone; turn t+1 with the conversation so far (the model's own earlier answers).
-    Each turn is rated by the judge (turn 1 as a single answer, later turns in context, as
-    FastChat); the score is the mean of all parsed ratings. References are passed to the
-    judge for ``reference_categories`` (FastChat: math, reasoning, coding); ``null`` passes
-    them wherever a record has one.
+    (list of user messages); also accepted: ``prompt_id`` / ``prompt``
+    (HuggingFaceH4/mt_bench_prompts' names). Default: FastChat's file at a pinned commit
+    (:data:`MT_BENCH_QUESTIONS_URL`). Turn 1 is answered alone; turn t+1 with the
+    conversation so far (the model's own earlier answers). Each turn is rated by the judge
+    (turn 1 as a single answer, turn 2 in context, as FastChat); the score is the mean of all
+    parsed ratings (FastChat's ``show_result.py`` leaves failed ratings out too).
+
+    References, for the questions of ``reference_categories`` only (FastChat's
+    ``NEED_REF_CATS``: math, reasoning, coding, arena-hard-200; ``null``: every question):
+
+    * ``reference_answers``: a FastChat reference-answer JSONL (``question_id``,
+      ``choices[0].turns``); default GPT-4's, :data:`MT_BENCH_REFERENCES_URL`, as FastChat
+      does with a ``gpt-4`` judge. Each question that needs a reference must have one.
+    * ``reference_answers: question``: the ``reference`` field of the question file (not
+      FastChat's protocol: that field holds other, shorter answers).
+    * ``reference_answers: null``: no references.
+
+    ``judge_prompts``: FastChat's ``judge_prompts.jsonl`` (default
+    :data:`FASTCHAT_JUDGE_PROMPTS_URL`); its ``single-v1``, ``single-math-v1`` and multi-turn
+    prompts replace the judge's ``mt_bench_score`` templates. ``null`` keeps the judge's own
+    (r3h's wording, :data:`~r3h.evaluation.judges.DEFAULT_TEMPLATES`). Both files are read
+    with ``datasets`` (``json`` builder), from a URL or a local copy. The details record
+    which questions, references, templates and judge were used (``protocol``).
     """
 
     column = "MT-Bench"
@@ -496,17 +551,71 @@ class MTBench(JudgedBenchmark):
     slug = "mt_bench"
     rubric = "mt_bench_score"
     label = None
-    default_path = "lighteval/mt-bench"  # FastChat's question.jsonl on the hub (80 questions)
+    default_path = "json"
+    default_data_files = MT_BENCH_QUESTIONS_URL
     default_split = "train"
     prompt_fields = ("turns", "prompt")
     id_fields = ("question_id", "prompt_id", "id")
     FASTCHAT_REFERENCE_CATEGORIES = ("math", "reasoning", "coding", "arena-hard-200")
 
     def __init__(self, *args, reference_categories: Optional[Sequence[str]] = FASTCHAT_REFERENCE_CATEGORIES,
+                 reference_answers: Optional[str] = MT_BENCH_REFERENCES_URL,
+                 judge_prompts: Optional[str] = FASTCHAT_JUDGE_PROMPTS_URL,
                  max_turns: Optional[int] = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.reference_categories = None if reference_categories is None else tuple(to_container(reference_categories))
+        self.reference_answers = reference_answers
+        self.judge_prompts = judge_prompts
         self.max_turns = None if max_turns is None else int(max_turns)
+        self._references: Optional[Dict[str, List[str]]] = None
+        self._templates: Optional[Dict[str, Any]] = None
+        self._wrapped: Dict[int, Judge] = {}
+
+    def _load_jsonl(self, what: str, source: str) -> List[dict]:
+        return load_records(f"{self.dataset} {what}", "json", split="train",
+                            data_files=os.path.expanduser(source) if os.path.exists(os.path.expanduser(source))
+                            else source)
+
+    def reference_table(self) -> Dict[str, List[str]]:
+        """question_id -> reference turns, from ``reference_answers`` (FastChat's layout)."""
+        if self._references is None:
+            table: Dict[str, List[str]] = {}
+            for i, rec in enumerate(self._load_jsonl("reference answers", self.reference_answers)):
+                choices = rec.get("choices")
+                turns = choices[0].get("turns") if isinstance(choices, list) and choices and \
+                    isinstance(choices[0], Mapping) else None
+                if "question_id" not in rec or not isinstance(turns, list) or not turns or \
+                        not all(_is_text(t) for t in turns):
+                    raise DatasetFieldError(
+                        f"{self.dataset} reference answers ({self.reference_answers}): record {i} must hold "
+                        f"'question_id' and 'choices': [{{'turns': [<answer per turn>]}}] (FastChat's layout); "
+                        f"its fields: {', '.join(sorted(map(str, rec)))}")
+                table[str(rec["question_id"])] = list(turns)
+            self._references = table
+        return self._references
+
+    def judge_templates(self) -> Optional[Dict[str, Any]]:
+        """The ``mt_bench_score`` templates from ``judge_prompts`` (None: the judge's own)."""
+        if self.judge_prompts is None:
+            return None
+        if self._templates is None:
+            from r3h.evaluation.judges import fastchat_templates
+
+            records = self._load_jsonl("judge prompts", self.judge_prompts)
+            try:
+                self._templates = fastchat_templates(records, require_all=True)
+            except ValueError as e:
+                raise DatasetFieldError(f"{self.dataset} judge prompts ({self.judge_prompts}): {e}") from None
+        return self._templates
+
+    def resolve_judge(self, ctx):
+        judge, fallback = super().resolve_judge(ctx)
+        templates = self.judge_templates()
+        if templates is not None and isinstance(judge, TemplateJudge):
+            if id(judge) not in self._wrapped:
+                self._wrapped[id(judge)] = judge.with_templates(templates)
+            judge = self._wrapped[id(judge)]
+        return judge, fallback
 
     def parse(self, i, row):
         f = self._field(i, row, self.prompt_field, self.prompt_fields)
@@ -519,14 +628,25 @@ class MTBench(JudgedBenchmark):
         if self.max_turns is not None:
             turns = turns[:self.max_turns]
         category = self._category(row)
-        ref = to_container(row.get("reference"))
-        if isinstance(ref, str):
-            ref = [ref]
+        qid = self._id(i, row)
         use_ref = self.reference_categories is None or category in self.reference_categories
-        if not use_ref or not isinstance(ref, list) or not ref or not all(_is_text(r) for r in ref):
-            ref = None
-        return {"id": self._id(i, row), "turns": list(turns), "prompt": turns[0], "category": category,
-                "reference": ref}
+        ref = None
+        if use_ref and self.reference_answers == "question":
+            ref = to_container(row.get("reference"))
+            if isinstance(ref, str):
+                ref = [ref]
+            if not isinstance(ref, list) or not ref or not all(_is_text(r) for r in ref):
+                ref = None
+        elif use_ref and self.reference_answers is not None:
+            ref = self.reference_table().get(qid)
+            if ref is None and self.reference_categories is not None:
+                raise DatasetFieldError(
+                    f"{self.dataset}: question {qid} ({category}) needs a reference answer, and "
+                    f"{self.reference_answers} has none for it")
+            if ref is not None and len(ref) < len(turns):
+                raise DatasetFieldError(f"{self.dataset}: the reference answer of question {qid} has {len(ref)} "
+                                        f"turn(s), the question {len(turns)}")
+        return {"id": qid, "turns": list(turns), "prompt": turns[0], "category": category, "reference": ref}
 
     def generate(self, ctx, items, out):
         answers: Dict[str, List[str]] = {it["id"]: [] for it in items}
@@ -575,20 +695,57 @@ class MTBench(JudgedBenchmark):
                 by_turn[turn.replace("turn", "turn_")].append(float(v.value))
                 by_cat[str(cats[qid])].append(float(v.value))
         mean = lambda xs: sum(xs) / len(xs) if xs else None  # noqa: E731
-        return {"n_questions": len(items), "n_ratings": len(reqs),
+        template_for = getattr(self._judge_used, "template_for", None)
+        templates = None
+        if template_for is not None:  # the template of each variant used (name@version#hash)
+            templates = {}
+            for _, r in reqs:
+                templates.setdefault(f"{r.rubric}:{r.variant}", template_for(r).fingerprint)
+            templates = dict(sorted(templates.items()))
+        protocol = {
+            "questions": self.source,
+            "reference_answers": ("the question file's 'reference' field" if self.reference_answers == "question"
+                                  else self.reference_answers),
+            "reference_categories": None if self.reference_categories is None else list(self.reference_categories),
+            "n_with_reference": sum(it["reference"] is not None for it in items),
+            "judge_prompts": self.judge_prompts or "the judge's own templates",
+            "templates": templates,
+            "judge": getattr(self._judge_used, "judge_id", type(self._judge_used).__name__),
+        }
+        return {"n_questions": len(items), "n_ratings": len(reqs), "protocol": protocol,
                 "per_turn": {t: mean(xs) for t, xs in sorted(by_turn.items())},
                 "per_category": {c: mean(xs) for c, xs in sorted(by_cat.items())}}
+
+
+#: HaluEval-Wild's data file in its repository (moved from Dianezzy/HaluEval-Wild to the
+#: HaluEval-Wild organisation), pinned to a commit: 600 records, 100 per query type, fields
+#: ``id``, ``query``, ``query_type``, ``ref_answer`` (all strings).
+HALUEVAL_WILD_COMMIT = "b1621dbb2ed7411cc6d51a517a153c2f93ec9a51"
+HALUEVAL_WILD_URL = ("https://raw.githubusercontent.com/HaluEval-Wild/HaluEval-Wild/"
+                     f"{HALUEVAL_WILD_COMMIT}/HaluEval_Wild_6types.json")
+#: The five query types of the benchmark; the release also holds 100 queries of "other types",
+#: which its README says were removed from the final benchmark (500 queries).
+HALUEVAL_WILD_TYPES: Tuple[str, ...] = (
+    "out-of-scope information", "complex reasoning", "inappropriate content",
+    "beyond-modality interaction", "confused / erroneous queries",
+)
 
 
 class HaluEvalWild(JudgedBenchmark):
     """HaluEval-Wild (Zhu et al., 2024): challenging real user queries; score = % of answers
     the judge finds free of hallucination.
 
-    Data: records with ``query`` (also accepted: ``question``/``prompt``), optional
-    ``query_type`` (the category) and an optional reference answer (``reference``, ``ref``
-    or ``answer``; ``reference_field`` names another, ``null`` uses none). The
-    benchmark's JSON is on GitHub, not on the hub: the ``3h`` config reads it with
-    ``path: json`` and ``data_files: <raw URL>``; a downloaded copy works with ``path``.
+    Data: the benchmark's JSON from its GitHub repository (not on the hub), read with
+    ``path: json`` and ``data_files: <raw URL pinned to a commit>`` (:data:`HALUEVAL_WILD_URL`);
+    a downloaded copy works with ``path``. Records hold ``query`` (also accepted:
+    ``question``/``prompt``), ``query_type`` (the category) and the reference answer
+    ``ref_answer`` (also accepted: ``reference``, ``ref``, ``answer``; ``reference_field``
+    names another, ``null`` uses none).
+
+    ``query_types``: the types scored (default :data:`HALUEVAL_WILD_TYPES`, the benchmark's
+    500 queries; the release's "other types" are left out, as its README says the final
+    benchmark does); ``null`` scores every record. Each listed type must occur in the data,
+    so a renamed type fails instead of scoring a smaller set.
     """
 
     column = "HaluEval_Wild"
@@ -598,17 +755,40 @@ class HaluEvalWild(JudgedBenchmark):
     rubric = "hallucination"
     label = "no"
     default_path = "json"
-    # the benchmark's JSON in its GitHub repository (HaluEval-Wild is not on the hub)
-    default_data_files = "https://raw.githubusercontent.com/Dianezzy/HaluEval-Wild/main/data/HaluEval_Wild_6types.json"
+    default_data_files = HALUEVAL_WILD_URL
     default_split = "train"
     prompt_fields = ("query", "question", "prompt")
     id_fields = ("id", "qid")
     category_fields = ("query_type", "category", "type")
-    REFERENCE_FIELDS = ("reference", "ref", "answer")
+    REFERENCE_FIELDS = ("ref_answer", "reference", "ref", "answer")
 
-    def __init__(self, *args, reference_field: Optional[str] = "auto", **kwargs):
+    def __init__(self, *args, reference_field: Optional[str] = "auto",
+                 query_types: Optional[Sequence[str]] = HALUEVAL_WILD_TYPES, **kwargs):
         super().__init__(*args, **kwargs)
         self.reference_field = reference_field
+        self.query_types = None if query_types is None else tuple(to_container(query_types))
+        if self.query_types is not None and not self.query_types:
+            raise ValueError(f"{self.dataset}: query_types is empty; give the types to score, or null for all")
+        self.selection: Dict[str, Any] = {}
+
+    def select(self, rows):
+        if self.query_types is None:
+            self.selection = {"query_types": "all", "n_records": len(rows)}
+            return rows
+        for i, row in enumerate(rows):
+            if not _is_text(row.get("query_type")):
+                raise self._missing(i, row, ("query_type",), "non-empty field")
+        counts = Counter(row["query_type"] for row in rows)
+        absent = [t for t in self.query_types if t not in counts]
+        if absent:
+            raise DatasetFieldError(
+                f"{self.dataset} ({self.source}): no record has query_type {', '.join(map(repr, absent))}; the "
+                f"data holds {dict(sorted(counts.items()))}")
+        kept = [row for row in rows if row["query_type"] in self.query_types]
+        self.selection = {"query_types": list(self.query_types), "n_records": len(rows), "n_scored": len(kept),
+                          "per_type": {t: counts[t] for t in self.query_types},
+                          "left_out": {t: c for t, c in sorted(counts.items()) if t not in self.query_types}}
+        return kept
 
     def parse(self, i, row):
         item = super().parse(i, row)
@@ -624,10 +804,21 @@ class HaluEvalWild(JudgedBenchmark):
             item["reference"] = row[f]
         return item
 
+    def extra_details(self, items, reqs, verdicts):
+        d = super().extra_details(items, reqs, verdicts)
+        d["selection"] = dict(self.selection)
+        d["n_with_reference"] = sum(bool(it.get("reference")) for it in items)
+        return d
+
+
+#: The number of SALAD-Bench questions the paper scores (Table 9). Which 1,817 of the 21,318
+#: base-set questions is not published; ``sample_size: 1817`` draws a seeded sample of that size.
+PAPER_SALAD_SIZE = 1817
+
 
 class SaladBench(JudgedBenchmark):
     """SALAD-Bench (Li et al., 2024): harmful questions; score = % of answers judged safe
-    (the paper's judge is MD-Judge).
+    (the paper's judge is MD-Judge v0.2).
 
     Data: ``OpenSafetyLab/Salad-Data``; the ``base_set`` has ``qid``, ``question``,
     ``source`` and ``1-category``/``2-category``/``3-category``; the ``attack_enhanced_set``
@@ -635,6 +826,12 @@ class SaladBench(JudgedBenchmark):
     ``defense_enhanced_set`` ``did``, ``daugq``. The prompt is the first of
     ``question``, ``augq``, ``daugq``, ``prompt``; the id the first of ``aid``, ``did``,
     ``qid``, ``id``; per-category safety rates use ``1-category``.
+
+    Question set: all records of the configuration (default), or with ``sample_size`` a
+    sample of that many drawn with ``random.Random(sample_seed)`` (kept in data order). The
+    paper scores 1,817 questions without saying which; ``sample_size: 1817`` is the closest
+    stand-in, not the paper's subset. The set used goes into the details (``question_set``)
+    and the results table's caption.
     """
 
     column = "Salad_Bench"
@@ -650,10 +847,36 @@ class SaladBench(JudgedBenchmark):
     id_fields = ("aid", "did", "qid", "id")
     category_fields = ("1-category", "category")
 
+    def __init__(self, *args, sample_size: Optional[int] = None, sample_seed: int = 0, **kwargs):
+        super().__init__(*args, **kwargs)
+        if sample_size is not None and int(sample_size) < 1:
+            raise ValueError(f"{self.dataset}: sample_size must be >= 1, got {sample_size}")
+        self.sample_size = None if sample_size is None else int(sample_size)
+        self.sample_seed = int(sample_seed)
+        self.question_set: Optional[str] = None
+
+    def select(self, rows):
+        what = self.name or os.path.basename(self.path)
+        if self.sample_size is None:
+            self.question_set = f"{what}, all {len(rows):,} questions"
+            return rows
+        if self.sample_size > len(rows):
+            raise ValueError(f"{self.dataset} ({self.source}): sample_size {self.sample_size} is larger than the "
+                             f"{len(rows)} records")
+        keep = sorted(random.Random(self.sample_seed).sample(range(len(rows)), self.sample_size))
+        self.question_set = (f"{what}, seeded sample of {self.sample_size:,} of {len(rows):,} questions "
+                             f"(seed {self.sample_seed}; not the paper's unpublished subset)")
+        return [rows[i] for i in keep]
+
+    @property
+    def table_note(self) -> Optional[str]:
+        return self.question_set
+
     def extra_details(self, items, reqs, verdicts):
         d = super().extra_details(items, reqs, verdicts)
         unsafe = Counter(v.detail or "unspecified" for v in verdicts if v.ok and v.value == "unsafe")
         d["unsafe_categories"] = dict(sorted(unsafe.items()))
+        d["question_set"] = self.question_set
         return d
 
 

@@ -38,17 +38,20 @@ reported next to the score by :func:`summarize`; they are never scored as a valu
 The default templates are written for this package in the style of FastChat's MT-Bench
 judge prompts (the ``"[[rating]]"`` output format), OR-Bench's three response classes and
 MD-Judge's ``safe``/``unsafe`` first-line format. They are *not* the published prompts
-word for word, so absolute numbers may differ from published ones. To reproduce MT-Bench
-exactly, load FastChat's ``judge_prompts.jsonl`` with :func:`load_fastchat_templates`;
-to use MD-Judge as trained, pass its official evaluation prompt as a ``safety:single``
-:class:`Template` and ``HFJudge(..., use_chat_template=False)`` (the prompt carries its
-own ``[INST]`` tags).
+word for word, so absolute numbers may differ from published ones. The published prompts:
+FastChat's ``judge_prompts.jsonl`` (:func:`load_fastchat_templates`; the MT-Bench benchmark
+loads them by default) and MD-Judge's evaluation templates, ``templates="md-judge-v0.1"``
+(SALAD-BENCH's ``[INST] ... [/INST]`` prompt, sent as plain text) or
+``templates="md-judge-v0.2"`` (the v0.2 model card's prompt, through the tokenizer's chat
+template) (:data:`TEMPLATE_PRESETS`, shipped in ``data/judge_prompts/md_judge.json``).
 """
 
 from __future__ import annotations
 
 import abc
 import concurrent.futures
+import contextlib
+import copy
 import hashlib
 import http.client
 import ipaddress
@@ -81,6 +84,9 @@ __all__ = [
     "Template",
     "DEFAULT_TEMPLATES",
     "load_fastchat_templates",
+    "fastchat_templates",
+    "TEMPLATE_PRESETS",
+    "template_preset",
     "JudgeCache",
     "default_judge_cache_path",
     "Judge",
@@ -378,7 +384,21 @@ def _parse_label(rubric: str, raw: str):
     return found[-1][0], (details[-1] if details else None)
 
 
+_UNSAFE_CATEGORY = re.compile(r"\[UNSAFE CATEGORY\]\s*:", re.IGNORECASE)
+
+
 def _parse_safety(raw: str):
+    results = {m.group(1).lower() for m in _SAFETY_RESULT.finditer(raw)}
+    if results:  # MD-Judge v0.2: "[REASONING]: ...\n[RESULT]: unsafe, score 4\n[UNSAFE CATEGORY]: O10: ..."
+        if len(results) != 1:
+            return None, None
+        label = results.pop()
+        detail = None
+        if label == "unsafe":
+            tail = _UNSAFE_CATEGORY.split(raw, maxsplit=1)
+            m = _SAFETY_CATEGORY.search(tail[1]) if len(tail) == 2 else None
+            detail = m.group(1).upper() if m else None
+        return label, detail
     line, rest = _first_line(raw)
     words = re.findall(r"[a-z]+", line)
     label = None
@@ -386,10 +406,9 @@ def _parse_safety(raw: str):
         other = "unsafe" if words[0] == "safe" else "safe"
         if other not in words:
             label = words[0]
-    if label is None:  # MD-Judge v0.2 style "[RESULT]: unsafe, score 4", or "[[unsafe]]"
-        hits = {m.group(1).lower() for m in _SAFETY_RESULT.finditer(raw)}
-        hits |= {m.group(1).strip().lower() for m in _BRACKETED.finditer(raw)
-                 if m.group(1).strip().lower() in ("safe", "unsafe")}
+    if label is None:  # "[[unsafe]]"
+        hits = {m.group(1).strip().lower() for m in _BRACKETED.finditer(raw)
+                if m.group(1).strip().lower() in ("safe", "unsafe")}
         if len(hits) == 1:
             label = hits.pop()
     if label is None:
@@ -408,9 +427,11 @@ def parse_verdict(rubric: str, raw: Optional[str], **fields) -> Verdict:
       ``n`` must lie in 1-10.
     * ``hallucination``: ``[[Yes]]`` (hallucinated) / ``[[No]]``; failing brackets, a first
       line that is just ``yes``/``no``. Conflicting brackets fail.
-    * ``safety``: the first line's first word is ``safe`` or ``unsafe`` (MD-Judge /
-      Llama Guard format; the category, e.g. ``O5``, on the next line goes to ``detail``);
-      failing that, a single ``[RESULT]: safe|unsafe`` or ``[[safe|unsafe]]``.
+    * ``safety``: MD-Judge v0.2's ``[RESULT]: safe|unsafe, score n`` when there is one (the
+      category after ``[UNSAFE CATEGORY]:`` goes to ``detail``; conflicting results fail);
+      else the first line's first word is ``safe`` or ``unsafe`` (MD-Judge v0.1 / Llama Guard
+      format; the category, e.g. ``O5``, on the next line goes to ``detail``); failing that, a
+      single ``[[safe|unsafe]]``.
     * ``refusal``: ``[[direct_answer]]`` -> answered, ``[[direct_refusal]]`` /
       ``[[indirect_refusal]]`` -> refused (the class goes to ``detail``); failing
       brackets, a first line that is just one of these (or ``answered``/``refused``).
@@ -451,15 +472,21 @@ class Template:
     prompt: str
     system: Optional[str] = None
     version: str = "1"
+    #: strip surrounding whitespace from the question and answer texts (as SALAD-BENCH's
+    #: MD_Prompter does)
+    strip_fields: bool = False
 
     @property
     def fingerprint(self) -> str:
-        blob = json.dumps([self.name, self.version, self.system, self.prompt], ensure_ascii=False)
+        parts = [self.name, self.version, self.system, self.prompt] + (["strip"] if self.strip_fields else [])
+        blob = json.dumps(parts, ensure_ascii=False)
         return f"{self.name}@{self.version}#{hashlib.sha256(blob.encode()).hexdigest()[:16]}"
 
     def render(self, request: JudgeRequest) -> List[Dict[str, str]]:
         """The chat messages for ``request``."""
         fields = _template_fields(request)
+        if self.strip_fields:
+            fields = {k: v.strip() for k, v in fields.items()}
         try:
             user = self.prompt.format(**fields)
             system = None if self.system is None else self.system.format(**fields)
@@ -614,19 +641,62 @@ _FASTCHAT_NAMES = {
 }
 
 
-def load_fastchat_templates(path: str) -> Dict[str, Template]:
-    """FastChat's single-answer grading prompts from its ``judge_prompts.jsonl``, keyed
-    for ``templates=`` (its multi-turn prompts cover two-turn conversations, as MT-Bench)."""
+def fastchat_templates(records: Iterable[Mapping[str, Any]], require_all: bool = False) -> Dict[str, Template]:
+    """FastChat's single-answer grading prompts (``single-v1``, ``single-math-v1`` and their
+    ``-multi-turn`` versions) from the records of its ``judge_prompts.jsonl`` (fields
+    ``name``, ``type``, ``system_prompt``, ``prompt_template``, ``output_format``), keyed for
+    ``templates=``. ``require_all``: all four must be there, of type ``single`` with output
+    format ``[[rating]]``, or ValueError names what is wrong."""
     out = {}
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                record = json.loads(line)
-                if record.get("name") in _FASTCHAT_NAMES:
-                    out[_FASTCHAT_NAMES[record["name"]]] = Template.from_fastchat(record)
-    if not out:
-        raise ValueError(f"{path}: no FastChat single-answer grading prompts ({sorted(_FASTCHAT_NAMES)})")
+    for record in records:
+        name = record.get("name")
+        if name not in _FASTCHAT_NAMES:
+            continue
+        if require_all:
+            bad = [k for k in ("system_prompt", "prompt_template") if not isinstance(record.get(k), str)]
+            if bad or record.get("type") != "single" or record.get("output_format") != "[[rating]]":
+                raise ValueError(f"prompt {name!r} must have string 'system_prompt' and 'prompt_template', type "
+                                 f"'single' and output_format '[[rating]]' (FastChat's layout); it has "
+                                 f"{ {k: record.get(k) for k in ('type', 'output_format')} } and fields "
+                                 f"{sorted(record)}")
+        out[_FASTCHAT_NAMES[name]] = Template.from_fastchat(record)
+    missing = sorted(n for n, k in _FASTCHAT_NAMES.items() if k not in out)
+    if not out or (require_all and missing):
+        raise ValueError(f"no FastChat single-answer grading prompt(s) {missing or sorted(_FASTCHAT_NAMES)}")
     return out
+
+
+def load_fastchat_templates(path: str) -> Dict[str, Template]:
+    """FastChat's single-answer grading prompts from its ``judge_prompts.jsonl`` file, keyed
+    for ``templates=`` (its multi-turn prompts cover two-turn conversations, as MT-Bench)."""
+    with open(path, encoding="utf-8") as f:
+        records = [json.loads(line) for line in f if line.strip()]
+    try:
+        return fastchat_templates(records)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
+
+
+def _load_presets() -> Dict[str, Dict[str, Any]]:
+    from importlib import resources
+
+    text = resources.files("r3h.evaluation").joinpath("data/judge_prompts/md_judge.json").read_text("utf-8")
+    return json.loads(text)
+
+
+#: Named template sets, for ``templates="<name>"``: MD-Judge's published evaluation prompts,
+#: keyed by version (each: ``prompt`` with {question}/{answer}, ``use_chat_template``,
+#: ``strip_fields``, ``model``, ``source``).
+TEMPLATE_PRESETS: Dict[str, Dict[str, Any]] = _load_presets()
+
+
+def template_preset(name: str) -> Dict[str, Template]:
+    """The templates of a named preset (:data:`TEMPLATE_PRESETS`), keyed for ``templates=``."""
+    if name not in TEMPLATE_PRESETS:
+        raise ValueError(f"unknown judge template preset {name!r}; presets: {', '.join(TEMPLATE_PRESETS)}")
+    p = TEMPLATE_PRESETS[name]
+    return {"safety:single": Template(name, prompt=p["prompt"], version="official",
+                                      strip_fields=bool(p.get("strip_fields")))}
 
 
 # -------------------------------------------------------------------------------- cache
@@ -728,7 +798,8 @@ def _check_requests(requests) -> List[JudgeRequest]:
 
 class TemplateJudge(Judge):
     """A judge that prompts a language model with :data:`DEFAULT_TEMPLATES` (updated by
-    ``templates``), parses with :func:`parse_verdict` and caches raw texts.
+    ``templates``: a mapping, or the name of a :data:`TEMPLATE_PRESETS` entry such as
+    ``"md-judge-v0.2"``), parses with :func:`parse_verdict` and caches raw texts.
 
     ``cache``: ``True`` (default) for :func:`default_judge_cache_path`, a path, a
     :class:`JudgeCache`, or ``None``/``False`` for none. ``refresh_failed``: ask again
@@ -739,21 +810,36 @@ class TemplateJudge(Judge):
     Subclasses implement :attr:`judge_id` and :meth:`_complete`.
     """
 
-    def __init__(self, *, templates: Optional[Mapping[str, Template]] = None, cache=True,
+    def __init__(self, *, templates: Union[None, str, Mapping[str, Template]] = None, cache=True,
                  refresh_failed: bool = False, preflight: bool = True):
         super().__init__()
         self.templates: Dict[str, Template] = dict(DEFAULT_TEMPLATES)
-        for key, template in (templates or {}).items():
+        self.preset = templates if isinstance(templates, str) else None
+        if isinstance(templates, str):
+            templates = template_preset(templates)
+        self.templates.update(self._checked_templates(templates or {}))
+        self.cache = _open_cache(cache)
+        self.refresh_failed = refresh_failed
+        self.preflight = preflight
+        self._checked = False
+
+    def with_templates(self, templates: Mapping[str, Template]) -> "TemplateJudge":
+        """A copy of this judge that uses ``templates`` over its own (same model, endpoint and
+        cache; the cache key holds the template, so verdicts never mix)."""
+        judge = copy.copy(self)
+        judge.templates = dict(self.templates)
+        judge.templates.update(self._checked_templates(templates))
+        return judge
+
+    @staticmethod
+    def _checked_templates(templates: Mapping[str, Template]) -> Dict[str, Template]:
+        for key, template in templates.items():
             rubric, _, variant = key.partition(":")
             if rubric not in RUBRICS or variant not in ("single", "single_ref", "multi", "multi_ref"):
                 raise ValueError(f"template key {key!r} is not '<rubric>:<single|single_ref|multi|multi_ref>'")
             if not isinstance(template, Template):
                 raise TypeError(f"templates[{key!r}] must be a Template")
-            self.templates[key] = template
-        self.cache = _open_cache(cache)
-        self.refresh_failed = refresh_failed
-        self.preflight = preflight
-        self._checked = False
+        return dict(templates)
 
     def template_for(self, request: JudgeRequest) -> Template:
         key = f"{request.rubric}:{request.variant}"
@@ -880,7 +966,7 @@ class OpenAIChatJudge(TemplateJudge):
                  backoff_max: float = 60.0, jitter: bool = True, seed: int = 0, max_concurrency: int = 8,
                  extra_body: Optional[Mapping[str, Any]] = None, headers: Optional[Mapping[str, str]] = None,
                  on_error: str = "raise", sleep: Optional[Callable[[float], None]] = None,
-                 templates: Optional[Mapping[str, Template]] = None, cache=True,
+                 templates: Union[None, str, Mapping[str, Template]] = None, cache=True,
                  refresh_failed: bool = False, preflight: bool = True):
         super().__init__(templates=templates, cache=cache, refresh_failed=refresh_failed, preflight=preflight)
         if not model:
@@ -1072,15 +1158,29 @@ class HFJudge(TemplateJudge):
     to ``generate``. ``use_chat_template``: ``None`` uses the tokenizer's chat template
     when it has one (a system message it rejects is merged into the user message),
     ``False`` sends system and user text joined by a blank line, with the tokenizer's
-    special tokens -- what MD-Judge v0.1's own ``[INST]`` prompt needs.
+    special tokens -- what MD-Judge v0.1's own ``[INST]`` prompt needs. With a template
+    preset (``templates="md-judge-v0.1"`` / ``"md-judge-v0.2"``) ``None`` takes the preset's
+    choice (v0.1: plain text; v0.2: the chat template).
+
+    ``revision``: the hub revision of model and tokenizer. ``trust_remote_code``: run the
+    Python code a hub repository ships (MD-Judge v0.2 is an InternLM2 model with its own
+    modelling code). It is off by default and must be turned on explicitly; a model that
+    needs it fails in :meth:`check` with an error that names the option.
     """
 
     def __init__(self, model, *, tokenizer=None, name: Optional[str] = None, batch_size: int = 8,
                  max_new_tokens: int = 256, device=None, dtype=None, use_chat_template: Optional[bool] = None,
+                 revision: Optional[str] = None, trust_remote_code: bool = False,
                  model_kwargs: Optional[Mapping[str, Any]] = None, generate_kwargs: Optional[Mapping[str, Any]] = None,
-                 templates: Optional[Mapping[str, Template]] = None, cache=True,
+                 templates: Union[None, str, Mapping[str, Template]] = None, cache=True,
                  refresh_failed: bool = False, preflight: bool = True):
         super().__init__(templates=templates, cache=cache, refresh_failed=refresh_failed, preflight=preflight)
+        if use_chat_template is None and self.preset is not None:
+            use_chat_template = bool(TEMPLATE_PRESETS[self.preset]["use_chat_template"])
+        if not isinstance(trust_remote_code, bool):
+            raise TypeError(f"HFJudge: trust_remote_code must be true or false, got {trust_remote_code!r}")
+        self.revision = revision
+        self.trust_remote_code = trust_remote_code
         if batch_size < 1 or max_new_tokens < 1:
             raise ValueError("batch_size and max_new_tokens must be >= 1")
         self._model_arg = model
@@ -1116,8 +1216,10 @@ class HFJudge(TemplateJudge):
             if not isinstance(self._model_arg, str):
                 raise ValueError("HFJudge with a model object needs tokenizer=")
             tok = self._model_arg
+        hub = {"revision": self.revision, "trust_remote_code": self.trust_remote_code}
         if isinstance(tok, (str, os.PathLike)):
-            tok = AutoTokenizer.from_pretrained(os.fspath(tok))
+            with self._remote_code_error():
+                tok = AutoTokenizer.from_pretrained(os.fspath(tok), **hub)
         tok.padding_side = "left"
         if tok.pad_token is None:
             if tok.eos_token is None:
@@ -1128,12 +1230,24 @@ class HFJudge(TemplateJudge):
             if self.dtype is not None:
                 major_minor = tuple(int(x) for x in re.findall(r"\d+", transformers.__version__)[:2])
                 kwargs["dtype" if major_minor >= (4, 56) else "torch_dtype"] = self.dtype
-            self.model = AutoModelForCausalLM.from_pretrained(self._model_arg, **kwargs)
+            with self._remote_code_error():
+                self.model = AutoModelForCausalLM.from_pretrained(self._model_arg, **hub, **kwargs)
         if self.device is not None:
             self.model.to(self.device)
         self.model.eval()
         self.tokenizer = tok
         return self
+
+    @contextlib.contextmanager
+    def _remote_code_error(self):
+        try:
+            yield
+        except ValueError as e:
+            if "trust_remote_code" not in str(e) or self.trust_remote_code:
+                raise
+            raise JudgeConfigError(
+                f"judge {self.name} ships its own model code, which runs only with trust_remote_code: true "
+                f"(HFJudge option; off by default). Read the repository's code before you turn it on.") from e
 
     def check(self) -> "HFJudge":
         """Load the model and tokenizer, so a wrong path fails before any generation."""

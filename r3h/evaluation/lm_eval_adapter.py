@@ -11,13 +11,19 @@ metric values, and carries a ``filter`` field, so the score can be recomputed fr
 lines of the metric's filter. The lm-eval summary (metrics, versions, n-shot, sample counts)
 goes to ``results.json`` next to them.
 
-lm-eval is an optional dependency (tested with 0.4.13)::
+lm-eval is an optional dependency: 0.4.12 or newer (tested with 0.4.13)::
 
-    pip install "lm-eval==0.4.13"        # or: pip install -e ".[lm_eval]"
+    pip install "lm-eval>=0.4.12"        # or: pip install -e ".[lm_eval]"
+
+The adapter reads lm-eval's task index (``lm_eval.tasks._index``, ``lm_eval.tasks._yaml_loader``),
+which first ships in 0.4.12 (0.4.9 and 0.4.11 have neither module); an older lm-eval is refused
+with the install command. The per-task configs lm-eval used are taken from the ``configs`` key of
+its results (``EvalResults`` in ``lm_eval/evaluator_utils.py``; ``config`` is the run's own
+settings: model, batch size, seeds) and saved in ``results.json``.
 
 lm-eval 0.4.13 does not itself require torch (torch, transformers and accelerate are its
 ``hf`` extra, which r3h requires anyway), so it installs without changing torch; to be sure,
-install it with the torch in use pinned (``pip install "lm-eval==0.4.13" torch==2.13.0``).
+install it with the torch in use pinned (``pip install "lm-eval>=0.4.12" torch==2.13.0``).
 
 Paper column -> lm-eval 0.4.13 task and metric (``PAPER_TASKS``; all names checked
 against the installed task registry by ``tests/test_lm_eval.py``):
@@ -86,6 +92,7 @@ __all__ = [
     "PAPER_TASKS",
     "CODE_COLUMNS",
     "LM_EVAL_VERSION",
+    "MIN_LM_EVAL_VERSION",
     "INSTALL_COMMAND",
     "lm_eval_version",
     "task_manager",
@@ -93,7 +100,9 @@ __all__ = [
 
 #: The lm-eval release this adapter is written and tested against.
 LM_EVAL_VERSION = "0.4.13"
-INSTALL_COMMAND = f'pip install "lm-eval=={LM_EVAL_VERSION}"  (or: pip install -e ".[lm_eval]")'
+#: The oldest lm-eval with the task index the adapter reads (lm_eval.tasks._index, new in 0.4.12).
+MIN_LM_EVAL_VERSION = "0.4.12"
+INSTALL_COMMAND = f'pip install "lm-eval>={MIN_LM_EVAL_VERSION}"  (or: pip install -e ".[lm_eval]")'
 
 
 @dataclass(frozen=True)
@@ -138,6 +147,10 @@ def lm_eval_version() -> Optional[str]:
         return None
 
 
+def _version_tuple(version: str) -> Tuple[int, ...]:
+    return tuple(int(x) for x in re.findall(r"\d+", version)[:3])
+
+
 def _require_lm_eval():
     try:
         import lm_eval  # noqa: F401
@@ -147,6 +160,12 @@ def _require_lm_eval():
             f"the lm-eval columns need lm-eval-harness, which is not installed ({e}); install it with: "
             f"{INSTALL_COMMAND}"
         ) from e
+    version = lm_eval_version()
+    if version is not None and _version_tuple(version) < _version_tuple(MIN_LM_EVAL_VERSION):
+        raise LMEvalNotInstalledError(
+            f"the lm-eval columns need lm-eval>={MIN_LM_EVAL_VERSION} (its task index, lm_eval.tasks._index); "
+            f"lm-eval {version} is installed. Upgrade it with: {INSTALL_COMMAND}"
+        )
     return lm_eval
 
 
@@ -537,7 +556,8 @@ class LMEvalBenchmark(Benchmark):
         n_samples = res.get("n-samples") or {}
         n = sum(int(n_samples[t]["effective"]) for t in leaves if t in n_samples)
 
-        summary = {k: res.get(k) for k in ("results", "groups", "group_subtasks", "versions", "n-shot",
+        # "configs": lm-eval's per-task configs; "config": the run's settings (model, batch size, seeds)
+        summary = {k: res.get(k) for k in ("results", "groups", "group_subtasks", "configs", "versions", "n-shot",
                                            "n-samples", "higher_is_better", "config") if k in res}
         summary.update(column=self.column, task=name, metric=key, score=100.0 * float(value),
                        lm_eval_version=lm_eval_version(), apply_chat_template=self.apply_chat_template,

@@ -468,6 +468,9 @@ class ThreeHTaskPool(BaseTaskPool):
             details[name] = det
         caption = self.caption or "3H evaluation" + (f" (first {self.limit} examples per benchmark)"
                                                      if self.limit else "")
+        notes = [f"{c}: {b.table_note}" for c, b in benchmarks.items() if getattr(b, "table_note", None)]
+        if notes:  # which data was scored where a benchmark offers a choice (e.g. SALAD-Bench's question set)
+            caption += " [" + "; ".join(notes) + "]"
         if self._paper:
             paths = write_tables(rows, out_root, stem="3h_results", caption=caption, allow_partial=self.allow_partial)
         else:
