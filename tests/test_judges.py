@@ -789,3 +789,24 @@ def test_md_judge_preset_on_an_openai_compatible_judge(serve, tmp_path):
     messages = server.posts[0]["messages"]
     assert [m["role"] for m in messages] == ["user"]
     assert messages[0]["content"] == TEMPLATE_PRESETS["md-judge-v0.2"]["prompt"].format(question="how w1", answer="w2")
+
+
+def test_judges_package_one_home_and_old_paths():
+    """r3h.evaluation.judges is a package with one module per concern; every public name
+    is importable from the package, and the stand-in's old `_target_` still resolves."""
+    import importlib
+
+    import r3h.evaluation.generative as generative
+    import r3h.evaluation.judges as judges
+    from hydra.utils import get_class
+
+    homes = {"OpenAIChatJudge": "openai_chat", "HFJudge": "hf", "RefusalDetector": "rules",
+             "ReferenceMatchJudge": "rules", "JudgeCache": "cache", "Template": "templates",
+             "TemplateJudge": "base", "Verdict": "verdicts", "parse_verdict": "verdicts"}
+    for name, module in homes.items():
+        assert getattr(judges, name).__module__ == f"r3h.evaluation.judges.{module}"
+    for name in judges.__all__:
+        assert getattr(judges, name) is not None, name
+    assert get_class("r3h.evaluation.judges.ReferenceMatchJudge") is generative.ReferenceMatchJudge
+    assert get_class("r3h.evaluation.generative.ReferenceMatchJudge") is judges.ReferenceMatchJudge
+    assert importlib.import_module("r3h.evaluation.judges.rules").ReferenceMatchJudge is judges.ReferenceMatchJudge
