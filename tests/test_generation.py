@@ -52,6 +52,18 @@ def test_jsonl_resumes_without_regenerating(tiny, tmp_path, monkeypatch):
     assert [r["id"] for r in rows] == ["0", "1", "2", "3", "4"] and len(read_jsonl(str(path))) == 5
     assert json.loads(path.read_text().splitlines()[0])["generation"]["max_new_tokens"] == 4
 
+    # an interrupted write (a torn last line) is dropped and that one answer generated again
+    path.write_text(path.read_text()[:-10])
+    calls.clear()
+    again = generate_jsonl(gen, records, str(path))
+    assert calls == [["w4 w5"]] and again == rows
+    assert len(path.read_text().splitlines()) == 5
+    # a saved answer the caller does not accept (here: another prompt) is generated again
+    calls.clear()
+    changed = [dict(r, prompt="w9 w9") if r["id"] == 1 else r for r in records]
+    redone = generate_jsonl(gen, changed, str(path), valid=lambda r, saved: saved["prompt"] == r["prompt"])
+    assert calls == [["w9 w9"]] and redone[1]["prompt"] == "w9 w9" and redone[0] == rows[0]
+
 
 def test_errors_before_generation(tiny):
     model, tok = tiny

@@ -17,7 +17,6 @@ deterministic for a seed, and takes plain constructor arguments (Hydra ``_target
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-import hashlib
 import json
 import math
 import os
@@ -29,6 +28,7 @@ import torch
 
 from r3h.data.preference import DIMENSIONS
 from r3h.io.writer import atomic_output_dir
+from r3h.io.records import read_records, write_records
 
 __all__ = [
     "Mixture",
@@ -122,13 +122,8 @@ def write_mixture(pairs: Sequence[dict], manifest: Mapping, out_dir: str) -> str
     so a failure leaves no partial output (and an existing `out_dir` untouched)."""
     manifest = dict(manifest)
     with atomic_output_dir(out_dir) as tmp:
-        h = hashlib.sha256()
-        with open(os.path.join(tmp, "pairs.jsonl"), "w", encoding="utf-8") as f:
-            for p in pairs:
-                line = json.dumps(p, ensure_ascii=False) + "\n"
-                h.update(line.encode("utf-8"))
-                f.write(line)
-        manifest["files"] = {"pairs.jsonl": {"lines": len(pairs), "sha256": h.hexdigest()}}
+        sha256 = write_records(os.path.join(tmp, "pairs.jsonl"), pairs)
+        manifest["files"] = {"pairs.jsonl": {"lines": len(pairs), "sha256": sha256}}
         with open(os.path.join(tmp, "manifest.json"), "w", encoding="utf-8") as f:
             json.dump(_jsonable(manifest), f, indent=2, ensure_ascii=False)
     return os.path.abspath(os.path.expanduser(out_dir))
@@ -138,8 +133,7 @@ def read_mixture(out_dir: str) -> Tuple[Pairs, dict]:
     """(pairs, manifest) of a folder written by :func:`write_mixture`."""
     with open(os.path.join(out_dir, "manifest.json"), encoding="utf-8") as f:
         manifest = json.load(f)
-    with open(os.path.join(out_dir, "pairs.jsonl"), encoding="utf-8") as f:
-        pairs = [json.loads(line) for line in f if line.strip()]
+    pairs = read_records(os.path.join(out_dir, "pairs.jsonl"), strict=True)
     return pairs, manifest
 
 

@@ -16,15 +16,15 @@ lacks: an interrupted evaluation resumes where it stopped.
 from __future__ import annotations
 
 import importlib.util
-import json
-import os
 import shutil
 import tempfile
 import weakref
 from dataclasses import asdict, dataclass
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Union
 
 import torch
+
+from r3h.io.records import read_records, resume_records
 
 
 @dataclass
@@ -156,34 +156,29 @@ class ChatGenerator:
 
 
 def read_jsonl(path: str) -> List[dict]:
-    if not os.path.exists(path):
-        return []
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    """The records of a JSONL file; ``[]`` when it does not exist (:func:`r3h.io.records.read_records`)."""
+    return read_records(path, missing_ok=True)
 
 
-def generate_jsonl(generator: ChatGenerator, records: Iterable[Mapping], path: str) -> List[dict]:
+def generate_jsonl(generator: ChatGenerator, records: Iterable[Mapping], path: str,
+                   valid: Optional[Callable[[Mapping, dict], bool]] = None) -> List[dict]:
     """Answer every record (`id`, `prompt`, any other fields kept) into JSONL at `path`.
 
-    Records whose id is already in the file are not generated again; new ones are
-    appended batch by batch, so an interruption loses at most one batch.
+    Resumes under :mod:`r3h.io.records`' one policy: a record whose id already has a
+    complete line in the file (the last one for that id), accepted by `valid(record,
+    saved)` when given, is not generated again; new ones are appended batch by batch, so
+    an interruption loses at most one batch.
     """
     records = list(records)
+    settings = asdict(generator.config)
+
+    def produce(batch: List[Mapping]) -> List[dict]:
+        answers = generator.generate([r["prompt"] for r in batch])
+        return [{**r, "id": str(r["id"]), "response": a, "generation": settings} for r, a in zip(batch, answers)]
+
     ids = [str(r["id"]) for r in records]
     if len(set(ids)) != len(ids):
         raise ValueError(f"{path}: prompt ids are not unique")
-    done: Dict[str, dict] = {str(r["id"]): r for r in read_jsonl(path)}
-    todo = [r for r in records if str(r["id"]) not in done]
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    settings = asdict(generator.config)
-    bs = generator.config.batch_size
-    with open(path, "a") as f:
-        for start in range(0, len(todo), bs):
-            batch = todo[start : start + bs]
-            answers = generator.generate([r["prompt"] for r in batch])
-            for r, a in zip(batch, answers):
-                row = {**r, "id": str(r["id"]), "response": a, "generation": settings}
-                done[row["id"]] = row
-                f.write(json.dumps(row) + "\n")
-            f.flush()
-    return [done[i] for i in ids]
+    done = resume_records(path, records, produce, key_of=lambda r: str(r["id"]), key="id",
+                          batch_size=generator.config.batch_size, valid=valid)
+    return [done[str(r["id"])] for r in records]

