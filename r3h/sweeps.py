@@ -33,7 +33,8 @@ from omegaconf import OmegaConf
 from fusion_bench.method.base_algorithm import BaseAlgorithm
 from fusion_bench.mixins.lightning_fabric import LightningFabricMixin
 from fusion_bench.mixins.serialization import auto_register_config
-from r3h.core.plain import to_container
+from r3h.core.paths import run_log_dir
+from r3h.core.plain import jsonable, to_container
 from r3h.modelpool.sweep import ModelSweep
 
 log = logging.getLogger(__name__)
@@ -430,8 +431,7 @@ class MergeSweep(LightningFabricMixin, BaseAlgorithm):
         }
 
     def _write_program_report(self, report) -> None:
-        program = getattr(self, "_program", None)
-        log_dir = getattr(program, "log_dir", None) if program is not None else None
+        log_dir = run_log_dir(self)
         if log_dir:
             os.makedirs(log_dir, exist_ok=True)
             _write_json_atomic(os.path.join(log_dir, "r3h_sweep_report.json"), report)
@@ -441,7 +441,7 @@ def _write_json_atomic(path: str, obj) -> None:
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=os.path.dirname(path))
     try:
         with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2, default=str)
+            json.dump(jsonable(obj), f, indent=2)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -32,6 +32,7 @@ from r3h.analysis.alignment_vectors import layer_summaries, summarize, tensor_st
 from r3h.core.engine import ExpertTensors, MergePlan, _read, plan_merge
 from r3h.core.memory import peak_accelerator_bytes, peak_rss_bytes
 from r3h.io.writer import atomic_output_dir
+from r3h.core.paths import run_output_dir
 from r3h.core.plain import to_container
 from r3h.modelpool.sources import BASE, pool_checkpoints, pool_sources
 
@@ -120,12 +121,7 @@ class AlignmentVectorAnalysis(BaseAlgorithm):
         return torch.device(self.device)
 
     def resolve_out_dir(self) -> str:
-        if self.out_dir:
-            return os.path.abspath(os.path.expanduser(str(self.out_dir)))
-        log_dir = getattr(self._program, "log_dir", None) if self._program is not None else None
-        if log_dir:
-            return os.path.join(os.path.abspath(log_dir), "alignment_vectors")
-        return os.path.abspath(os.path.join("outputs", "analysis"))
+        return run_output_dir(self.out_dir, self, "analysis", sub="alignment_vectors")
 
     def options(self) -> Dict[str, Any]:
         cfg = OmegaConf.to_container(self.config, resolve=True)

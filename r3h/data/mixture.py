@@ -26,6 +26,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 
+from r3h.core.plain import jsonable
 from r3h.data.preference import DIMENSIONS
 from r3h.io.writer import atomic_output_dir
 from r3h.io.records import read_records, write_records
@@ -93,16 +94,6 @@ def _ratio(value) -> Fraction:
     return r
 
 
-def _jsonable(x):
-    if isinstance(x, Fraction):
-        return f"{x.numerator}/{x.denominator}"
-    if isinstance(x, Mapping):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    return x
-
-
 def _source_entry(available: int, taken: int, reasons: Mapping[str, int], load: Optional[Mapping] = None) -> dict:
     e = {"available": available, "taken": taken, "dropped": available - taken,
          "reasons": {k: v for k, v in reasons.items() if v}}
@@ -125,7 +116,7 @@ def write_mixture(pairs: Sequence[dict], manifest: Mapping, out_dir: str) -> str
         sha256 = write_records(os.path.join(tmp, "pairs.jsonl"), pairs)
         manifest["files"] = {"pairs.jsonl": {"lines": len(pairs), "sha256": sha256}}
         with open(os.path.join(tmp, "manifest.json"), "w", encoding="utf-8") as f:
-            json.dump(_jsonable(manifest), f, indent=2, ensure_ascii=False)
+            json.dump(jsonable(manifest), f, indent=2, ensure_ascii=False)
     return os.path.abspath(os.path.expanduser(out_dir))
 
 
@@ -158,7 +149,7 @@ class Mixture(ABC):
     def _manifest(self, sources: dict, totals: dict) -> dict:
         from r3h import __version__
 
-        return {"method": self.method, "options": _jsonable(self.options()), "seed": self.seed,
+        return {"method": self.method, "options": jsonable(self.options()), "seed": self.seed,
                 "sources": sources, "totals": totals, "r3h_version": __version__}
 
     def build(self, sources: Union[Sequence, Mapping], out_dir: Optional[str] = None, on_invalid: str = "drop"
@@ -236,7 +227,7 @@ class HeuristicMixture(Mixture):
             if asked[dim] > available:
                 if self.on_short == "error":
                     raise ValueError(
-                        f"HeuristicMixture: ratio {_jsonable(self.ratio)} of {n_help} helpfulness pairs asks for "
+                        f"HeuristicMixture: ratio {jsonable(self.ratio)} of {n_help} helpfulness pairs asks for "
                         f"{asked[dim]} {dim} pairs, but only {available} are available "
                         f"(datasets: {caps or 'none'}); lower the ratio or pass on_short='clip'")
                 shortfall[dim] = asked[dim] - available

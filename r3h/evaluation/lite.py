@@ -44,6 +44,8 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 
+from r3h.core.paths import slug
+from r3h.core.plain import jsonable
 from r3h.io.records import read_records, write_records
 
 from .benchmark import Benchmark, BenchmarkResult, EvalContext
@@ -340,10 +342,6 @@ def answer_loglikelihoods(model, tokenizer, contexts: Sequence[str], continuatio
 # ---------------------------------------------------------------------------- benchmarks
 
 
-def _slug(column: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", column)
-
-
 def _generator(ctx: EvalContext, **overrides) -> ChatGenerator:
     """ctx's generator, or a copy with ``overrides`` (those not None) in its config."""
     overrides = {k: v for k, v in overrides.items() if v is not None}
@@ -391,7 +389,7 @@ class _LiteBenchmark(Benchmark):
         _take(self.n, None)
 
     def _folder(self, ctx: EvalContext) -> str:
-        folder = os.path.join(ctx.output_dir, _slug(self.column))
+        folder = os.path.join(ctx.output_dir, slug(self.column))
         os.makedirs(folder, exist_ok=True)
         return folder
 
@@ -687,6 +685,6 @@ def run_lite(model, tokenizer, output_dir: str, benchmarks: Optional[Mapping[str
     os.makedirs(str(output_dir), exist_ok=True)
     path = os.path.join(str(output_dir), "3h_lite_report.json")
     with open(path, "w", encoding="utf-8") as f:
-        json.dump(report, f, indent=2, default=str)
+        json.dump(jsonable(report), f, indent=2)
     report["report"] = path
     return report

@@ -81,6 +81,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
+from r3h.core.paths import slug
 from r3h.core.plain import to_container
 from r3h.io.records import write_records
 
@@ -168,10 +169,6 @@ def _require_lm_eval():
             f"lm-eval {version} is installed. Upgrade it with: {INSTALL_COMMAND}"
         )
     return lm_eval
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(text))
 
 
 # --------------------------------------------------------------------------------------
@@ -488,7 +485,7 @@ class LMEvalBenchmark(Benchmark):
         return cfg
 
     def _folder(self, ctx: EvalContext) -> str:
-        folder = os.path.join(ctx.output_dir, _slug(self.column))
+        folder = os.path.join(ctx.output_dir, slug(self.column))
         os.makedirs(folder, exist_ok=True)
         return folder
 
@@ -539,7 +536,7 @@ class LMEvalBenchmark(Benchmark):
         samples = res.get("samples") or {}
         sample_files = {}
         for sub, records in samples.items():
-            path = os.path.join(folder, f"samples_{_slug(sub)}.jsonl")
+            path = os.path.join(folder, f"samples_{slug(sub)}.jsonl")
             write_records(path, records, default=handle_non_serializable)
             sample_files[sub] = path
 

@@ -45,7 +45,8 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from fusion_bench.mixins.serialization import auto_register_config
 from fusion_bench.taskpool.base_pool import BaseTaskPool
-from r3h.core.plain import to_container
+from r3h.core.paths import run_output_dir, slug
+from r3h.core.plain import jsonable, to_container
 from r3h.evaluation.aggregate import AVERAGES, BENCHMARKS, aggregate_3h
 from r3h.evaluation.benchmark import Benchmark, EvalContext
 from r3h.evaluation.generation import ChatGenerator, GenerationConfig
@@ -108,24 +109,6 @@ class LazyJudges(_MappingABC):
     @property
     def built(self) -> Dict[str, Judge]:
         return dict(self._built)
-
-
-def _jsonable(x):
-    """Plain JSON types (tuples -> lists, paths -> str, non-finite floats -> None)."""
-    if isinstance(x, Mapping):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple, set)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, float):
-        return x if math.isfinite(x) else None
-    if x is None or isinstance(x, (str, int, bool)):
-        return x
-    if isinstance(x, os.PathLike):
-        return os.fspath(x)
-    try:
-        return float(x)  # numpy / torch scalars
-    except (TypeError, ValueError):
-        return str(x)
 
 
 def _norm(name: str) -> str:
@@ -242,10 +225,6 @@ def write_pareto_plots(report: Mapping[str, Any], out_dir: str) -> Dict[str, Any
     return out
 
 
-def _slug(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._=-]+", "_", name).strip("_") or "model"
-
-
 @auto_register_config
 class ThreeHTaskPool(BaseTaskPool):
     """The 3H evaluation as a fusion_bench task pool.
@@ -340,20 +319,8 @@ class ThreeHTaskPool(BaseTaskPool):
             self._benchmarks = built
         return self._benchmarks
 
-    def _program_log_dir(self) -> Optional[str]:
-        program = getattr(self, "_program", None)
-        if program is None:
-            return None
-        try:
-            return program.log_dir
-        except Exception:  # no fabric / logger: not fatal
-            return None
-
     def resolve_output_dir(self) -> str:
-        if self.output_dir:
-            return os.path.abspath(os.path.expanduser(str(self.output_dir)))
-        log_dir = self._program_log_dir()
-        return os.path.abspath(log_dir) if log_dir else os.path.abspath(os.path.join("outputs", "3h"))
+        return run_output_dir(self.output_dir, self, "3h")
 
     def tokenizer_source(self, model) -> str:
         for src in (self.tokenizer, getattr(model, "r3h_tokenizer_dir", None), getattr(model, "name_or_path", None),
@@ -423,7 +390,7 @@ class ThreeHTaskPool(BaseTaskPool):
                 m.to(dev)
             tok = self.load_tokenizer(m)
             gen = self.make_generator(m, tok, benchmarks)
-            out = os.path.join(out_root, _slug(name)) if sweep else out_root
+            out = os.path.join(out_root, slug(name, "model")) if sweep else out_root
             contexts.append((name, EvalContext(model=m, tokenizer=tok, generator=gen, output_dir=out,
                                                judges=self._judges, limit=self.limit)))
         # every check before any generation
@@ -494,7 +461,7 @@ class ThreeHTaskPool(BaseTaskPool):
             per = {name: one(name) for name, _ in contexts}
             report = {k: {name: per[name][k] for name in per} for k in ("scores", "averages", "partial", "details")}
             report["members"] = list(per)
-            report["sweep"] = _jsonable(getattr(model, "manifest", {}))
+            report["sweep"] = jsonable(getattr(model, "manifest", {}))
         else:
             report = one(contexts[0][0])
             report["model"] = contexts[0][0]
@@ -506,7 +473,7 @@ class ThreeHTaskPool(BaseTaskPool):
             files["pareto"] = write_pareto_plots(report, out_root)
         report["files"] = files
         report["output_dir"] = out_root
-        report = _jsonable(report)
+        report = jsonable(report)
         report_path = os.path.join(out_root, "3h_report.json")
         report["files"]["report"] = report_path
         with open(report_path, "w", encoding="utf-8") as f:

@@ -11,6 +11,7 @@ from typing import Dict, Optional
 import torch
 
 import r3h
+from r3h.core.plain import jsonable
 
 # Files of a tokenizer folder (and the chat template) that a merged model carries over.
 TOKENIZER_FILES = (
@@ -101,7 +102,7 @@ def model_card(info: dict) -> str:
         lines.append(f"- base (`_pretrained_`): `{base}`")
     for name, path in info.get("models", {}).items():
         lines.append(f"- {name}: `{path}`")
-    lines += ["", "## Hyperparameters", "", "```json", json.dumps(info.get("hyperparameters", {}), indent=2, default=str), "```", ""]
+    lines += ["", "## Hyperparameters", "", "```json", json.dumps(jsonable(info.get("hyperparameters", {})), indent=2), "```", ""]
     return "\n".join(lines)
 
 
@@ -109,4 +110,4 @@ def write_model_folder_extras(out_dir: str, info: dict) -> None:
     with open(os.path.join(out_dir, "README.md"), "w") as f:
         f.write(model_card(info))
     with open(os.path.join(out_dir, "r3h_merge.json"), "w") as f:
-        json.dump(info, f, indent=2, default=str)
+        json.dump(jsonable(info), f, indent=2)

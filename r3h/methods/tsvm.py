@@ -41,6 +41,8 @@ from r3h.core.distributed import (
     write_rank_result,
 )
 from r3h.core.engine import stream_merge
+from r3h.core.paths import run_log_dir
+from r3h.core.plain import jsonable
 from r3h.io.model import build_model, parse_dtype
 from r3h.io.writer import ShardWriter, finalize_shards, move_into_place
 from r3h.methods.base import MergeAlgorithm, check_range
@@ -298,12 +300,11 @@ class TaskSingularVectorMerging(LightningFabricMixin, MergeAlgorithm):
         return result
 
     def _write_program_report(self):
-        program = getattr(self, "_program", None)
-        log_dir = getattr(program, "log_dir", None) if program is not None else None
+        log_dir = run_log_dir(self)
         if log_dir and self.last_report and self.fabric.global_rank == 0:
             os.makedirs(log_dir, exist_ok=True)
             with open(os.path.join(log_dir, "r3h_merge_report.json"), "w") as f:
-                json.dump(self.last_report, f, indent=2, default=str)
+                json.dump(jsonable(self.last_report), f, indent=2)
 
     def _run_distributed(self, modelpool, fabric):
         plan = self.prepare(modelpool)

@@ -20,6 +20,7 @@ from omegaconf import OmegaConf
 
 from fusion_bench.method.base_algorithm import BaseAlgorithm
 from fusion_bench.mixins.serialization import auto_register_config
+from r3h.core.paths import run_output_dir
 from r3h.core.plain import to_container
 from r3h.modelpool.sources import BASE, model_path
 from r3h.training.dpo import check_recipe, recipe, train_dpo
@@ -122,14 +123,7 @@ class DPOTraining(BaseAlgorithm):
         return r
 
     def _output_dir(self, default_name: str) -> str:
-        if self.output_dir:
-            return os.path.abspath(os.path.expanduser(str(self.output_dir)))
-        log_dir = None
-        try:
-            log_dir = self.log_dir
-        except Exception:
-            pass
-        return os.path.abspath(os.path.join(log_dir or "outputs", default_name))
+        return run_output_dir(self.output_dir, self, default_name, sub=default_name)
 
     def _start(self, modelpool) -> str:
         if hasattr(modelpool, "prepare"):

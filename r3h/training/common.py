@@ -13,6 +13,7 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional
 
 import torch
 
+from r3h.core.plain import jsonable
 from r3h.io.writer import move_into_place
 
 RECORD = "r3h_train.json"
@@ -113,7 +114,7 @@ def save_trained(trainer, tokenizer, stage: str, record: Mapping[str, Any]) -> N
             os.remove(args_file)
         tokenizer.save_pretrained(stage)
         with open(os.path.join(stage, RECORD), "w") as f:
-            json.dump(dict(record), f, indent=2, default=str)
+            json.dump(jsonable(dict(record)), f, indent=2)
 
 
 def read_record(folder: str) -> Dict[str, Any]:
