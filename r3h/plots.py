@@ -28,9 +28,11 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 import numpy as np
 from matplotlib.figure import Figure
 
+from r3h.core.dimensions import AVERAGES, OVERALL, THREE_H
+
 #: The three dimension averages of the paper, with their legend labels.
-DIMENSION_COLUMNS: Tuple[str, ...] = ("Helpful_Avg", "Honest_Avg", "Harmless_Avg")
-LABELS = {"Helpful_Avg": "Helpfulness", "Honest_Avg": "Honesty", "Harmless_Avg": "Harmlessness", "AVG": "Average"}
+DIMENSION_COLUMNS: Tuple[str, ...] = AVERAGES
+LABELS = {**{d.average: d.name for d in THREE_H}, OVERALL: "Average"}
 COLORS = ("#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860", "#DA8BC3", "#8C8C8C", "#CCB974", "#64B5CD")
 
 PathLike = Union[str, os.PathLike]

@@ -540,3 +540,28 @@ def test_single_run_and_lower_is_better():
     flipped = {r.name: r for r in build_table(THREE_RUNS, lower_is_better=["Math"]).rows}
     assert "Math" in flipped["A"].best and "Math" in flipped["C"].second
     assert "Math" not in flipped["B"].best + flipped["B"].second
+
+
+def test_one_table_of_the_three_dimensions():
+    from r3h.core import dimensions as D
+    from r3h.data.preference import DIMENSIONS as DATA_LABELS
+    from r3h.evaluation import aggregate as A
+    from r3h.evaluation.lite import LITE_DIMENSIONS
+    from r3h.toy.reward import OBJECTIVES
+    from r3h.toy.world import KINDS
+
+    rows = [(d.key, d.name, d.label, d.average, d.short) for d in D.THREE_H]
+    assert rows == [("helpful", "Helpfulness", "helpfulness", "Helpful_Avg", "Helpful"),
+                    ("honest", "Honesty", "honesty", "Honest_Avg", "Honest"),
+                    ("harmless", "Harmlessness", "harmlessness", "Harmless_Avg", "Harmless")]
+    for d in D.THREE_H:  # every vocabulary leads back to the same dimension
+        assert all(D.dimension(n) is d for n in (d.key, d.name, d.label, d.average, d.short))
+    with pytest.raises(ValueError, match="'helpfull' is not a 3H dimension"):
+        D.dimension("helpfull")
+    # the copies that name the dimensions read the table
+    assert A.AVERAGES == ("Helpful_Avg", "Honest_Avg", "Harmless_Avg", "AVG")
+    assert A.DIMENSION_AVERAGES == {"Helpfulness": "Helpful_Avg", "Honesty": "Honest_Avg",
+                                    "Harmlessness": "Harmless_Avg"}
+    assert list(A.DIMENSIONS) == ["Helpfulness", "Honesty", "Harmlessness"]
+    assert tuple(DATA_LABELS) == tuple(OBJECTIVES) == ("helpfulness", "honesty", "harmlessness")
+    assert set(KINDS.values()) == set(LITE_DIMENSIONS.values()) == set(D.KEYS)

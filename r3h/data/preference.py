@@ -23,6 +23,8 @@ from __future__ import annotations
 import re
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
+from r3h.core.dimensions import LABELS
+
 __all__ = [
     "DIMENSIONS",
     "DEFAULT_FIELDS",
@@ -37,8 +39,8 @@ __all__ = [
     "message_text",
 ]
 
-#: The three alignment dimensions, in the paper's order.
-DIMENSIONS = ("helpfulness", "honesty", "harmlessness")
+#: The three alignment dimensions, in the paper's order (their labels in r3h.core.dimensions).
+DIMENSIONS = LABELS
 
 #: Where normalize_record looks for each part of a pair (override with `fields`). A
 #: `system` or `id` field that a record lacks is simply not used.

@@ -33,6 +33,11 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
+from r3h.core.dimensions import HARMLESS as _HARMLESS
+from r3h.core.dimensions import HELPFUL as _HELPFUL
+from r3h.core.dimensions import HONEST as _HONEST
+from r3h.core.dimensions import OVERALL, THREE_H
+
 __all__ = [
     "HELPFUL",
     "HONEST",
@@ -61,22 +66,18 @@ HONEST: Tuple[str, ...] = ("HaluEval_Wild",)
 #: Harmlessness benchmarks (OR-Bench: refusal rate on the hard-1k set, as the paper reports it).
 HARMLESS: Tuple[str, ...] = ("Salad_Bench", "OR-Bench")
 
-#: Dimension name -> its benchmarks.
+#: Dimension name (``r3h.core.dimensions``: ``Helpfulness`` ...) -> its benchmarks.
 DIMENSIONS: Dict[str, Tuple[str, ...]] = {
-    "Helpfulness": HELPFUL,
-    "Honesty": HONEST,
-    "Harmlessness": HARMLESS,
+    _HELPFUL.name: HELPFUL,
+    _HONEST.name: HONEST,
+    _HARMLESS.name: HARMLESS,
 }
 #: Dimension name -> the column holding its average.
-DIMENSION_AVERAGES: Dict[str, str] = {
-    "Helpfulness": "Helpful_Avg",
-    "Honesty": "Honest_Avg",
-    "Harmlessness": "Harmless_Avg",
-}
+DIMENSION_AVERAGES: Dict[str, str] = {d.name: d.average for d in THREE_H}
 #: The eleven benchmark columns, in CSV order.
 BENCHMARKS: Tuple[str, ...] = HELPFUL + HONEST + HARMLESS
 #: The four average columns, in CSV order.
-AVERAGES: Tuple[str, ...] = ("Helpful_Avg", "Honest_Avg", "Harmless_Avg", "AVG")
+AVERAGES: Tuple[str, ...] = tuple(d.average for d in THREE_H) + (OVERALL,)
 #: Every score column, in CSV order.
 COLUMNS: Tuple[str, ...] = BENCHMARKS + AVERAGES
 #: The descriptive columns that precede the scores in the CSV.

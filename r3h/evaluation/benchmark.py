@@ -37,7 +37,7 @@ class EvalContext:
 
 class Benchmark(ABC):
     column: str  # the paper's column name
-    dimension: str  # "helpful", "honest" or "harmless"
+    dimension: str  # a 3H dimension's key: "helpful", "honest" or "harmless" (r3h.core.dimensions)
 
     def check(self, ctx: EvalContext) -> None:
         """Raise a clear error before generation for anything visibly wrong."""

@@ -44,6 +44,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 
+from r3h.core.dimensions import THREE_H
 from r3h.core.paths import slug
 from r3h.core.plain import jsonable
 from r3h.io.records import read_records, write_records
@@ -598,14 +599,10 @@ class DoNotAnswerLite(_RefusalLite):
 # ----------------------------------------------------------------------------- aggregate
 
 #: The 3h_lite columns and their dimensions.
-LITE_DIMENSIONS: Dict[str, str] = {
-    ArithmeticLite.column: "helpful",
-    HaluEvalQALite.column: "honest",
-    HarmBenchLite.column: "harmless",
-    DoNotAnswerLite.column: "harmless",
-}
+LITE_DIMENSIONS: Dict[str, str] = {b.column: b.dimension for b in (ArithmeticLite, HaluEvalQALite, HarmBenchLite,
+                                                                    DoNotAnswerLite)}
 LITE_COLUMNS: Tuple[str, ...] = tuple(LITE_DIMENSIONS)
-_DIM_KEYS = {"helpful": "Helpful", "honest": "Honest", "harmless": "Harmless"}
+_DIM_KEYS = {d.key: d.short for d in THREE_H}
 
 
 def aggregate_lite(results: Union[Mapping[str, Any], Iterable[BenchmarkResult]],

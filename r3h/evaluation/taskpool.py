@@ -45,6 +45,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from fusion_bench.mixins.serialization import auto_register_config
 from fusion_bench.taskpool.base_pool import BaseTaskPool
+from r3h.core.dimensions import THREE_H
 from r3h.core.paths import run_output_dir, slug
 from r3h.core.plain import jsonable, to_container
 from r3h.evaluation.aggregate import AVERAGES, BENCHMARKS, aggregate_3h
@@ -123,7 +124,7 @@ def _near_paper_column(name: str) -> Optional[str]:
 
 
 #: Benchmark dimension -> average column.
-DIMENSION_COLUMNS = {"helpful": "Helpful_Avg", "honest": "Honest_Avg", "harmless": "Harmless_Avg"}
+DIMENSION_COLUMNS = {d.key: d.average for d in THREE_H}
 
 
 def aggregate_by_dimension(scores: Mapping[str, float], dimensions: Mapping[str, str]) -> Dict[str, Any]:

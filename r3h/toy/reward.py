@@ -27,9 +27,10 @@ from typing import Dict, List, Sequence
 
 import torch
 
+from r3h.core.dimensions import LABELS
 from r3h.toy import world
 
-OBJECTIVES = ["helpfulness", "honesty", "harmlessness"]
+OBJECTIVES = list(LABELS)  # the dimensions' labels, r3h.core.dimensions
 _ARITH = re.compile(r"\b(\d+) (plus|minus) (\d+)\b")
 
 

@@ -29,8 +29,10 @@ import random
 import re
 from typing import Dict, List, Optional, Sequence
 
+from r3h.core.dimensions import HARMLESS, HELPFUL, HONEST
+
 #: The four kinds of question and the 3H dimension each measures.
-KINDS = {"arithmetic": "helpful", "unanswerable": "honest", "harmful": "harmless", "lookalike": "harmless"}
+KINDS = {"arithmetic": HELPFUL.key, "unanswerable": HONEST.key, "harmful": HARMLESS.key, "lookalike": HARMLESS.key}
 
 NUMBERS = [str(i) for i in range(19)]  # operands 0..9, sums up to 18
 MADE_UP = ["zorp", "blick", "quax", "trell", "vont", "glim", "snarf", "plib", "dwex", "mosk"]
