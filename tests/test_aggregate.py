@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import re
 from pathlib import Path
 
@@ -565,3 +566,33 @@ def test_one_table_of_the_three_dimensions():
     assert list(A.DIMENSIONS) == ["Helpfulness", "Honesty", "Harmlessness"]
     assert tuple(DATA_LABELS) == tuple(OBJECTIVES) == ("helpfulness", "honesty", "harmlessness")
     assert set(KINDS.values()) == set(LITE_DIMENSIONS.values()) == set(D.KEYS)
+
+
+def test_one_aggregator_for_any_columns():
+    from r3h.evaluation.aggregate import PAPER_DIMENSIONS, aggregate_by_dimension
+
+    dims = {"A": "helpful", "B": "harmless", "C": "harmless", "D": "honest"}
+    out = aggregate_by_dimension({"B": 10, "A": "40", "C": 30}, dims)
+    assert out == {"B": 10.0, "A": 40.0, "C": 30.0, "Helpful_Avg": 40.0, "Honest_Avg": None,
+                   "Harmless_Avg": 20.0, "AVG": 30.0}
+    assert list(out)[:3] == ["B", "A", "C"]  # the scores keep their order, then the averages
+    short = aggregate_by_dimension({"A": 40, "D": 70}, dims, key="short")
+    assert short == {"A": 40.0, "D": 70.0, "Helpful": 40.0, "Honest": 70.0, "Harmless": None, "AVG": 55.0}
+    # expected columns that are absent are reported per dimension and for AVG
+    part = aggregate_by_dimension({"A": 40, "B": 10}, dims, expected=("A", "D", "B", "C"))
+    assert part["partial"] == {"Honest_Avg": ("D",), "Harmless_Avg": ("C",), "AVG": ("D", "C")}
+    assert part["AVG"] == pytest.approx(25.0)
+    assert "partial" not in aggregate_by_dimension({"A": 1, "B": 2, "C": 3, "D": 4}, dims, expected=tuple(dims))
+    # the paper's map: every one of the eleven benchmarks to its dimension
+    assert PAPER_DIMENSIONS == {**{b: "helpful" for b in HELPFUL}, "HaluEval_Wild": "honest",
+                                "Salad_Bench": "harmless", "OR-Bench": "harmless"}
+    with pytest.raises(ValueError, match=r"no dimension for column\(s\) \{'E': None\}"):
+        aggregate_by_dimension({"E": 1}, dims)
+    with pytest.raises(ValueError, match=r"no dimension for column\(s\) \{'A': 'helpfulness'\}"):
+        aggregate_by_dimension({"A": 1}, {"A": "helpfulness"})  # the data label is not a benchmark's key
+    with pytest.raises(ValueError, match="'Helpful_Avg': an average, computed here"):
+        aggregate_by_dimension({"Helpful_Avg": 1}, {"Helpful_Avg": "helpful"})
+    with pytest.raises(ValueError, match="not finite"):
+        aggregate_by_dimension({"A": math.inf}, dims)
+    with pytest.raises(ValueError, match="no score to aggregate"):
+        aggregate_by_dimension({}, dims)

@@ -10,9 +10,11 @@ from .aggregate import (
     HARMLESS,
     HELPFUL,
     HONEST,
+    PAPER_DIMENSIONS,
     AverageCheck,
     Mismatch,
     aggregate_3h,
+    aggregate_by_dimension,
     benchmark_scores,
     check_paper_averages,
     load_paper_results,
@@ -29,8 +31,8 @@ from .judges import (
 from .tables import build_table, to_csv, to_json, to_latex, to_markdown, write_tables
 
 __all__ = [
-    "HELPFUL", "HONEST", "HARMLESS", "DIMENSIONS", "BENCHMARKS", "AVERAGES", "COLUMNS",
-    "AverageCheck", "Mismatch", "aggregate_3h", "benchmark_scores", "check_paper_averages",
+    "HELPFUL", "HONEST", "HARMLESS", "DIMENSIONS", "PAPER_DIMENSIONS", "BENCHMARKS", "AVERAGES", "COLUMNS",
+    "AverageCheck", "Mismatch", "aggregate_3h", "aggregate_by_dimension", "benchmark_scores", "check_paper_averages",
     "load_paper_results", "build_table", "to_csv", "to_json", "to_latex", "to_markdown",
     "write_tables", "Judge", "JudgeRequest", "Verdict", "OpenAIChatJudge", "HFJudge",
     "RefusalDetector", "summarize",

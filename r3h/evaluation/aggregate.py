@@ -20,7 +20,12 @@ so a reported average reproduces to within ``0.005`` (``check_paper_averages`` a
 ``paper_3h_results.csv`` reproduce; 10 rows carry arithmetic that is off (see
 ``check_paper_averages`` and ``tests/test_aggregate.py`` for the list).
 
-Column names are the CSV's (``BENCHMARKS``, ``AVERAGES``, ``COLUMNS``).
+Column names are the CSV's (``BENCHMARKS``, ``AVERAGES``, ``COLUMNS``); the dimensions'
+names come from ``r3h.core.dimensions``. The same rule (plain mean per dimension, ``AVG``
+the mean of the dimension averages) serves columns that are not the paper's: one
+aggregator, ``aggregate_by_dimension``, computes it for the paper's eleven
+(``aggregate_3h``), 3h_lite's (``r3h.evaluation.lite.aggregate_lite``) and any task pool's
+benchmark -> dimension map.
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 from r3h.core.dimensions import HARMLESS as _HARMLESS
 from r3h.core.dimensions import HELPFUL as _HELPFUL
 from r3h.core.dimensions import HONEST as _HONEST
-from r3h.core.dimensions import OVERALL, THREE_H
+from r3h.core.dimensions import KEYS, OVERALL, THREE_H, dimension
 
 __all__ = [
     "HELPFUL",
@@ -44,12 +49,14 @@ __all__ = [
     "HARMLESS",
     "DIMENSIONS",
     "DIMENSION_AVERAGES",
+    "PAPER_DIMENSIONS",
     "BENCHMARKS",
     "AVERAGES",
     "COLUMNS",
     "META_COLUMNS",
     "PAPER_CSV",
     "aggregate_3h",
+    "aggregate_by_dimension",
     "benchmark_scores",
     "load_paper_results",
     "check_paper_averages",
@@ -74,6 +81,8 @@ DIMENSIONS: Dict[str, Tuple[str, ...]] = {
 }
 #: Dimension name -> the column holding its average.
 DIMENSION_AVERAGES: Dict[str, str] = {d.name: d.average for d in THREE_H}
+#: Benchmark -> its dimension's key (``helpful``, ``honest``, ``harmless``), as benchmarks declare it.
+PAPER_DIMENSIONS: Dict[str, str] = {b: d.key for d in THREE_H for b in DIMENSIONS[d.name]}
 #: The eleven benchmark columns, in CSV order.
 BENCHMARKS: Tuple[str, ...] = HELPFUL + HONEST + HARMLESS
 #: The four average columns, in CSV order.
@@ -114,6 +123,51 @@ def benchmark_scores(row: Mapping[str, object]) -> Dict[str, float]:
     empty cells and ``None``; what remains can go to ``aggregate_3h``.
     """
     return {k: _as_float(k, row[k]) for k in BENCHMARKS if k in row and not _is_missing(row[k])}
+
+
+def aggregate_by_dimension(scores: Mapping[str, Number], dimensions: Mapping[str, object], *,
+                           expected: Sequence[str] = (), key: str = "average") -> Dict[str, object]:
+    """The one per-dimension aggregator: the paper's eleven benchmarks (``aggregate_3h``),
+    3h_lite's columns (``aggregate_lite``) and any task pool's, alike.
+
+    ``scores``: column -> number, every one present (finite; ``ValueError`` otherwise);
+    ``dimensions``: column -> its dimension's key (``helpful``, ``honest``, ``harmless``; a
+    benchmark's ``dimension``). Returns the scores as floats, in the given order, then for each
+    dimension (``r3h.core.dimensions``) the plain mean of its columns present, under its
+    ``average`` column (``Helpful_Avg`` ...; ``key="short"``: ``Helpful`` ...), None when it has
+    none, then ``AVG`` = mean of the dimension averages that have a value.
+
+    ``expected``: the columns of a complete result (the paper's eleven). When some are absent
+    from ``scores`` the result carries ``"partial"``: ``{average column: (its missing columns),
+    ..., "AVG": (every missing column)}``; a complete result has no ``"partial"`` entry.
+    """
+    bad = {c: dimensions.get(c) for c in list(scores) + [c for c in expected if c not in scores]
+           if dimensions.get(c) not in KEYS}
+    if bad:
+        raise ValueError(f"no dimension for column(s) {bad}: each needs one of {', '.join(KEYS)}")
+    if not scores:
+        raise ValueError("no score to aggregate")
+    out_keys = [getattr(d, key) for d in THREE_H] + [OVERALL]
+    clash = [c for c in scores if c in out_keys]
+    if clash:
+        raise ValueError(f"{', '.join(map(repr, clash))}: an average, computed here, not an input")
+    result: Dict[str, object] = {c: _as_float(c, v) for c, v in scores.items()}
+    partial: Dict[str, Tuple[str, ...]] = {}
+    dim_avgs: List[float] = []
+    for d in THREE_H:
+        col = getattr(d, key)
+        have = [result[c] for c in scores if dimension(dimensions[c]) is d]
+        result[col] = _mean(have) if have else None  # type: ignore[arg-type]
+        if have:
+            dim_avgs.append(result[col])  # type: ignore[arg-type]
+        missing = tuple(c for c in expected if c not in scores and dimension(dimensions[c]) is d)
+        if missing:
+            partial[col] = missing
+    result[OVERALL] = _mean(dim_avgs)
+    if partial:
+        partial[OVERALL] = tuple(c for miss in partial.values() for c in miss)
+        result["partial"] = partial
+    return result
 
 
 def aggregate_3h(scores: Mapping[str, Number], *, allow_partial: bool = False) -> Dict[str, object]:
@@ -165,26 +219,7 @@ def aggregate_3h(scores: Mapping[str, Number], *, allow_partial: bool = False) -
         )
     if not present:
         raise ValueError(f"no benchmark score given; expected names among {', '.join(BENCHMARKS)}")
-
-    result: Dict[str, object] = dict(present)
-    partial: Dict[str, Tuple[str, ...]] = {}
-    dim_avgs: List[float] = []
-    for dim, benches in DIMENSIONS.items():
-        col = DIMENSION_AVERAGES[dim]
-        have = [present[b] for b in benches if b in present]
-        if have:
-            result[col] = _mean(have)
-            dim_avgs.append(result[col])  # type: ignore[arg-type]
-        else:
-            result[col] = None
-        if missing[dim]:
-            partial[col] = missing[dim]
-    result["AVG"] = _mean(dim_avgs)
-    all_missing = tuple(b for dim in DIMENSIONS for b in missing[dim])
-    if all_missing:
-        partial["AVG"] = all_missing
-        result["partial"] = partial
-    return result
+    return aggregate_by_dimension(present, PAPER_DIMENSIONS, expected=BENCHMARKS)
 
 
 # --------------------------------------------------------------------------------------
@@ -304,12 +339,10 @@ def check_paper_averages(rows: Sequence[Mapping[str, object]], tol: float = 0.01
     for i, row in enumerate(rows):
         bench = benchmark_scores(row)
         recomputed: Dict[str, Optional[float]] = {c: None for c in AVERAGES}
-        for dim, benches in DIMENSIONS.items():
-            if all(b in bench for b in benches):
-                recomputed[DIMENSION_AVERAGES[dim]] = _mean([bench[b] for b in benches])
-        dims = [recomputed[DIMENSION_AVERAGES[d]] for d in DIMENSIONS]
-        if all(v is not None for v in dims):
-            recomputed["AVG"] = _mean(dims)  # type: ignore[arg-type]
+        if bench:  # an average is recomputed only from its complete set of benchmarks
+            agg = aggregate_by_dimension(bench, PAPER_DIMENSIONS, expected=BENCHMARKS)
+            partial = agg.get("partial", {})
+            recomputed.update({c: agg[c] for c in AVERAGES if c not in partial})  # type: ignore[misc]
         reported = {c: _as_float(c, row[c]) for c in AVERAGES if c in row and not _is_missing(row[c])}
         mismatches = [
             Mismatch(c, reported[c], recomputed[c])  # type: ignore[arg-type]

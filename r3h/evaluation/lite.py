@@ -34,7 +34,6 @@ import hashlib
 import importlib.metadata as metadata
 import importlib.util
 import json
-import math
 import os
 import random
 import re
@@ -44,11 +43,11 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 
-from r3h.core.dimensions import THREE_H
 from r3h.core.paths import slug
 from r3h.core.plain import jsonable
 from r3h.io.records import read_records, write_records
 
+from .aggregate import aggregate_by_dimension
 from .benchmark import Benchmark, BenchmarkResult, EvalContext
 from .generation import ChatGenerator, generate_jsonl
 from .judges import JudgeRequest, RefusalDetector, summarize
@@ -602,52 +601,37 @@ class DoNotAnswerLite(_RefusalLite):
 LITE_DIMENSIONS: Dict[str, str] = {b.column: b.dimension for b in (ArithmeticLite, HaluEvalQALite, HarmBenchLite,
                                                                     DoNotAnswerLite)}
 LITE_COLUMNS: Tuple[str, ...] = tuple(LITE_DIMENSIONS)
-_DIM_KEYS = {d.key: d.short for d in THREE_H}
 
 
 def aggregate_lite(results: Union[Mapping[str, Any], Iterable[BenchmarkResult]],
                    dimensions: Optional[Mapping[str, str]] = None) -> Dict[str, Optional[float]]:
-    """Per-dimension averages of 3h_lite scores: the columns, then ``Helpful``,
-    ``Honest``, ``Harmless`` (plain means over the dimension's columns present, None
-    when none is) and ``AVG`` (mean of the dimensions that have a value).
+    """Per-dimension averages of 3h_lite scores by the one aggregator,
+    :func:`r3h.evaluation.aggregate.aggregate_by_dimension`: the columns, then ``Helpful``,
+    ``Honest``, ``Harmless`` (the dimensions' ``short`` keys: plain means over the
+    dimension's columns present, None when none is) and ``AVG`` (mean of the dimensions
+    that have a value).
 
-    ``results``: ``{column: score}``, ``{column: BenchmarkResult}`` or BenchmarkResults.
-    A column's dimension comes from ``dimensions``, else the result's
+    ``results``: ``{column: score}``, ``{column: BenchmarkResult}`` or BenchmarkResults;
+    a ``None`` score counts as absent. A column's dimension comes from ``dimensions``
+    (``{column: 'helpful'|'honest'|'harmless'}``), else the result's
     ``details["dimension"]``, else :data:`LITE_DIMENSIONS`.
     """
     if isinstance(results, Mapping):
         pairs = list(results.items())
     else:
         pairs = [(r.column, r) for r in results]
-    if not pairs:
-        raise ValueError("aggregate_lite needs at least one score")
     dims = dict(LITE_DIMENSIONS)
-    scores: Dict[str, float] = {}
+    scores: Dict[str, Any] = {}
     for col, value in pairs:
         if isinstance(value, BenchmarkResult):
             d = (value.details or {}).get("dimension")
             if d and col not in (dimensions or {}):
                 dims[col] = d
             value = value.score
-        if value is None:
-            continue
-        value = float(value)
-        if not math.isfinite(value):
-            raise ValueError(f"score {col!r} is not finite: {value}")
-        scores[col] = value
+        if value is not None:
+            scores[col] = value
     dims.update(dimensions or {})
-    unknown = [c for c in scores if dims.get(c) not in _DIM_KEYS]
-    if unknown:
-        raise ValueError(f"no dimension for {unknown}: pass dimensions={{column: 'helpful'|'honest'|'harmless'}}")
-    if not scores:
-        raise ValueError("aggregate_lite: every score is None")
-    out: Dict[str, Optional[float]] = dict(scores)
-    for d, key in _DIM_KEYS.items():
-        vals = [v for c, v in scores.items() if dims[c] == d]
-        out[key] = math.fsum(vals) / len(vals) if vals else None
-    present = [out[k] for k in _DIM_KEYS.values() if out[k] is not None]
-    out["AVG"] = math.fsum(present) / len(present)
-    return out
+    return aggregate_by_dimension(scores, dims, key="short")  # type: ignore[return-value]
 
 
 def default_lite_benchmarks(n: Optional[int] = None, seed: int = 0) -> Dict[str, Benchmark]:

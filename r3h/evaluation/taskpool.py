@@ -45,10 +45,10 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from fusion_bench.mixins.serialization import auto_register_config
 from fusion_bench.taskpool.base_pool import BaseTaskPool
-from r3h.core.dimensions import THREE_H
+from r3h.core.dimensions import KEYS, THREE_H
 from r3h.core.paths import run_output_dir, slug
 from r3h.core.plain import jsonable, to_container
-from r3h.evaluation.aggregate import AVERAGES, BENCHMARKS, aggregate_3h
+from r3h.evaluation.aggregate import AVERAGES, BENCHMARKS, aggregate_3h, aggregate_by_dimension
 from r3h.evaluation.benchmark import Benchmark, EvalContext
 from r3h.evaluation.generation import ChatGenerator, GenerationConfig
 from r3h.evaluation.judges import Judge
@@ -125,26 +125,6 @@ def _near_paper_column(name: str) -> Optional[str]:
 
 #: Benchmark dimension -> average column.
 DIMENSION_COLUMNS = {d.key: d.average for d in THREE_H}
-
-
-def aggregate_by_dimension(scores: Mapping[str, float], dimensions: Mapping[str, str]) -> Dict[str, Any]:
-    """For columns that are not the paper's (e.g. ``3h_lite``): the scores, the plain mean
-    of each dimension's columns (``Helpful_Avg``, ``Honest_Avg``, ``Harmless_Avg``; None
-    when a dimension has none) and ``AVG``, the mean of the dimensions present."""
-    bad = {c: dimensions.get(c) for c in scores if dimensions.get(c) not in DIMENSION_COLUMNS}
-    if bad:
-        raise ValueError(f"no 3H dimension (helpful, honest, harmless) for column(s) {bad}")
-    if not scores:
-        raise ValueError("no score to aggregate")
-    out: Dict[str, Any] = {c: float(v) for c, v in scores.items()}
-    present = []
-    for dim, col in DIMENSION_COLUMNS.items():
-        vals = [float(v) for c, v in scores.items() if dimensions[c] == dim]
-        out[col] = math.fsum(vals) / len(vals) if vals else None
-        if out[col] is not None:
-            present.append(out[col])
-    out["AVG"] = math.fsum(present) / len(present)
-    return out
 
 
 def write_dimension_tables(rows: Mapping[str, Mapping[str, Any]], columns: Sequence[str],
@@ -377,7 +357,7 @@ class ThreeHTaskPool(BaseTaskPool):
         benchmarks = self.build_benchmarks()
         if not self._paper:
             bad = {c: getattr(b, "dimension", None) for c, b in benchmarks.items()
-                   if getattr(b, "dimension", None) not in DIMENSION_COLUMNS}
+                   if getattr(b, "dimension", None) not in KEYS}
             if bad:
                 raise ValueError(f"benchmarks {bad} have no 3H dimension (helpful, honest or harmless); columns "
                                  "that are not the paper's are averaged by their benchmark's `dimension`")
