@@ -596,3 +596,40 @@ def test_one_aggregator_for_any_columns():
         aggregate_by_dimension({"A": math.inf}, dims)
     with pytest.raises(ValueError, match="no score to aggregate"):
         aggregate_by_dimension({}, dims)
+
+
+def test_one_table_writer_for_columns_that_are_not_the_papers(tmp_path):
+    dims = {"Harm-lite": "harmless", "Add-lite": "helpful", "Refuse-lite": "harmless"}
+    runs = {"a_model": {"Add-lite": 40.0, "Harm-lite": 10.0, "Refuse-lite": 30.0},
+            "b": {"Add-lite": 20.0, "Harm-lite": 50.0, "Refuse-lite": 50.0}}
+    table = build_table(runs, dimensions=dims)
+    # grouped by dimension (table order), dimensions without a column left out, averages last
+    assert table.groups == (("Helpfulness", ("Add-lite",)), ("Harmlessness", ("Harm-lite", "Refuse-lite")),
+                            ("Average", AVERAGES))
+    a, b = table.rows
+    assert a.values == {"Add-lite": 40.0, "Harm-lite": 10.0, "Refuse-lite": 30.0, "Helpful_Avg": 40.0,
+                        "Honest_Avg": None, "Harmless_Avg": 20.0, "AVG": 30.0}
+    assert b.values["Harmless_Avg"] == 50.0 and b.values["AVG"] == 35.0
+    assert a.best == ["Add-lite", "Helpful_Avg"] and a.second == ["Harm-lite", "Refuse-lite", "Harmless_Avg", "AVG"]
+    paths = write_tables(runs, tmp_path, dimensions=dims, caption="lite")
+    doc = json.loads(paths["json"].read_text())
+    assert doc["columns"] == ["Add-lite", "Harm-lite", "Refuse-lite"] + list(AVERAGES)
+    assert doc["dimensions"] == dims and doc["rows"][1]["scores"]["AVG"] == 35.0
+    rows = list(csv.reader(io.StringIO(paths["csv"].read_text())))
+    assert rows[0] == ["table", "setting", "method"] + doc["columns"]
+    assert [float(x) for x in rows[1][3:6]] == [40.0, 10.0, 30.0] and rows[1][7] == ""
+    md = paths["md"].read_text()
+    assert "Helpfulness: Add-lite · Harmlessness: Harm-lite, Refuse-lite" in md
+    assert "| a\\_model | **40.00** | <u>10.00</u> | <u>30.00</u> | **40.00** | – |" in md
+    tex = paths["tex"].read_text()
+    assert "\\multicolumn{1}{c}{Helpfulness} & \\multicolumn{2}{c}{Harmlessness} & \\multicolumn{4}{c}{Average}" in tex
+    # averages a run carries are kept and checked, as the paper's are
+    flagged = build_table({"x": {**runs["b"], "Helpful_Avg": 20.0, "Harmless_Avg": 40.0, "AVG": 35.0}},
+                          dimensions=dims).rows[0]
+    assert flagged.values["Harmless_Avg"] == 40.0 and [m.column for m in flagged.mismatches] == ["Harmless_Avg"]
+    with pytest.raises(ValueError, match="reports averages Helpful_Avg but its columns give"):
+        build_table({"x": {**runs["b"], "Helpful_Avg": 20.0}}, dimensions=dims)
+    with pytest.raises(ValueError, match=r"'Other' have no dimension"):
+        build_table({"x": {"Other": 1.0}}, dimensions=dims)
+    with pytest.raises(ValueError, match=r"dimensions: no 3H dimension for column\(s\) \{'Add-lite': 'helpfulness'\}"):
+        build_table(runs, dimensions={**dims, "Add-lite": "helpfulness"})

@@ -25,6 +25,12 @@ of benchmarks (``allow_partial=True``) are marked with a double dagger (``‡``)
 
 The CSV has the paper CSV's exact header (``table, setting, method`` + the 15 score
 columns) and full-precision numbers, so ``load_paper_results`` reads it back unchanged.
+
+Columns that are not the paper's (3h_lite's, the toy world's, any task pool's) take
+``dimensions={column: "helpful"|"honest"|"harmless"}``: the same tables, with the columns
+grouped by dimension (``r3h.core.dimensions``) and the averages computed by the same
+aggregator (``aggregate_by_dimension``: plain mean per dimension, ``AVG`` their mean), or,
+when a run carries them, checked against it like the paper's.
 """
 
 from __future__ import annotations
@@ -37,6 +43,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Collection, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
+from r3h.core.dimensions import KEYS, THREE_H
+
 from .aggregate import (
     AVERAGES,
     BENCHMARKS,
@@ -44,8 +52,10 @@ from .aggregate import (
     DIMENSIONS,
     META_COLUMNS,
     Mismatch,
+    _as_float,
     _is_missing,
     aggregate_3h,
+    aggregate_by_dimension,
     benchmark_scores,
     check_paper_averages,
 )
@@ -64,6 +74,8 @@ __all__ = [
 
 #: Column groups of the paper's tables: (header, columns), in order.
 GROUPS: Tuple[Tuple[str, Tuple[str, ...]], ...] = tuple(DIMENSIONS.items()) + (("Average", AVERAGES),)
+
+Groups = Tuple[Tuple[str, Tuple[str, ...]], ...]
 
 Runs = Union[Mapping[str, Mapping[str, object]], Sequence[Mapping[str, object]]]
 
@@ -98,6 +110,29 @@ class ResultsTable:
     precision: int = 2
     tol: float = 0.01
     lower_is_better: Tuple[str, ...] = ()
+    groups: Groups = GROUPS
+    #: column -> dimension key for columns that are not the paper's; empty for the paper's table.
+    dimensions: Dict[str, str] = field(default_factory=dict)
+
+    @property
+    def columns(self) -> Tuple[str, ...]:
+        """The score columns, in order: the groups' columns, averages last."""
+        return tuple(c for _, cols in self.groups for c in cols)
+
+    @property
+    def paper(self) -> bool:
+        """Whether the columns are the paper's eleven benchmarks and four averages."""
+        return not self.dimensions
+
+
+def dimension_groups(dimensions: Mapping[str, str]) -> Groups:
+    """Column groups for columns that are not the paper's: each dimension that has columns
+    (``Helpfulness``, ...; columns in the given order), then ``Average`` (the four averages)."""
+    bad = {c: d for c, d in dimensions.items() if d not in KEYS}
+    if bad:
+        raise ValueError(f"dimensions: no 3H dimension for column(s) {bad}; each needs one of {', '.join(KEYS)}")
+    groups = [(d.name, tuple(c for c, k in dimensions.items() if k == d.key)) for d in THREE_H]
+    return tuple((g, cols) for g, cols in groups if cols) + (("Average", AVERAGES),)
 
 
 # --------------------------------------------------------------------------------------
@@ -123,6 +158,33 @@ def _run_items(runs: Runs) -> List[Tuple[str, Mapping[str, object]]]:
             raise ValueError(f"row {i} has no 'method' (the row's name in the table)")
         items.append((str(row["method"]), row))
     return items
+
+
+def _make_dimension_row(name: str, scores: Mapping[str, object], dimensions: Mapping[str, str],
+                        tol: float) -> TableRow:
+    """A row of columns that are not the paper's: averages by ``aggregate_by_dimension``;
+    averages the run reports (not None) are kept and checked against it."""
+    meta = {k: ("" if _is_missing(scores.get(k)) else str(scores.get(k))) for k in ("table", "setting")}
+    body = {k: v for k, v in scores.items() if k not in META_COLUMNS}
+    unknown = [k for k in body if k not in dimensions and k not in AVERAGES]
+    if unknown:
+        raise ValueError(f"run {name!r}: column(s) {', '.join(map(repr, unknown))} have no dimension "
+                         f"(dimensions name {', '.join(dimensions) or 'none'})")
+    agg = aggregate_by_dimension({k: v for k, v in body.items() if k in dimensions and not _is_missing(v)},
+                                 dimensions)
+    values: Dict[str, Optional[float]] = {c: agg.get(c) for c in list(dimensions) + list(AVERAGES)}  # type: ignore[misc]
+    reported = {c: _as_float(c, body[c]) for c in AVERAGES if c in body and not _is_missing(body[c])}
+    if reported:
+        computable = [c for c in AVERAGES if agg[c] is not None]
+        if sorted(reported) != sorted(computable):
+            raise ValueError(
+                f"run {name!r} reports averages {', '.join(reported)} but its columns give "
+                f"{', '.join(computable)}: give those averages (they are kept and checked) or none (they are computed)")
+        values.update(reported)
+    eps = 1e-9
+    mismatches = [Mismatch(c, v, agg[c]) for c, v in reported.items()  # type: ignore[arg-type]
+                  if abs(v - agg[c]) > tol + eps]  # type: ignore[operator]
+    return TableRow(name, values, mismatches=mismatches, **meta)  # type: ignore[arg-type]
 
 
 def _make_row(name: str, scores: Mapping[str, object], allow_partial: bool, tol: float) -> TableRow:
@@ -151,12 +213,12 @@ def _make_row(name: str, scores: Mapping[str, object], allow_partial: bool, tol:
     return TableRow(name, values, mismatches=list(check.mismatches), **meta)
 
 
-def _mark(rows: List[TableRow], precision: int, lower_is_better: Collection[str]) -> None:
+def _mark(rows: List[TableRow], columns: Sequence[str], precision: int, lower_is_better: Collection[str]) -> None:
     for row in rows:
         row.best, row.second = [], []
     if len(rows) < 2:
         return
-    for col in COLUMNS:
+    for col in columns:
         shown = {i: round(r.values[col], precision) for i, r in enumerate(rows) if r.values.get(col) is not None}
         ranks = sorted(set(shown.values()), reverse=col not in lower_is_better)
         if not ranks:
@@ -170,28 +232,37 @@ def _mark(rows: List[TableRow], precision: int, lower_is_better: Collection[str]
 
 def build_table(runs: Union[Runs, ResultsTable], *, allow_partial: bool = False,
                 lower_is_better: Collection[str] = (), precision: int = 2,
-                tol: float = 0.01) -> ResultsTable:
+                tol: float = 0.01, dimensions: Optional[Mapping[str, str]] = None) -> ResultsTable:
     """Rows and marks for ``runs`` (see the module docstring for the accepted forms).
 
     Rows from more than one paper table (``table`` values) raise ``ValueError``: select
     one with ``load_paper_results(table=...)``, since marks across tables mean nothing.
     ``allow_partial`` goes to ``aggregate_3h`` for runs without averages; ``tol`` to
-    ``check_paper_averages`` for runs with them.
+    ``check_paper_averages`` for runs with them. ``dimensions`` (column -> ``helpful`` |
+    ``honest`` | ``harmless``): the columns are not the paper's, grouped by dimension and
+    averaged by ``aggregate_by_dimension``.
     """
     if isinstance(runs, ResultsTable):
         return runs
-    bad = [c for c in lower_is_better if c not in COLUMNS]
+    dims = dict(dimensions or {})
+    groups = dimension_groups(dims) if dimensions is not None else GROUPS
+    columns = tuple(c for _, cols in groups for c in cols)
+    bad = [c for c in lower_is_better if c not in columns]
     if bad:
         raise ValueError(f"lower_is_better names unknown column(s): {', '.join(bad)}")
-    rows = [_make_row(name, scores, allow_partial, tol) for name, scores in _run_items(runs)]
+    if dimensions is not None:
+        rows = [_make_dimension_row(name, scores, dims, tol) for name, scores in _run_items(runs)]
+    else:
+        rows = [_make_row(name, scores, allow_partial, tol) for name, scores in _run_items(runs)]
     tables = sorted({r.table for r in rows if r.table})
     if len(tables) > 1:
         raise ValueError(
             f"runs come from several tables ({', '.join(tables)}); build one table at a time, "
             "e.g. load_paper_results(table='Table 3')"
         )
-    _mark(rows, precision, lower_is_better)
-    return ResultsTable(rows, precision=precision, tol=tol, lower_is_better=tuple(lower_is_better))
+    _mark(rows, columns, precision, lower_is_better)
+    return ResultsTable(rows, precision=precision, tol=tol, lower_is_better=tuple(lower_is_better),
+                        groups=groups, dimensions=dims)
 
 
 # --------------------------------------------------------------------------------------
@@ -222,8 +293,9 @@ def to_json(table: Union[Runs, ResultsTable], **kwargs) -> str:
     """The table as JSON: columns, groups, and per row its scores (full precision), marks and flags."""
     table = build_table(table, **kwargs)
     doc = {
-        "columns": list(COLUMNS),
-        "groups": [{"name": g, "columns": list(cols)} for g, cols in GROUPS],
+        "columns": list(table.columns),
+        "groups": [{"name": g, "columns": list(cols)} for g, cols in table.groups],
+        **({} if table.paper else {"dimensions": dict(table.dimensions)}),
         "lower_is_better": list(table.lower_is_better),
         "precision": table.precision,
         "tol": table.tol,
@@ -232,7 +304,7 @@ def to_json(table: Union[Runs, ResultsTable], **kwargs) -> str:
                 "method": r.name,
                 "table": r.table,
                 "setting": r.setting,
-                "scores": {c: r.values.get(c) for c in COLUMNS},
+                "scores": {c: r.values.get(c) for c in table.columns},
                 "best": list(r.best),
                 "second": list(r.second),
                 "arithmetic_mismatches": [m.to_dict() for m in r.mismatches],
@@ -253,10 +325,10 @@ def to_csv(table: Union[Runs, ResultsTable], **kwargs) -> str:
     table = build_table(table, **kwargs)
     buf = io.StringIO()
     writer = csv.writer(buf)
-    writer.writerow(META_COLUMNS + COLUMNS)
+    writer.writerow(META_COLUMNS + table.columns)
     for r in table.rows:
         writer.writerow([r.table, r.setting, r.name]
-                        + ["" if r.values.get(c) is None else repr(float(r.values[c])) for c in COLUMNS])  # type: ignore[arg-type]
+                        + ["" if r.values.get(c) is None else repr(float(r.values[c])) for c in table.columns])  # type: ignore[arg-type]
     return buf.getvalue()
 
 
@@ -270,10 +342,10 @@ MD_MARKS = {"missing": "–", "best": "**{}**", "second": "<u>{}</u>", "partial"
 TEX_MARKS = {"missing": "--", "best": "\\textbf{{{}}}", "second": "\\underline{{{}}}", "partial": "$^\\ddagger$"}
 
 
-def _cells(row, precision, marks) -> List[str]:
-    """The row's cells in COLUMNS order, formatted and marked in one output format."""
+def _cells(row, columns, precision, marks) -> List[str]:
+    """The row's cells in ``columns`` order, formatted and marked in one output format."""
     cells = []
-    for c in COLUMNS:
+    for c in columns:
         s = _fmt(row.values.get(c), precision)
         if s is None:
             cells.append(marks["missing"])
@@ -294,16 +366,18 @@ def to_markdown(table: Union[Runs, ResultsTable], *, caption: Optional[str] = No
     lines: List[str] = []
     if caption:
         lines += [caption, ""]
-    groups = " · ".join(f"{g}: {', '.join(cols)}" for g, cols in GROUPS)
+    groups = " · ".join(f"{g}: {', '.join(cols)}" for g, cols in table.groups)
     order = "lower is better in " + ", ".join(table.lower_is_better) if table.lower_is_better \
         else "higher is better in every column"
-    lines += [f"Columns — {groups} (MT-Bench on its 1–10 scale). "
+    about = "MT-Bench on its 1–10 scale" if table.paper else \
+        "not the paper's benchmarks: averages are plain means per dimension"
+    lines += [f"Columns — {groups} ({about}). "
               f"**Bold**: best, <u>underlined</u>: second best per column ({order}).", ""]
-    lines.append("| Method | " + " | ".join(COLUMNS) + " |")
-    lines.append("|---|" + "---:|" * len(COLUMNS))
+    lines.append("| Method | " + " | ".join(table.columns) + " |")
+    lines.append("|---|" + "---:|" * len(table.columns))
     for r in table.rows:
         name = _md_escape(r.name) + ("†" if r.mismatches else "")
-        cells = _cells(r, p, MD_MARKS)
+        cells = _cells(r, table.columns, p, MD_MARKS)
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     mism, part = _footnotes(table)
     if mism or part:
@@ -337,7 +411,7 @@ def to_latex(table: Union[Runs, ResultsTable], *, caption: Optional[str] = None,
     """
     table = build_table(table, **kwargs)
     p = table.precision
-    spec = "l" + "".join("c" * len(cols) for _, cols in GROUPS)
+    spec = "l" + "".join("c" * len(cols) for _, cols in table.groups)
     out = [
         "% Generated by r3h.evaluation.tables; needs \\usepackage{booktabs}",
         "\\begin{table}[t]",
@@ -349,17 +423,18 @@ def to_latex(table: Union[Runs, ResultsTable], *, caption: Optional[str] = None,
         out.append(f"\\label{{{label}}}")
     out.append(f"\\begin{{tabular}}{{{spec}}}")
     out.append("\\toprule")
-    out.append(" & " + " & ".join(f"\\multicolumn{{{len(cols)}}}{{c}}{{{_tex(g)}}}" for g, cols in GROUPS) + " \\\\")
+    out.append(" & " + " & ".join(f"\\multicolumn{{{len(cols)}}}{{c}}{{{_tex(g)}}}" for g, cols in table.groups)
+               + " \\\\")
     rules, start = [], 2
-    for _, cols in GROUPS:
+    for _, cols in table.groups:
         rules.append(f"\\cmidrule(lr){{{start}-{start + len(cols) - 1}}}")
         start += len(cols)
     out.append(" ".join(rules))
-    out.append("Method & " + " & ".join(_tex(c) for c in COLUMNS) + " \\\\")
+    out.append("Method & " + " & ".join(_tex(c) for c in table.columns) + " \\\\")
     out.append("\\midrule")
     for r in table.rows:
         name = _tex(r.name) + ("$^\\dagger$" if r.mismatches else "")
-        cells = _cells(r, p, TEX_MARKS)
+        cells = _cells(r, table.columns, p, TEX_MARKS)
         out.append(name + " & " + " & ".join(cells) + " \\\\")
     out.append("\\bottomrule")
     out.append("\\end{tabular}")
@@ -380,13 +455,15 @@ def to_latex(table: Union[Runs, ResultsTable], *, caption: Optional[str] = None,
 def write_tables(runs: Union[Runs, ResultsTable], out_dir: Union[str, os.PathLike],
                  stem: str = "3h_results", *, caption: Optional[str] = None,
                  allow_partial: bool = False, lower_is_better: Collection[str] = (),
-                 precision: int = 2, tol: float = 0.01) -> Dict[str, Path]:
-    """Write ``<stem>.json``, ``.csv``, ``.md`` and ``.tex`` into ``out_dir`` (created if needed).
+                 precision: int = 2, tol: float = 0.01,
+                 dimensions: Optional[Mapping[str, str]] = None) -> Dict[str, Path]:
+    """Write ``<stem>.json``, ``.csv``, ``.md`` and ``.tex`` into ``out_dir`` (created if needed);
+    ``dimensions`` for columns that are not the paper's (``build_table``).
 
     Returns ``{"json": path, "csv": path, "md": path, "tex": path}``.
     """
     table = build_table(runs, allow_partial=allow_partial, lower_is_better=lower_is_better,
-                        precision=precision, tol=tol)
+                        precision=precision, tol=tol, dimensions=dimensions)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     texts = {

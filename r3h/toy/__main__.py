@@ -52,7 +52,7 @@ def main(argv=None) -> Dict[str, dict]:
     from hydra.utils import instantiate
     from transformers import AutoModelForCausalLM
 
-    from r3h.evaluation.taskpool import write_dimension_tables
+    from r3h.evaluation.tables import write_tables
     from r3h.modelpool import Tiny3HPool
     from r3h.toy import build
 
@@ -89,7 +89,7 @@ def main(argv=None) -> Dict[str, dict]:
 
         dims = {c: KINDS[COLUMNS[c]] for c in columns}
     rows = {n: {**r["scores"], **r["averages"]} for n, r in reports.items()}
-    paths = write_dimension_tables(rows, columns, dims, out, caption="The toy 3H world: models, mixtures and merges")
+    paths = write_tables(rows, out, dimensions=dims, caption="The toy 3H world: models, mixtures and merges")
     try:
         from r3h.plots import radar, tradeoff_bars
 
