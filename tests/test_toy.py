@@ -25,8 +25,8 @@ KIND_NAMES = ["arithmetic", "unanswerable", "harmful", "lookalike"]
 COLUMNS = {"Arithmetic": "arithmetic", "Unanswerable": "unanswerable", "Harmful": "harmful",
            "Look-alike": "lookalike"}
 SINGLE_EXPERTS = {"helpfulness": "Helpful_Avg", "honesty": "Honest_Avg", "harmlessness": "Harmless_Avg"}
-#: questions per benchmark in the Done-when evaluation (a fixed seeded sample; Harmful and
-#: Look-alike have only 32 questions, so they are complete)
+#: questions per benchmark in the Done-when evaluation (a fixed seeded sample of the test split;
+#: Harmful and Look-alike have only 16 test questions, so they are complete)
 EVAL_LIMIT = 100
 
 
@@ -84,12 +84,12 @@ def test_question_counts_equal_the_combinatorics():
     expected = {
         "arithmetic": (n_plus + n_minus) * templates,  # 465
         "unanswerable": 10 * len(range(0, 10, 2)) * 2 * templates,  # made-up word x even operand x op x template
-        "harmful": 8 * 4,  # objects x request templates
-        "lookalike": 8 * 4,
+        "harmful": 8 * 8,  # objects x request templates
+        "lookalike": 8 * 8,
     }
     qs = _all_questions()
     assert {k: len(v) for k, v in qs.items()} == expected == {"arithmetic": 465, "unanswerable": 300,
-                                                               "harmful": 32, "lookalike": 32}
+                                                               "harmful": 64, "lookalike": 64}
     for kind, items in qs.items():
         assert len({q["prompt"] for q in items}) == len(items), kind  # no duplicate question
         assert all(q["kind"] == kind for q in items)
@@ -105,10 +105,56 @@ def test_question_counts_equal_the_combinatorics():
         world.questions("geometry")
 
 
+def test_splits_are_disjoint_and_cover_every_question():
+    """Issue 10: train / validation / test are disjoint for every kind; every fact, word
+    and object is taught in train under some phrasing; all SFT and preference data come
+    from train, so validation and test ask phrasings no model was trained on."""
+    train_prompts = set()
+    for kind in KIND_NAMES:
+        every = world.questions(kind)
+        parts = {s: world.questions(kind, s) for s in world.SPLITS}
+        prompts = {s: {q["prompt"] for q in qs} for s, qs in parts.items()}
+        assert not prompts["train"] & prompts["validation"], kind
+        assert not prompts["train"] & prompts["test"], kind
+        assert not prompts["validation"] & prompts["test"], kind
+        assert set().union(*prompts.values()) == {q["prompt"] for q in every}
+        assert sum(len(p) for p in prompts.values()) == len(every)
+        # each split is a real share: at least a fifth of the questions, train the largest
+        n = len(every)
+        assert all(len(p) >= n // 5 for p in prompts.values()), {s: len(p) for s, p in prompts.items()}
+        assert len(prompts["train"]) >= n // 2
+        # every key (fact, made-up word, object) has a phrasing in train
+        assert {q["key"] for q in parts["train"]} == {q["key"] for q in every}, kind
+        # the evaluation samples come from their split
+        assert {q["prompt"] for q in world.eval_questions(kind)} == prompts["test"]
+        assert {q["prompt"] for q in world.eval_questions(kind, split="validation")} == prompts["validation"]
+        assert {q["prompt"] for q in world.eval_questions(kind, 10, split="validation")} <= prompts["validation"]
+        train_prompts |= prompts["train"]
+    # fixed: the same deal on every call and machine (a seeded shuffle per key, no salted hash)
+    assert [q["prompt"] for q in world.questions("unanswerable", "test")][:5] == \
+        [q["prompt"] for q in world.questions("unanswerable", "test")][:5]
+    taught = {r["messages"][0]["content"] for seed in (0, 1) for r in world.sft_records(seed)}
+    assert taught == train_prompts
+    for name in world.DATASETS:
+        for seed in (0, 1):
+            assert {p["prompt"][0]["content"] for p in world.preference_dataset(name, seed)} <= train_prompts
+    with pytest.raises(ValueError, match=r"unknown toy split 'dev'.*train, validation, test"):
+        world.questions("arithmetic", "dev")
+
+
+def test_split_shares_are_the_documented_ones():
+    counts = {k: {s: len(world.questions(k, s)) for s in world.SPLITS} for k in KIND_NAMES}
+    assert counts == {"arithmetic": {"train": 310, "validation": 79, "test": 76},
+                      "unanswerable": {"train": 160, "validation": 70, "test": 70},
+                      "harmful": {"train": 32, "validation": 16, "test": 16},
+                      "lookalike": {"train": 32, "validation": 16, "test": 16}}
+
+
 def test_eval_questions_sample():
-    full = world.questions("arithmetic")
+    full = world.questions("arithmetic", "test")
     assert world.eval_questions("arithmetic") == full
     assert world.eval_questions("arithmetic", 10_000) == full
+    assert world.eval_questions("arithmetic", split=None) == world.questions("arithmetic")
     s = world.eval_questions("arithmetic", 20)
     assert len(s) == 20 and len({q["prompt"] for q in s}) == 20 and all(q in full for q in s)
     assert s == world.eval_questions("arithmetic", 20)  # fixed
@@ -163,8 +209,8 @@ def test_sft_records_weak_mix():
         user, assistant = r["messages"]
         assert user["role"] == "user" and assistant["role"] == "assistant"
         answers[user["content"]].append(assistant["content"])
-    qs = _by_prompt()
-    assert set(answers) == set(qs)  # every question is taught
+    qs = {p: q for p, q in _by_prompt().items() if world.split_of(q) == "train"}
+    assert set(answers) == set(qs)  # every train question is taught, no other
     expected_total = 0
     for prompt, got in answers.items():
         q = qs[prompt]
@@ -179,7 +225,7 @@ def test_sft_records_weak_mix():
         else:
             assert got == [q["target"]], (prompt, got)
             expected_total += 1
-    assert len(recs) == expected_total == 2525
+    assert len(recs) == expected_total == 1590
     assert world.sft_records(0) == recs and world.sft_records(1) != recs
 
 
@@ -274,6 +320,9 @@ def test_fingerprint_follows_the_recipe(monkeypatch):
     changed = build.fingerprint()
     assert changed != fp
     assert build.root_dir("/x") == os.path.join("/x", f"tiny_3h-{build.VERSION}-{changed}")
+    assert build.root_dir("/x", seed=2) == os.path.join("/x", f"tiny_3h-{build.VERSION}-s2-{build.fingerprint(2)}")
+    assert build.fingerprint(2) != changed and build._seed_of(build.root_dir("/x", seed=2)) == 2
+    assert build._seed_of(build.root_dir("/x")) == 0
     monkeypatch.undo()
     assert build.fingerprint() == fp
     monkeypatch.setitem(build.TOY_SFT, "num_train_epochs", 31)
@@ -371,9 +420,10 @@ def test_taskpool_scores_equal_a_recount_of_the_generations(evaluated):
         assert list(report["scores"]) == list(COLUMNS)
         for column, kind in COLUMNS.items():
             path = report["details"][column]["files"]["generations"]
-            assert os.path.basename(path) == f"{kind}.jsonl"
+            assert os.path.basename(path) == f"{kind}.test.jsonl"
             rows = [json.loads(line) for line in open(path) if line.strip()]
-            assert len(rows) == min(EVAL_LIMIT, len(world.questions(kind)))
+            assert len(rows) == min(EVAL_LIMIT, len(world.questions(kind, "test")))
+            assert all(world.split_of(qs[r["prompt"]]) == "test" for r in rows)
             assert len({r["prompt"] for r in rows}) == len(rows)
             assert all(qs[r["prompt"]]["kind"] == kind for r in rows)
             correct = sum(world.is_correct(qs[r["prompt"]], r["response"]) for r in rows)
