@@ -437,9 +437,12 @@ class MergeSearch(LightningFabricMixin, BaseAlgorithm):
         for method, params in self._space.items():
             for option, p in params.items():
                 for v in p.ends():
-                    value = {e: v for e in experts} if p.per_expert else v
-                    if p.per_expert and option == "preference":
-                        value = {e: 1.0 / len(experts) for e in experts}
+                    value = v
+                    if p.per_expert:  # one expert at v, the others at the top of the range
+                        value = {e: (v if i == 0 else p.high) for i, e in enumerate(experts)}
+                        if option == "preference":
+                            total = sum(value.values())
+                            value = {e: x / total for e, x in value.items()}
                     cfg = self.member_config(method, {option: value}, None, None)
                     try:
                         m = _instantiate(self._classes[method], cfg)
@@ -533,6 +536,8 @@ class MergeSearch(LightningFabricMixin, BaseAlgorithm):
             return weighted_score(avgs, self._weights)
 
         remaining = None if self.n_trials is None else max(0, int(self.n_trials) - done)
+        if len(self._space) == 1 and not any(p.kind != "fixed" for p in next(iter(self._space.values())).values()):
+            remaining = max(0, 1 - done)  # nothing to search (e.g. Model Stock): one trial, at the defaults
         if remaining is None or remaining > 0:
             study.optimize(objective, n_trials=remaining, timeout=self.timeout, catch=())
         trials = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
