@@ -54,14 +54,20 @@ def sweep(methods, values, out: str, seed: int = 0, cache_dir=None) -> Dict[str,
 
 
 def to_markdown(results: Dict[str, Dict[float, dict]], values) -> str:
-    """AVG per method (rows) and value (columns), the best value in bold; then the three
-    dimension averages at each method's best value."""
-    lines = ["| method (option) | " + " | ".join(str(v) for v in values) + " |",
-             "|---|" + "---:|" * len(values)]
+    """AVG per method (rows) and value (columns): the method's configured default in bold,
+    the best AVG marked `*`."""
+    from r3h.sweeps import load_method_config
+
+    lines = ["| method (option) | " + " | ".join(str(v) for v in values) + " | default |",
+             "|---|" + "---:|" * len(values) + "---:|"]
     for m, row in results.items():
-        best = max(row, key=lambda v: (row[v]["AVG"], -v))
-        cells = [(f"**{row[v]['AVG']:.1f}**" if v == best else f"{row[v]['AVG']:.1f}") for v in values]
-        lines.append(f"| {m} ({SCALED[m]}) | " + " | ".join(cells) + " |")
+        default = float(load_method_config(m)[SCALED[m]])
+        top = max(r["AVG"] for r in row.values())
+        cells = []
+        for v in values:
+            c = f"{row[v]['AVG']:.1f}" + ("*" if row[v]["AVG"] == top else "")
+            cells.append(f"**{c}**" if float(v) == default else c)
+        lines.append(f"| {m} ({SCALED[m]}) | " + " | ".join(cells) + f" | {default:g} |")
     return "\n".join(lines)
 
 
