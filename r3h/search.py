@@ -349,6 +349,7 @@ class MergeSearch(LightningFabricMixin, BaseAlgorithm):
         from hydra.utils import instantiate
 
         cfg = self.taskpool_config(split)
+        shutil.rmtree(out, ignore_errors=True)  # generations resume from their folder: never another model's
         cfg["output_dir"] = out
         cfg["name"] = name
         tp = instantiate(OmegaConf.create(cfg), _recursive_=False)

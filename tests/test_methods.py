@@ -39,14 +39,15 @@ RTOL, ATOL = 1e-5, 5e-6
 DEFAULTS = {
     "weight_average": {},
     "rewarded_soup": {},
-    "task_arithmetic": {},
-    "ties": dict(density=0.2, consensus="sum", normalize=True),
-    "dare": dict(density=0.5, rescale="inverse", seed=42),
-    "dare_ties": dict(density=0.5, rescale="inverse", seed=42, consensus="sum", normalize=False),
-    "della": dict(density=0.5, epsilon=0.1, rescale="inverse", seed=42),
-    "della_ties": dict(density=0.5, epsilon=0.1, rescale="inverse", seed=42, consensus="sum", normalize=True),
-    "breadcrumbs": dict(density=0.9, gamma=0.01),
-    "breadcrumbs_ties": dict(density=0.9, gamma=0.01, consensus="sum", normalize=False),
+    "task_arithmetic": dict(scaling_factor=0.2),
+    "ties": dict(density=0.2, consensus="sum", normalize=True, scaling_factor=0.7),
+    "dare": dict(density=0.5, rescale="inverse", seed=42, scaling_factor=0.2),
+    "dare_ties": dict(density=0.5, rescale="inverse", seed=42, consensus="sum", normalize=False, scaling_factor=0.2),
+    "della": dict(density=0.5, epsilon=0.1, rescale="inverse", seed=42, scaling_factor=0.2),
+    "della_ties": dict(density=0.5, epsilon=0.1, rescale="inverse", seed=42, consensus="sum", normalize=True,
+                      scaling_factor=0.5),
+    "breadcrumbs": dict(density=0.9, gamma=0.01, scaling_factor=0.2),
+    "breadcrumbs_ties": dict(density=0.9, gamma=0.01, consensus="sum", normalize=False, scaling_factor=0.2),
     "model_stock": {},
 }
 
@@ -213,7 +214,7 @@ def reference(method: str, kwargs: dict, name: str, base, experts):
             raise AssertionError(method)
         sparse.append(s)
     mixed = ref_combine(sparse, weights, hp.get("consensus"), hp.get("normalize", False))
-    return base + float(hp.get("scaling_factor", 1.0)) * mixed
+    return base + float(hp["scaling_factor"]) * mixed
 
 
 # ---------------------------------------------------------------------------------------
