@@ -434,6 +434,15 @@ class MergeSearch(LightningFabricMixin, BaseAlgorithm):
     def check(self, modelpool) -> None:
         """Every value at the ends of every range (and every choice) is accepted by its
         method on this pool: bad ranges fail here, naming the option, before any merge."""
+        from hydra.utils import instantiate
+
+        for split in (self.split, self.test_split):  # the taskpool and its split, before any merge
+            tp = instantiate(OmegaConf.create(self.taskpool_config(split)), _recursive_=False)
+            if hasattr(tp, "build_benchmarks"):
+                try:
+                    tp.build_benchmarks()
+                except Exception as exc:
+                    raise ValueError(f"taskpool (split {split!r}): {exc}") from None
         experts = list(modelpool.model_names)
         for method, params in self._space.items():
             for option, p in params.items():
@@ -521,9 +530,13 @@ class MergeSearch(LightningFabricMixin, BaseAlgorithm):
             trial.set_user_attr("method", method)
             trial.set_user_attr("options", values)
             folder = os.path.join(stream, f"trial_{trial.number:04d}") if stream else None
+            t_merge = time.perf_counter()
             model, svds = self._merge(method, values, modelpool, cache, folder)
+            t_score = time.perf_counter()
             report = self._score(model, self.split, os.path.join(out, "trials", f"{trial.number:04d}"),
                                  f"trial_{trial.number:04d}")
+            trial.set_user_attr("seconds", {"merge": round(t_score - t_merge, 3),
+                                            "score": round(time.perf_counter() - t_score, 3)})
             del model
             if folder is not None:
                 shutil.rmtree(folder, ignore_errors=True)
@@ -607,6 +620,7 @@ class MergeSearch(LightningFabricMixin, BaseAlgorithm):
                          "options": t.user_attrs["options"], **{d: float(avgs[d]) for d in DIMENSIONS},
                          "AVG": float(t.user_attrs.get("AVG", sum(avgs.values()) / 3)),
                          "score": weighted_score(avgs, self._weights), "svds": t.user_attrs.get("svds"),
+                         "seconds": t.user_attrs.get("seconds"),
                          "defaults": bool(t.user_attrs.get("defaults", False))})
         mask = pareto_mask(np.array([[r[d] for d in DIMENSIONS] for r in rows]), True)
         for r, m in zip(rows, mask):

@@ -439,6 +439,24 @@ def test_taskpool_scores_equal_a_recount_of_the_generations(evaluated):
 # --------------------------------------------------------------------------- the benchmarks' errors
 
 
+def test_taskpool_split_option_picks_the_questions(tmp_path):
+    """`taskpool=3h_tiny` scores test by default; `split: validation` the validation questions
+    (what the merge search tunes on); another split is refused before any generation."""
+    from r3h.evaluation.benchmark import EvalContext
+
+    ctx = EvalContext(model=None, tokenizer=None, generator=None, output_dir=str(tmp_path))
+    for split in ("test", "validation"):
+        tp = _taskpool(tmp_path, **({} if split == "test" else {"split": split}))
+        benches = tp.build_benchmarks()
+        assert list(benches) == list(COLUMNS)
+        for column, b in benches.items():
+            kind = COLUMNS[column]
+            assert b.split == split
+            assert [q["prompt"] for q in b.questions(ctx)] == [q["prompt"] for q in world.questions(kind, split)]
+    with pytest.raises(ValueError, match=r"split: 'dev' is not a toy split; known: train, validation, test"):
+        _taskpool(tmp_path, split="dev").build_benchmarks()
+
+
 def test_toy_benchmark_bad_column():
     from r3h.toy.benchmarks import ToyBenchmark
 

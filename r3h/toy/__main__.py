@@ -1,14 +1,15 @@
 """The paper's experiment in miniature, in one command:
 
-    python -m r3h.toy [--out outputs/toy_3h] [--seeds 0 1 2] [--search-trials 6] [--methods ties r_tsvm ...]
-                      [--no-search] [--no-baselines] [--no-continual]
+    python -m r3h.toy [--out outputs/toy_3h] [--seeds 0 1 2] [--search-seeds 0] [--search-trials 6]
+                      [--methods ties r_tsvm ...] [--no-search] [--no-baselines] [--no-continual]
 
 For every toy seed (`--seeds`, default 0 1 2: another seed trains another base, experts,
 mixtures and continual stages, all cached), it scores on the **test** split: the SFT base,
 the five experts, the data-mixture baselines, the continual model, and every merging
-method twice, at its defaults (`config/method/<name>.yaml`) and tuned by the merge search
-on the **validation** split (`r3h.search.MergeSearch` with the space of its preset
-`search/<name>`, `--search-trials` trials, the defaults first). It writes, under `--out`:
+method at its defaults (`config/method/<name>.yaml`). On the `--search-seeds` (default: the
+first seed) every method is also tuned by the merge search on the **validation** split
+(`r3h.search.MergeSearch` with the space of its preset `search/<name>`, `--search-trials`
+trials, the defaults first) and the chosen merge scored on test. It writes, under `--out`:
 
 - `3h_results.{json,csv,md,tex}` and the trade-off bars / radar: every row on the first seed;
 - `spread.md`: every row's AVG as mean ± sd and min–max over the seeds;
@@ -88,6 +89,10 @@ def run_seed(seed: int, out: str, methods: List[str], trials: int, baselines: bo
         rows[name] = _score(tp_cfg, folder, name, AutoModelForCausalLM.from_pretrained(model_dir))
     pool = Tiny3HPool(cache_dir=cache_dir, seed=seed)
     for m in methods:
+        if trials == 0:
+            rows[m] = _score(tp_cfg, folder, m, MergeSearch(methods={m: {}}, n_trials=1)._merge(m, {}, pool, None,
+                                                                                                  None)[0])
+            continue
         search = MergeSearch(methods=[m], n_trials=trials, taskpool="3h_tiny", split="validation",
                              test_split=None, compare_defaults=False,
                              output_dir=os.path.join(folder, "search", m), study_name=f"toy_{m}")
@@ -164,16 +169,24 @@ def _mean_sd(values) -> str:
 
 
 def findings_markdown(per_seed: Dict[int, Dict[str, dict]], methods: List[str]) -> str:
+    """One row per claim and measure: its value per seed (– where a seed lacks the rows, e.g.
+    the tuned ones off the search seeds), mean ± sd, and on how many seeds it holds."""
     seeds = list(per_seed)
-    by_seed = {s: claims(rows, methods) for s, rows in per_seed.items()}
+    by_seed = {s: {c["measure"]: c for c in claims(rows, methods)} for s, rows in per_seed.items()}
+    order: List[str] = []
+    for s in seeds:
+        order += [m for m in by_seed[s] if m not in order]
     lines = ["| claim | measure | " + " | ".join(f"seed {s}" for s in seeds) + " | mean ± sd | holds |",
              "|---|---|" + "---:|" * len(seeds) + "---:|:---:|"]
-    for i, c in enumerate(by_seed[seeds[0]]):
-        vals = [by_seed[s][i]["value"] for s in seeds]
-        held = sum(by_seed[s][i]["holds"] for s in seeds)
-        verdict = "yes" if held == len(seeds) else "no" if held == 0 else f"{held}/{len(seeds)} seeds"
-        cells = [f"{by_seed[s][i]['value']:+.1f} ({by_seed[s][i]['detail']})" for s in seeds]
-        lines.append(f"| {c['claim']} | {c['measure']} | " + " | ".join(cells) + f" | {_mean_sd(vals)} | {verdict} |")
+    for measure in order:
+        have = [s for s in seeds if measure in by_seed[s]]
+        c = by_seed[have[0]][measure]
+        vals = [by_seed[s][measure]["value"] for s in have]
+        held = sum(by_seed[s][measure]["holds"] for s in have)
+        verdict = "yes" if held == len(have) else "no" if held == 0 else f"{held}/{len(have)} seeds"
+        cells = [f"{by_seed[s][measure]['value']:+.1f} ({by_seed[s][measure]['detail']})" if s in have else "–"
+                 for s in seeds]
+        lines.append(f"| {c['claim']} | {measure} | " + " | ".join(cells) + f" | {_mean_sd(vals)} | {verdict} |")
     return "\n".join(lines)
 
 
@@ -195,6 +208,8 @@ def main(argv=None) -> Dict[str, dict]:
     ap.add_argument("--cache-dir", default=None)
     ap.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
     ap.add_argument("--methods", nargs="*", default=MERGES)
+    ap.add_argument("--search-seeds", nargs="*", type=int, default=None,
+                    help="the seeds whose merges are also tuned by the search (default: the first seed)")
     ap.add_argument("--search-trials", type=int, default=6)
     ap.add_argument("--no-search", action="store_true", help="only the defaults (no tuned rows)")
     ap.add_argument("--no-baselines", action="store_true")
@@ -216,11 +231,10 @@ def main(argv=None) -> Dict[str, dict]:
     from r3h.toy.world import KINDS
 
     out = os.path.abspath(args.out)
-    trials = 1 if args.no_search else args.search_trials
-    per_seed = {s: run_seed(s, out, list(args.methods), trials, not args.no_baselines, not args.no_continual,
-                            args.cache_dir) for s in args.seeds}
-    if args.no_search:
-        per_seed = {s: {k: v for k, v in rows.items() if not k.endswith(TUNED)} for s, rows in per_seed.items()}
+    search_seeds = args.seeds[:1] if args.search_seeds is None else args.search_seeds
+    per_seed = {s: run_seed(s, out, list(args.methods), 0 if args.no_search or s not in search_seeds
+                            else args.search_trials, not args.no_baselines, not args.no_continual, args.cache_dir)
+                for s in args.seeds}
     rows = per_seed[args.seeds[0]]
     columns = list(COLUMNS)
     dims = {c: KINDS[COLUMNS[c]] for c in columns}
