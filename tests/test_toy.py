@@ -119,9 +119,9 @@ def test_splits_are_disjoint_and_cover_every_question():
         assert not prompts["validation"] & prompts["test"], kind
         assert set().union(*prompts.values()) == {q["prompt"] for q in every}
         assert sum(len(p) for p in prompts.values()) == len(every)
-        # each split is a real share: at least a fifth of the questions, train the largest
+        # each split is a real share: at least a seventh of the questions, train the largest
         n = len(every)
-        assert all(len(p) >= n // 5 for p in prompts.values()), {s: len(p) for s, p in prompts.items()}
+        assert all(len(p) >= n // 7 for p in prompts.values()), {s: len(p) for s, p in prompts.items()}
         assert len(prompts["train"]) >= n // 2
         # every key (fact, made-up word, object) has a phrasing in train
         assert {q["key"] for q in parts["train"]} == {q["key"] for q in every}, kind
@@ -587,3 +587,38 @@ def test_cli_r_tsvm_on_the_toy_taskpool(tmp_path):
     reports = {where: _check_cli_report(r, root) for where, (root, r) in done.items()}
     # the same merge and the same questions give the same scores from either folder
     assert reports["tmp"]["scores"] == reports["repo"]["scores"]
+
+
+def test_findings_of_the_toy_command_from_rows():
+    """`python -m r3h.toy`'s findings table: each claim's measure from the rows, per seed, and
+    on how many seeds it holds (rows written by hand, so every verdict is known)."""
+    from r3h.toy.__main__ import claims, findings_markdown
+
+    def row(h, o, s):
+        return {"Helpful_Avg": h, "Honest_Avg": o, "Harmless_Avg": s, "AVG": (h + o + s) / 3}
+
+    seed0 = {"base": row(60, 30, 60), "helpfulness": row(90, 0, 50), "honesty": row(80, 100, 50),
+             "harmlessness": row(60, 20, 90), "mixture_hummer": row(90, 90, 90),
+             "ties": row(90, 80, 60), "tsvm": row(90, 90, 60), "r_tsvm": row(90, 60, 60),
+             "ties (tuned)": row(95, 95, 95), "tsvm (tuned)": row(90, 90, 70), "r_tsvm (tuned)": row(90, 90, 80)}
+    got = {c["measure"]: c for c in claims(seed0, ["ties", "tsvm", "r_tsvm"])}
+    svd = got["best SVD merge − best other merge, AVG (defaults)"]
+    assert svd["value"] == pytest.approx(80 - 230 / 3) and svd["holds"] and "tsvm 80.0 vs ties 76.7" == svd["detail"]
+    assert not got["best SVD merge − best other merge, AVG (tuned)"]["holds"]
+    assert got["r_tsvm − tsvm, AVG (defaults)"]["value"] == pytest.approx(-10) and \
+        not got["r_tsvm − tsvm, AVG (defaults)"]["holds"]
+    assert got["r_tsvm − tsvm, AVG (tuned)"]["holds"]
+    assert got["best merge − best mixture, AVG (tuned)"]["value"] == pytest.approx(5)
+    assert not got["best merge − best mixture, AVG (defaults)"]["holds"]
+    lift = got["min over dimensions of helpfulness expert − base"]
+    assert lift["value"] == -30 and not lift["holds"]
+    trade = [c for m, c in got.items() if m.startswith("max(honesty")][0]
+    assert trade["value"] == -10 and trade["holds"]  # honesty→harmless −10, harmlessness→honest −10
+    # seed 1 without tuned rows: the tuned measures show – there and count one seed
+    seed1 = {k: v for k, v in seed0.items() if "tuned" not in k}
+    seed1["r_tsvm"] = row(90, 95, 60)
+    md = findings_markdown({0: seed0, 1: seed1}, ["ties", "tsvm", "r_tsvm"])
+    line = [ln for ln in md.splitlines() if "r_tsvm − tsvm, AVG (defaults)" in ln][0]
+    assert line.endswith("| -4.2 ± 8.2 | 1/2 seeds |")
+    tuned = [ln for ln in md.splitlines() if "r_tsvm − tsvm, AVG (tuned)" in ln][0]
+    assert "| – |" in tuned and tuned.endswith("| yes |")
