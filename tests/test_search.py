@@ -161,24 +161,24 @@ def test_bad_range_values_are_refused_before_any_merge(paths, tmp_path, taskpool
 
 def test_search_resumes_reuses_the_svd_cache_and_returns_the_test_scored_choice(paths, tmp_path, taskpool):
     out = tmp_path / "s"
-    first = search(taskpool, out, n_trials=3)
+    first = search(taskpool, out, n_trials=2)
     model = first.run(pool_of(paths))
     rep = first.last_report
     trials = json.load(open(out / "trials.json"))
-    assert [t["trial"] for t in trials] == [0, 1, 2]
+    assert [t["trial"] for t in trials] == [0, 1]
     default = load_method_config("tsvm")["alpha"]
     assert trials[0]["defaults"] and trials[0]["options"] == {"alpha": default}  # tsvm's default comes first
     # the SVD cache: the first trial runs the SVDs, no later one does
-    assert trials[0]["svds"] > 0 and [t["svds"] for t in trials[1:]] == [0, 0]
+    assert trials[0]["svds"] > 0 and trials[1]["svds"] == 0
     # resume: the same folder continues the study up to n_trials
-    second = search(taskpool, out, n_trials=6)
+    second = search(taskpool, out, n_trials=4)
     model = second.run(pool_of(paths))
     again = json.load(open(out / "trials.json"))
-    assert [t["trial"] for t in again] == list(range(6))
-    assert again[:3] == trials[:3]  # the earlier trials are kept, not rerun
-    assert all(t["svds"] == 0 for t in again[3:])
+    assert [t["trial"] for t in again] == list(range(4))
+    assert again[:2] == trials[:2]  # the earlier trials are kept, not rerun
+    assert all(t["svds"] == 0 for t in again[2:])
     study = optuna.load_study(study_name="r3h_search", storage=f"sqlite:///{out / 'study.sqlite'}")
-    assert len(study.trials) == 6
+    assert len(study.trials) == 4
     # every trial scored on validation at its own α
     for t in again:
         assert 0.0 <= t["options"]["alpha"] <= 1.2
@@ -199,7 +199,7 @@ def test_search_resumes_reuses_the_svd_cache_and_returns_the_test_scored_choice(
 
 
 def test_weights_pick_the_member_and_multi_objective_front(paths, tmp_path, taskpool):
-    s = search(taskpool, tmp_path / "m", n_trials=8, objective="multi", weights={"helpful": 1, "honest": 0,
+    s = search(taskpool, tmp_path / "m", n_trials=5, objective="multi", weights={"helpful": 1, "honest": 0,
                                                                                 "harmless": 0},
                compare_defaults=False)
     s.run(pool_of(paths))
