@@ -175,7 +175,8 @@ def test_search_resumes_reuses_the_svd_cache_and_returns_the_test_scored_choice(
     model = second.run(pool_of(paths))
     again = json.load(open(out / "trials.json"))
     assert [t["trial"] for t in again] == list(range(4))
-    assert again[:2] == trials[:2]  # the earlier trials are kept, not rerun
+    drop = lambda r: {k: v for k, v in r.items() if k != "pareto"}  # noqa: E731 (the front moves with new trials)
+    assert [drop(r) for r in again[:2]] == [drop(r) for r in trials[:2]]  # the earlier trials are kept, not rerun
     assert all(t["svds"] == 0 for t in again[2:])
     study = optuna.load_study(study_name="r3h_search", storage=f"sqlite:///{out / 'study.sqlite'}")
     assert len(study.trials) == 4
