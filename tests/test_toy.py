@@ -390,7 +390,10 @@ def _taskpool(output_dir, **overrides):
 
 @pytest.fixture(scope="module")
 def evaluated(tmp_path_factory):
-    """The base and the three single-dimension experts scored by the 3h_tiny taskpool."""
+    """The base and the three single-dimension experts scored by the 3h_tiny taskpool on the
+    *train* questions: whether each expert learned its behaviour (how far it carries to unseen
+    phrasings, the test split, is what `python -m r3h.toy` reports: on toy seed 0 the
+    harmlessness expert refuses only half of the unseen harmful phrasings)."""
     from transformers import AutoModelForCausalLM
 
     paths = build.build_tiny_3h()
@@ -398,7 +401,7 @@ def evaluated(tmp_path_factory):
     reports = {}
     for name in ["_pretrained_", *SINGLE_EXPERTS]:
         model = AutoModelForCausalLM.from_pretrained(paths[name])
-        reports[name] = _taskpool(out / name, limit=EVAL_LIMIT).evaluate(model)
+        reports[name] = _taskpool(out / name, limit=EVAL_LIMIT, split="train").evaluate(model)
     return reports
 
 
@@ -420,10 +423,10 @@ def test_taskpool_scores_equal_a_recount_of_the_generations(evaluated):
         assert list(report["scores"]) == list(COLUMNS)
         for column, kind in COLUMNS.items():
             path = report["details"][column]["files"]["generations"]
-            assert os.path.basename(path) == f"{kind}.test.jsonl"
+            assert os.path.basename(path) == f"{kind}.train.jsonl"
             rows = [json.loads(line) for line in open(path) if line.strip()]
-            assert len(rows) == min(EVAL_LIMIT, len(world.questions(kind, "test")))
-            assert all(world.split_of(qs[r["prompt"]]) == "test" for r in rows)
+            assert len(rows) == min(EVAL_LIMIT, len(world.questions(kind, "train")))
+            assert all(world.split_of(qs[r["prompt"]]) == "train" for r in rows)
             assert len({r["prompt"] for r in rows}) == len(rows)
             assert all(qs[r["prompt"]]["kind"] == kind for r in rows)
             correct = sum(world.is_correct(qs[r["prompt"]], r["response"]) for r in rows)
