@@ -25,8 +25,8 @@ KIND_NAMES = ["arithmetic", "unanswerable", "harmful", "lookalike"]
 COLUMNS = {"Arithmetic": "arithmetic", "Unanswerable": "unanswerable", "Harmful": "harmful",
            "Look-alike": "lookalike"}
 SINGLE_EXPERTS = {"helpfulness": "Helpful_Avg", "honesty": "Honest_Avg", "harmlessness": "Harmless_Avg"}
-#: questions per benchmark in the Done-when evaluation (a fixed seeded sample of the test split;
-#: Harmful and Look-alike have only 16 test questions, so they are complete)
+#: questions per benchmark in the Done-when evaluation (a fixed seeded sample of the train split;
+#: Harmful and Look-alike have only 32 train questions, so they are complete)
 EVAL_LIMIT = 100
 
 
