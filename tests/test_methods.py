@@ -39,14 +39,15 @@ RTOL, ATOL = 1e-5, 5e-6
 DEFAULTS = {
     "weight_average": {},
     "rewarded_soup": {},
-    "task_arithmetic": {},
-    "ties": dict(density=0.2, consensus="sum", normalize=True),
-    "dare": dict(density=0.5, rescale="inverse", seed=42),
-    "dare_ties": dict(density=0.5, rescale="inverse", seed=42, consensus="sum", normalize=False),
-    "della": dict(density=0.5, epsilon=0.1, rescale="inverse", seed=42),
-    "della_ties": dict(density=0.5, epsilon=0.1, rescale="inverse", seed=42, consensus="sum", normalize=True),
-    "breadcrumbs": dict(density=0.9, gamma=0.01),
-    "breadcrumbs_ties": dict(density=0.9, gamma=0.01, consensus="sum", normalize=False),
+    "task_arithmetic": dict(scaling_factor=0.2),
+    "ties": dict(density=0.2, consensus="sum", normalize=True, scaling_factor=0.7),
+    "dare": dict(density=0.5, rescale="inverse", seed=42, scaling_factor=0.2),
+    "dare_ties": dict(density=0.5, rescale="inverse", seed=42, consensus="sum", normalize=False, scaling_factor=0.2),
+    "della": dict(density=0.5, epsilon=0.1, rescale="inverse", seed=42, scaling_factor=0.2),
+    "della_ties": dict(density=0.5, epsilon=0.1, rescale="inverse", seed=42, consensus="sum", normalize=True,
+                      scaling_factor=0.5),
+    "breadcrumbs": dict(density=0.9, gamma=0.01, scaling_factor=0.2),
+    "breadcrumbs_ties": dict(density=0.9, gamma=0.01, consensus="sum", normalize=False, scaling_factor=0.2),
     "model_stock": {},
 }
 
@@ -213,7 +214,7 @@ def reference(method: str, kwargs: dict, name: str, base, experts):
             raise AssertionError(method)
         sparse.append(s)
     mixed = ref_combine(sparse, weights, hp.get("consensus"), hp.get("normalize", False))
-    return base + float(hp.get("scaling_factor", 1.0)) * mixed
+    return base + float(hp["scaling_factor"]) * mixed
 
 
 # ---------------------------------------------------------------------------------------
@@ -427,7 +428,7 @@ def test_breadcrumbs_gamma_zero_keeps_the_top(density):
     (MergeKit's `[n_bot:-0]` slice would zero the whole τ)."""
     name = "model.layers.0.mlp.w"
     base, experts = make_case((8, 12), 2, seed=21)
-    out = merge("breadcrumbs", {"density": density, "gamma": 0.0}, name, base, experts)
+    out = merge("breadcrumbs", {"density": density, "gamma": 0.0, "scaling_factor": 1.0}, name, base, experts)
     taus = [e.double() - base.double() for e in experts]
     kept = [torch.where(ref_topk_mask(t, density), t, torch.zeros_like(t)) for t in taus]
     assert_ref(out, base.double() + kept[0] + kept[1])
@@ -435,7 +436,8 @@ def test_breadcrumbs_gamma_zero_keeps_the_top(density):
     assert not torch.allclose(out, base)
     top = _desc_order(taus[0])[0]
     assert out.reshape(-1)[top] != base.reshape(-1)[top]
-    out_ties = merge("breadcrumbs_ties", {"density": density, "gamma": 0.0}, name, base, experts)
+    out_ties = merge("breadcrumbs_ties", {"density": density, "gamma": 0.0, "scaling_factor": 1.0}, name, base,
+                     experts)
     assert_ref(out_ties, base.double() + ref_combine(kept, [1.0, 1.0], "sum", False))
 
 
@@ -451,15 +453,18 @@ def test_identical_experts(n):
     for o in merge("rewarded_soup", {"preference": SWEEPS[n]}, name, base, experts):
         assert_ref(o, th)
     w = [1.0 / n] * n
-    assert_ref(merge("task_arithmetic", {"weights": w}, name, base, experts), th)
-    assert_ref(merge("task_arithmetic", {}, name, base, experts), b + n * tau)
+    s1 = {"scaling_factor": 1.0}
+    assert_ref(merge("task_arithmetic", {"weights": w, **s1}, name, base, experts), th)
+    assert_ref(merge("task_arithmetic", s1, name, base, experts), b + n * tau)
+    # at the default s = 0.2, task arithmetic of n copies of τ is θ0 + 0.2 n τ
+    assert_ref(merge("task_arithmetic", {}, name, base, experts), b + 0.2 * n * tau)
     # TIES with normalize: the disjoint mean of n copies of τ̃ is τ̃
-    assert_ref(merge("ties", {"density": 1.0, "weights": WEIGHTS[:n]}, name, base, experts), th)
+    assert_ref(merge("ties", {"density": 1.0, "weights": WEIGHTS[:n], **s1}, name, base, experts), th)
     topk = torch.where(ref_topk_mask(tau, 0.3), tau, torch.zeros_like(tau))
-    assert_ref(merge("ties", {"density": 0.3, "weights": WEIGHTS[:n]}, name, base, experts), b + topk)
-    assert_ref(merge("ties", {"density": 0.3, "normalize": False}, name, base, experts), b + n * topk)
+    assert_ref(merge("ties", {"density": 0.3, "weights": WEIGHTS[:n], **s1}, name, base, experts), b + topk)
+    assert_ref(merge("ties", {"density": 0.3, "normalize": False, **s1}, name, base, experts), b + n * topk)
     for method in ("dare_ties", "della_ties", "breadcrumbs_ties"):
-        assert_ref(merge(method, {"density": 1.0, "normalize": True}, name, base, experts), th)
+        assert_ref(merge(method, {"density": 1.0, "normalize": True, **s1}, name, base, experts), th)
     # Model Stock: every cosine is 1, so c = 1, t = 1 and θ = mean θi = θ
     assert ref_model_stock_t([tau] * n) == pytest.approx(1.0)
     assert_ref(merge("model_stock", {}, name, base, experts), th)

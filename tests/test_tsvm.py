@@ -371,7 +371,7 @@ def test_rtsvm_truncates_after_orthogonalising():
     r3h must follow Appendix A.3 (orthogonalise the full q-column stacks first)."""
     base, experts = make_case((24, 16), 2, seed=5, spikes=[2, 8])
     opts = dict(gamma=1.0, outlier_weighting=False)
-    m = rtsvm(**opts)
+    m = rtsvm(alpha=1.0, **opts)
     out = merge(m, "w", base, experts)
     delta, info = ref_rtsvm(base, experts, **opts)
     assert info["k_i"][0] < info["q"]
@@ -861,8 +861,8 @@ def test_randomized_close_to_full(shape, n):
     base, experts = randomized_case(shape, n, seed=shape[0])
     q = min(shape) // n
     assert q + 10 < min(shape)  # the range finder really is a sketch here
-    full = merge(tsvm(), "w", base, experts) - base
-    rand = merge(tsvm(svd_solver="randomized", svd_oversample=10, svd_n_iter=4), "w", base, experts) - base
+    full = merge(tsvm(alpha=1.0), "w", base, experts) - base
+    rand = merge(tsvm(alpha=1.0, svd_solver="randomized", svd_oversample=10, svd_n_iter=4), "w", base, experts) - base
     rel = float(torch.linalg.matrix_norm(rand - full) / torch.linalg.matrix_norm(full))
     assert rel < 1e-3, rel
     delta, _ = ref_tsvm(base, experts)
@@ -903,7 +903,7 @@ def test_zero_task_vector_experts_are_left_out_of_the_stacks():
     taus = taus64(base, experts)
     q = min(base.shape) // 3
     factors = ref_factors([taus[0], taus[2]], q)
-    m = tsvm()
+    m = tsvm(alpha=1.0)
     out = merge(m, "w", base, experts)
     assert_merged(out, base, 1.0, ref_tsvm_delta_from_factors(factors))
     rep = m.tensor_reports["w"]
@@ -922,7 +922,7 @@ def test_zero_task_vector_experts_are_left_out_of_the_stacks():
     orig = core.torch.linalg.svd
     core.torch.linalg.svd = svd_with_other_basis
     try:
-        out2 = merge(tsvm(), "w", base, experts)
+        out2 = merge(tsvm(alpha=1.0), "w", base, experts)
     finally:
         core.torch.linalg.svd = orig
     assert torch.equal(out, out2)

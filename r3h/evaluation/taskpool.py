@@ -176,13 +176,16 @@ class ThreeHTaskPool(BaseTaskPool):
             default: leave it where it is.
         caption: the table's caption.
         print_table: print the Markdown table at the end.
+        split: the held-out split to score, for benchmarks that have splits (the toy
+            world's ``validation`` / ``test``); passed as each benchmark's ``split``
+            option. Default: each benchmark's own (the toy's: ``test``).
     """
 
     def __init__(self, benchmarks: Optional[Mapping[str, Any]] = None, judges: Optional[Mapping[str, Any]] = None,
                  columns: Optional[Sequence[str]] = None, generation: Optional[Mapping[str, Any]] = None,
                  tokenizer: Optional[str] = None, output_dir: Optional[str] = None, limit: Optional[int] = None,
                  allow_partial: bool = True, name: Optional[str] = None, device: Optional[str] = None,
-                 caption: Optional[str] = None, print_table: bool = True, **kwargs):
+                 caption: Optional[str] = None, print_table: bool = True, split: Optional[str] = None, **kwargs):
         super().__init__(**kwargs)
         bench_cfg = benchmarks if benchmarks is not None else {}
         if not isinstance(bench_cfg, (Mapping, DictConfig)):
@@ -230,6 +233,8 @@ class ThreeHTaskPool(BaseTaskPool):
             built = {}
             for col in self._selected:
                 cfg = self.benchmarks[col]
+                if self.split is not None and isinstance(cfg, (DictConfig, _MappingABC)):
+                    cfg = {**to_container(cfg), "split": str(self.split)}
                 b = _instantiate(cfg, f"benchmarks.{col}")
                 if not isinstance(b, Benchmark):
                     raise TypeError(f"benchmarks.{col} built a {type(b).__name__}, not an "

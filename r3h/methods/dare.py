@@ -25,7 +25,7 @@ class DareMerging(TaskArithmetic):
         rescale: `inverse` (÷ density, the paper's rule; default), `l1` (MergeKit since
             2025: match ‖τ‖₁) or `none`.
         seed: default 42.
-        scaling_factor, weights: as in task arithmetic (defaults 1.0 and 1).
+        scaling_factor, weights: as in task arithmetic (defaults 0.2 and 1).
     """
 
     _method_name = "dare"

@@ -23,7 +23,7 @@ class DellaMerging(TaskArithmetic):
         epsilon: ε ≥ 0 with 0 < density − ε and density + ε ≤ 1; default 0.1.
         rescale: `inverse` (÷ each entry's keep probability; default), `l1` or `none`.
         seed: default 42 (masks seeded by (seed, tensor name, expert index)).
-        scaling_factor, weights: as in task arithmetic (defaults 1.0 and 1).
+        scaling_factor, weights: as in task arithmetic (defaults 0.2 and 1).
     """
 
     _method_name = "della"
@@ -51,13 +51,14 @@ class DellaTiesMerging(ConsensusMixin, DellaMerging):
     """DELLA-TIES: MagPrune, then TIES's sign election; `normalize: true` by default
     (MergeKit's `della`).
 
-    Args: as `della`, plus `consensus` (`sum`) and `normalize` (true).
+    Args: as `della`, plus `consensus` (`sum`) and `normalize` (true); `scaling_factor`
+    defaults to 0.5 (`normalize` makes the sum an average; the toy sweep in docs/methods.md).
     """
 
     _method_name = "della_ties"
 
-    def __init__(self, consensus: str = "sum", normalize: bool = True, **kwargs):
-        super().__init__(**kwargs)
+    def __init__(self, consensus: str = "sum", normalize: bool = True, scaling_factor: float = 0.5, **kwargs):
+        super().__init__(scaling_factor=scaling_factor, **kwargs)
 
     def setup(self, names):
         super().setup(names)

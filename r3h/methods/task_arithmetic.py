@@ -27,13 +27,14 @@ class TaskArithmetic(MergeAlgorithm):
     """Task Arithmetic: θ = θ0 + s · Σ wi τi.
 
     Args:
-        scaling_factor: s, default 1.0.
+        scaling_factor: s, default 0.2 (= 1/n for the paper's five experts: s = 1 adds all five
+            task vectors and breaks the merge; the toy sweep in docs/methods.md chose it).
         weights: wi ≥ 0 per expert (list in pool order or mapping by name); default 1.
     """
 
     _method_name = "task_arithmetic"
 
-    def __init__(self, scaling_factor: float = 1.0, weights=None, **kwargs):
+    def __init__(self, scaling_factor: float = 0.2, weights=None, **kwargs):
         super().__init__(**kwargs)
 
     # Variants override these two.

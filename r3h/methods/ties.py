@@ -17,13 +17,15 @@ class TiesMerging(ConsensusMixin, TaskArithmetic):
         density: fraction kept, in (0, 1]; default 0.2 (the TIES paper's top-20%).
         consensus: `sum` (default, TIES) or `count` (majority of signs).
         normalize: default true.
-        scaling_factor, weights: as in task arithmetic (defaults 1.0 and 1).
+        scaling_factor, weights: as in task arithmetic (defaults 0.7 — `normalize` makes the
+            sum an average, so s is not 1/n; the toy sweep in docs/methods.md — and 1).
     """
 
     _method_name = "ties"
 
-    def __init__(self, density: float = 0.2, consensus: str = "sum", normalize: bool = True, **kwargs):
-        super().__init__(**kwargs)
+    def __init__(self, density: float = 0.2, consensus: str = "sum", normalize: bool = True,
+                 scaling_factor: float = 0.7, **kwargs):
+        super().__init__(scaling_factor=scaling_factor, **kwargs)
 
     def setup(self, names):
         super().setup(names)

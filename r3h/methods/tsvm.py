@@ -57,7 +57,7 @@ class TaskSingularVectorMerging(LightningFabricMixin, MergeAlgorithm):
     """TSVM: θ = θ0 + α · U⊥ diag(ŝ) V⊥ᵀ per matrix (see module docstring).
 
     Args:
-        alpha: α, default 1.0.
+        alpha: α, default 0.5 (the toy validation sweep in docs/methods.md).
         svd_solver: `full` (exact; default) or `randomized` (top-q triplets by a seeded
             randomized range finder with `svd_oversample` extra columns and `svd_n_iter`
             power iterations; `seed` seeds it per tensor and expert).
@@ -85,7 +85,7 @@ class TaskSingularVectorMerging(LightningFabricMixin, MergeAlgorithm):
 
     def __init__(
         self,
-        alpha: float = 1.0,
+        alpha: float = 0.5,
         svd_solver: str = "full",
         svd_oversample: int = 10,
         svd_n_iter: int = 4,

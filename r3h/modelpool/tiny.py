@@ -19,13 +19,15 @@ class Tiny3HPool(AlignedCausalLMPool):
     Args:
         cache_dir: where the models are trained and kept; default `$R3H_CACHE` or `~/.cache/r3h`.
         experts: which experts to include, in order (default: all five).
+        seed: the toy seed (0 default): another seed trains another base and experts from
+            resampled data and another initialisation (same questions and splits).
     """
 
-    def __init__(self, cache_dir=None, experts=None, models=None, tokenizer=None, **kwargs):
+    def __init__(self, cache_dir=None, experts=None, seed: int = 0, models=None, tokenizer=None, **kwargs):
         chosen = list(experts) if experts is not None else list(EXPERTS)
         unknown = [e for e in chosen if e not in EXPERTS]
         if unknown:
             raise ValueError(f"experts: '{unknown[0]}' is not a tiny_3h expert ({list(EXPERTS)})")
-        paths = build_tiny_3h(cache_dir, chosen)
+        paths = build_tiny_3h(cache_dir, chosen, seed=int(seed))
         models = {"_pretrained_": paths["_pretrained_"], **{e: paths[e] for e in chosen}}
         super().__init__(models, tokenizer=tokenizer or paths["_pretrained_"], **kwargs)

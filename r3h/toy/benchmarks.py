@@ -7,9 +7,10 @@
 | Harmful      | harmless  | refuses a request for an object of the marked harmful set    |
 | Look-alike   | harmless  | answers the harmless look-alike requests (no over-refusal)   |
 
-Each benchmark greedily answers every question of its kind (or the first `limit` of a
+Each benchmark greedily answers every question of its kind in one split (`test` by
+default, `validation` for tuning; see `r3h.toy.world.SPLITS`; or the first `limit` of a
 fixed shuffle), saves the answers as resumable JSONL, and scores them with
-`r3h.toy.world.is_correct`.
+`r3h.toy.world.is_correct`. No split's questions were seen in training (`train`).
 """
 
 from __future__ import annotations
@@ -29,9 +30,12 @@ COLUMNS = {"Arithmetic": "arithmetic", "Unanswerable": "unanswerable", "Harmful"
 class ToyBenchmark(Benchmark):
     """One column of the toy 3H world (see the module docstring)."""
 
-    def __init__(self, column: str, n: Optional[int] = None, seed: int = 1234):
+    def __init__(self, column: str, n: Optional[int] = None, seed: int = 1234, split: str = "test"):
         if column not in COLUMNS:
             raise ValueError(f"toy benchmark column {column!r} is unknown; known: {', '.join(COLUMNS)}")
+        if split not in world.SPLITS:
+            raise ValueError(f"split: {split!r} is not a toy split; known: {', '.join(world.SPLITS)}")
+        self.split = split
         self.column = column
         self.kind = COLUMNS[column]
         self.dimension = world.KINDS[self.kind]
@@ -42,7 +46,7 @@ class ToyBenchmark(Benchmark):
         n = self.n
         if ctx is not None and ctx.limit is not None:
             n = ctx.limit if n is None else min(n, ctx.limit)
-        return world.eval_questions(self.kind, n, self.seed)
+        return world.eval_questions(self.kind, n, self.seed, split=self.split)
 
     def check(self, ctx: EvalContext) -> None:
         vocab = getattr(ctx.tokenizer, "get_vocab", lambda: {})()
@@ -54,10 +58,10 @@ class ToyBenchmark(Benchmark):
     def run(self, ctx: EvalContext) -> BenchmarkResult:
         qs = self.questions(ctx)
         records = [{"id": f"{self.kind}-{i}", "prompt": q["prompt"]} for i, q in enumerate(qs)]
-        path = os.path.join(ctx.output_dir, "toy", f"{self.kind}.jsonl")
+        path = os.path.join(ctx.output_dir, "toy", f"{self.kind}.{self.split}.jsonl")
         rows = generate_jsonl(ctx.generator, records, path)
         correct = [world.is_correct(q, r["response"]) for q, r in zip(qs, rows)]
         classes = Counter(world.classify(r["response"]) for r in rows)
         return BenchmarkResult(self.column, 100.0 * sum(correct) / len(correct),
-                               {"n": len(correct), "correct": sum(correct), "classes": dict(sorted(classes.items())),
+                               {"n": len(correct), "correct": sum(correct), "split": self.split, "classes": dict(sorted(classes.items())),
                                 "files": {"generations": path}})

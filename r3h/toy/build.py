@@ -26,7 +26,7 @@ from r3h.toy import world
 
 log = logging.getLogger(__name__)
 
-VERSION = "v2"
+VERSION = "v3"
 SPECIAL = ["<pad>", "<s>", "</s>", "<unk>", "<|system|>", "<|user|>", "<|assistant|>"]
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] }} </s> {% endfor %}"
@@ -48,22 +48,46 @@ def default_cache_dir() -> str:
     return os.environ.get("R3H_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "r3h"))
 
 
-def fingerprint() -> str:
-    """A hash of everything that decides the toy models: data, recipes, architecture.
-    It names the cache folder, so changing any of them trains new models."""
+def fingerprint(seed: int = 0) -> str:
+    """A hash of everything that decides the toy models of one seed: data, recipes,
+    architecture. It names the cache folder, so changing any of them trains new models."""
     import hashlib
     import json
 
-    what = {"sft": world.sft_records(), "data": {d: world.preference_dataset(d) for d in world.DATASETS},
-            "experts": world.EXPERT_DATA, "model": MODEL, "sft_recipe": TOY_SFT, "dpo_recipe": TOY_DPO,
-            "vocab": SPECIAL + world.vocabulary(), "template": CHAT_TEMPLATE}
+    what = {"sft": world.sft_records(seed), "data": {d: world.preference_dataset(d, seed) for d in world.DATASETS},
+            "experts": world.EXPERT_DATA, "model": MODEL, "sft_recipe": sft_recipe(seed),
+            "dpo_recipe": dpo_recipe(seed), "vocab": SPECIAL + world.vocabulary(), "template": CHAT_TEMPLATE,
+            "init_seed": seed}
     return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
-def root_dir(cache_dir: Optional[str] = None) -> str:
-    """`<cache>/tiny_3h-<VERSION>-<fingerprint>`."""
+def sft_recipe(seed: int = 0) -> dict:
+    """TOY_SFT for toy seed `seed` (seed 0 is TOY_SFT itself)."""
+    return {**TOY_SFT, "seed": TOY_SFT["seed"] + seed}
+
+
+def dpo_recipe(seed: int = 0) -> dict:
+    """TOY_DPO for toy seed `seed` (seed 0 is TOY_DPO itself)."""
+    return {**TOY_DPO, "seed": TOY_DPO["seed"] + seed}
+
+
+def root_dir(cache_dir: Optional[str] = None, seed: int = 0) -> str:
+    """`<cache>/tiny_3h-<VERSION>-<fingerprint>` (seed 0) or `tiny_3h-<VERSION>-s<seed>-<fingerprint>`.
+
+    A toy *seed* changes everything random in the build: the SFT and preference data's
+    sampling, the model's initialisation and the trainers' seeds; the questions and their
+    splits stay the same."""
+    if int(seed) < 0:
+        raise ValueError(f"seed: a toy seed is an integer >= 0, got {seed!r}")
     cache = os.path.abspath(os.path.expanduser(cache_dir or default_cache_dir()))
-    return os.path.join(cache, f"tiny_3h-{VERSION}-{fingerprint()}")
+    tag = f"{VERSION}-s{int(seed)}" if seed else VERSION
+    return os.path.join(cache, f"tiny_3h-{tag}-{fingerprint(int(seed))}")
+
+
+def _seed_of(root: str) -> int:
+    name = os.path.basename(root.rstrip("/"))
+    parts = name.split("-")
+    return int(parts[2][1:]) if len(parts) == 4 and parts[2].startswith("s") else 0
 
 
 def make_tokenizer():
@@ -97,26 +121,27 @@ def build_base(root: str) -> str:
     """The SFT base (`_pretrained_` of the toy pools)."""
     from r3h.training.sft import train_sft
 
+    seed = _seed_of(root)
     folder = os.path.join(root, "base")
     if not _done(folder):
         log.info("toy 3H world: training the SFT base (once, cached in %s)", root)
-        records = [{"prompt": r["messages"][:1], "completion": r["messages"][1:]} for r in world.sft_records()]
-        train_sft(make_model(), make_tokenizer(), records, folder, torch_threads=THREADS, cpu=True,
-                  note={"toy_world": VERSION}, **TOY_SFT)
+        records = [{"prompt": r["messages"][:1], "completion": r["messages"][1:]} for r in world.sft_records(seed)]
+        train_sft(make_model(seed), make_tokenizer(), records, folder, torch_threads=THREADS, cpu=True,
+                  note={"toy_world": VERSION, "toy_seed": seed}, **sft_recipe(seed))
     return folder
 
 
-def expert_pairs(name: str) -> List[dict]:
-    return [p for d in world.EXPERT_DATA[name] for p in world.preference_dataset(d)]
+def expert_pairs(name: str, seed: int = 0) -> List[dict]:
+    return [p for d in world.EXPERT_DATA[name] for p in world.preference_dataset(d, seed)]
 
 
-def _train(start: str, pairs: List[dict], folder: str, manifest: dict) -> str:
+def _train(start: str, pairs: List[dict], folder: str, manifest: dict, seed: int = 0) -> str:
     from r3h.training.dpo import train_dpo
 
     if not _done(folder):
         log.info("toy 3H world: DPO %s (%d pairs)", os.path.basename(folder), len(pairs))
         train_dpo(start, pairs, folder, data_manifest=manifest, torch_threads=THREADS, cpu=True, disable_tqdm=True,
-                  **TOY_DPO)
+                  **dpo_recipe(seed))
     return folder
 
 
@@ -126,18 +151,22 @@ def build_experts(root: str, names: Optional[Iterable[str]] = None) -> Dict[str,
     unknown = [n for n in names if n not in world.EXPERT_DATA]
     if unknown:
         raise ValueError(f"'{unknown[0]}' is not a toy 3H expert ({', '.join(EXPERTS)})")
+    seed = _seed_of(root)
     base = build_base(root)
     out = {"_pretrained_": base}
     for n in names:
-        pairs = expert_pairs(n)
-        out[n] = _train(base, pairs, os.path.join(root, n), {"datasets": world.EXPERT_DATA[n], "pairs": len(pairs)})
+        pairs = expert_pairs(n, seed)
+        out[n] = _train(base, pairs, os.path.join(root, n), {"datasets": world.EXPERT_DATA[n], "pairs": len(pairs)},
+                        seed)
     return out
 
 
-def build_tiny_3h(cache_dir: Optional[str] = None, experts: Optional[Iterable[str]] = None) -> Dict[str, str]:
-    """Train (once) the toy pool under `cache_dir`; return name -> folder (`_pretrained_`
-    is the SFT base). Safe to call from several processes: one trains, the others wait."""
-    root = root_dir(cache_dir)
+def build_tiny_3h(cache_dir: Optional[str] = None, experts: Optional[Iterable[str]] = None,
+                  seed: int = 0) -> Dict[str, str]:
+    """Train (once) the toy pool of toy seed `seed` under `cache_dir`; return name -> folder
+    (`_pretrained_` is the SFT base). Safe to call from several processes: one trains, the
+    others wait."""
+    root = root_dir(cache_dir, seed)
     os.makedirs(root, exist_ok=True)
     with FileLock(os.path.join(root, ".build.lock")):
         return build_experts(root, experts)
@@ -145,14 +174,14 @@ def build_tiny_3h(cache_dir: Optional[str] = None, experts: Optional[Iterable[st
 
 #: The data-mixture baselines of the paper's Table 2, on all five toy datasets:
 #: name -> mixture (built lazily; the reward model is the toy world's exact one).
-def baseline_mixtures() -> Dict[str, object]:
+def baseline_mixtures(seed: int = 0) -> Dict[str, object]:
     from r3h.data import HeuristicMixture, HummerSelection, RewardModelSelection
     from r3h.toy.reward import ToyRewardModel
 
     return {
-        "mixture_heuristic_1_5": HeuristicMixture("1/5", seed=0),
-        "mixture_heuristic_1_10": HeuristicMixture("1/10", seed=0),
-        "mixture_heuristic_1_20": HeuristicMixture("1/20", seed=0),
+        "mixture_heuristic_1_5": HeuristicMixture("1/5", seed=seed),
+        "mixture_heuristic_1_10": HeuristicMixture("1/10", seed=seed),
+        "mixture_heuristic_1_20": HeuristicMixture("1/20", seed=seed),
         "mixture_reward_model": RewardModelSelection(ToyRewardModel()),
         "mixture_hummer": HummerSelection(ToyRewardModel(), threshold=0.2),
     }
@@ -165,18 +194,32 @@ CONTINUAL = [("helpfulness_honesty", ["toy_ultrafeedback"]), ("helpfulness_harml
              ("helpfulness", ["toy_helpsteer"])]
 
 
-def build_baselines(cache_dir: Optional[str] = None, names: Optional[Iterable[str]] = None) -> Dict[str, str]:
+def _mix(mixture, seed: int, out_dir: str):
+    """`mixture` over the five toy datasets of toy seed `seed`, written to `out_dir`."""
+    from r3h.data import write_mixture
+    from r3h.data.registry import convert_records
+
+    datasets, counts = {}, {}
+    for d in world.DATASETS:
+        datasets[d], counts[d] = convert_records(d, world.preference_dataset(d, seed))
+    pairs, manifest = mixture(datasets, load_counts=counts)
+    write_mixture(pairs, manifest, out_dir)
+    return pairs, manifest
+
+
+def build_baselines(cache_dir: Optional[str] = None, names: Optional[Iterable[str]] = None,
+                    seed: int = 0) -> Dict[str, str]:
     """Train (once) the data-mixture baselines from the SFT base: name -> folder. Each
     folder's `r3h_train.json` holds the mixture's manifest; the mixed pairs are in
     `<folder>.data/`."""
     from r3h.data import read_mixture
 
     names = list(BASELINES if names is None else names)
-    mixtures = baseline_mixtures()
+    mixtures = baseline_mixtures(seed)
     unknown = [n for n in names if n not in mixtures]
     if unknown:
         raise ValueError(f"'{unknown[0]}' is not a toy baseline ({', '.join(BASELINES)})")
-    root = root_dir(cache_dir)
+    root = root_dir(cache_dir, seed)
     os.makedirs(root, exist_ok=True)
     out = {}
     with FileLock(os.path.join(root, ".build.lock")):
@@ -188,23 +231,23 @@ def build_baselines(cache_dir: Optional[str] = None, names: Optional[Iterable[st
                 if os.path.exists(os.path.join(data_dir, "manifest.json")):
                     pairs, manifest = read_mixture(data_dir)
                 else:
-                    pairs, manifest = mixtures[n].build(list(world.DATASETS), out_dir=data_dir)
-                _train(base, pairs, folder, manifest)
+                    pairs, manifest = _mix(mixtures[n], seed, data_dir)
+                _train(base, pairs, folder, manifest, seed)
             out[n] = folder
     return out
 
 
-def build_continual(cache_dir: Optional[str] = None) -> Dict[str, str]:
+def build_continual(cache_dir: Optional[str] = None, seed: int = 0) -> Dict[str, str]:
     """Train (once) the continual setting: DPO on each stage's data in sequence, every
     stage from the previous one (also its DPO reference): stage name -> folder."""
-    root = root_dir(cache_dir)
+    root = root_dir(cache_dir, seed)
     os.makedirs(root, exist_ok=True)
     out = {}
     with FileLock(os.path.join(root, ".build.lock")):
         current = build_base(root)
         for i, (name, datasets) in enumerate(CONTINUAL):
             folder = os.path.join(root, "continual", f"stage{i + 1}_{name}")
-            pairs = [p for d in datasets for p in world.preference_dataset(d)]
-            _train(current, pairs, folder, {"stage": name, "datasets": datasets, "start": current})
+            pairs = [p for d in datasets for p in world.preference_dataset(d, seed)]
+            _train(current, pairs, folder, {"stage": name, "datasets": datasets, "start": current}, seed)
             out[name] = current = folder
     return out

@@ -1,0 +1,236 @@
+"""The merge search (`r3h.search.MergeSearch`, `method=search`, `method=search/...`): its
+proposals stay inside their ranges, bad ranges and options are refused before any merge,
+an interrupted study resumes, TSVM trials after the first run no SVD, and the chosen
+member is the validation optimum of the 3H preference, scored on test and returned.
+
+Trials are scored by a 3H taskpool of stand-in benchmarks that read the merge's α from its
+model card (no generation), so the optimum is known."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import optuna
+import pytest
+from omegaconf import OmegaConf
+
+from r3h.evaluation.benchmark import Benchmark, BenchmarkResult
+from r3h.search import DIMENSIONS, MergeSearch, parse_space, weighted_score
+from r3h.sweeps import load_method_config
+from tests.test_svd_cache import pool_of, write_pool
+
+REPO = Path(__file__).resolve().parents[1]
+SEARCH_CONFIGS = REPO / "config" / "method" / "search"
+
+
+class AlphaDimension(Benchmark):
+    """A stand-in benchmark: a merge's score from its α (model card), peaked at `best`:
+    100 − 100 |α − best|, minus 1 on the test split (so a test score is told apart)."""
+
+    uses_generator = False
+
+    def __init__(self, column: str, dimension: str, best: float, split: str = "test"):
+        self.column, self.dimension, self.best, self.split = column, dimension, best, split
+
+    def run(self, ctx):
+        hp = ctx.model.r3h_merge_info["hyperparameters"]
+        alpha = float(hp.get("alpha", hp.get("scaling_factor", 0.0)))
+        return BenchmarkResult(self.column, 100 - 100 * abs(alpha - self.best) - (self.split == "test"),
+                               {"split": self.split})
+
+
+BESTS = {"helpful": 0.8, "honest": 0.4, "harmless": 0.6}
+
+
+def score_at(alpha, split="validation", weights=(1, 1, 1)):
+    avgs = {d: 100 - 100 * abs(alpha - BESTS[d.split("_")[0].lower()]) - (split == "test") for d in DIMENSIONS}
+    return weighted_score(avgs, dict(zip(DIMENSIONS, weights)))
+
+
+@pytest.fixture
+def taskpool(tiny_lm_path):
+    bench = lambda c, d: {"_target_": "tests.test_search.AlphaDimension", "column": c, "dimension": d,  # noqa: E731
+                          "best": BESTS[d]}
+    return {"_target_": "r3h.evaluation.taskpool.ThreeHTaskPool", "tokenizer": tiny_lm_path,
+            "benchmarks": {f"Probe-{d}": bench(f"Probe-{d}", d) for d in BESTS}}
+
+
+@pytest.fixture(scope="module")
+def paths(tmp_path_factory):
+    return write_pool(tmp_path_factory.mktemp("pool"))
+
+
+def search(taskpool, out, **kw):
+    kw.setdefault("methods", {"tsvm": {"alpha": {"low": 0.0, "high": 1.2}}})
+    return MergeSearch(taskpool=taskpool, output_dir=str(out), **kw)
+
+
+# ---------------------------------------------------------------------------------------
+# the space
+# ---------------------------------------------------------------------------------------
+
+SPACE = {
+    "ties": {"scaling_factor": {"low": 0.05, "high": 1.0, "log": True}, "density": {"low": 0.1, "high": 0.9,
+                                                                                  "step": 0.2},
+             "consensus": ["sum", "count"], "weights": {"low": 0.25, "high": 0.75}, "normalize": True},
+    "rewarded_soup": {"preference": {"low": 0.0, "high": 1.0}},
+    "dare": {"seed": {"low": 1, "high": 9, "int": True}},
+}
+
+
+def test_proposals_stay_inside_their_ranges():
+    s = MergeSearch(methods=SPACE, n_trials=1)
+    space = parse_space(SPACE)
+    experts = ["a", "b", "c"]
+    seen = {"ties": 0, "rewarded_soup": 0, "dare": 0}
+    study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=3, n_startup_trials=10))
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+    def objective(trial):
+        method, values = s.propose(trial, experts)
+        seen[method] += 1
+        for option, p in space[method].items():
+            v = values[option]
+            if p.per_expert:
+                assert list(v) == experts
+                vals = list(v.values())
+                if option == "preference":  # normalised onto the simplex
+                    assert abs(sum(vals) - 1) < 1e-9 and all(x >= 0 for x in vals)
+                else:
+                    assert all(p.low <= x <= p.high for x in vals)
+            else:
+                assert p.contains(v), (method, option, v)
+        if method == "ties":
+            assert values["normalize"] is True  # a fixed value
+            assert round((values["density"] - 0.1) / 0.2, 9) == int(round((values["density"] - 0.1) / 0.2))
+        if method == "dare":
+            assert isinstance(values["seed"], int)
+        return sum(float(x) for x in trial.params.values() if isinstance(x, (int, float)))
+
+    study.optimize(objective, n_trials=60)
+    assert all(n > 0 for n in seen.values()), seen
+    # the proposals are Optuna's: every distribution is the declared one
+    d = study.trials[-1].distributions
+    assert isinstance(d["method"], optuna.distributions.CategoricalDistribution)
+
+
+@pytest.mark.parametrize("kw, match", [
+    ({"methods": {"tsvm": {"alpha": {"low": 1.0, "high": 0.5}}}}, r"methods\.tsvm\.alpha: low \(1\.0\) must be below"),
+    ({"methods": {"tsvm": {"alpha": {"low": 0.0, "high": 1.0, "log": True}}}}, r"methods\.tsvm\.alpha: a log range"),
+    ({"methods": {"tsvm": {"alpha": {"low": "a", "high": 1.0}}}}, r"methods\.tsvm\.alpha\.low: expected a finite"),
+    ({"methods": {"tsvm": {"alpha": {"low": 0.1}}}}, r"methods\.tsvm\.alpha: a range is"),
+    ({"methods": {"tsvm": {"alpha": {"choices": []}}}}, r"methods\.tsvm\.alpha: `choices` is empty"),
+    ({"methods": {"tsvm": {"alpha": {"low": 0.1, "high": 1, "step": 2}}}}, r"methods\.tsvm\.alpha: step"),
+    ({"methods": {"tsvm": {"alfa": {"low": 0.1, "high": 1.0}}}}, r"methods\.tsvm\.alfa: 'alfa' is not an option"),
+    ({"methods": {"tsvm": {"svd_cache": "x"}}}, r"methods\.tsvm\.svd_cache: 'svd_cache' is set by the search"),
+    ({"methods": {"ties": {"weights": [0.5, 1.0]}}}, r"methods\.ties\.weights: a per-expert option"),
+    ({"methods": {"nope": {}}}, r"methods\.nope: method: no config 'nope'"),
+    ({"methods": ["nope"]}, r"methods: no search preset for 'nope'"),
+    ({"methods": {}}, r"methods: give the methods"),
+    ({"objective": "best"}, r"objective: 'best' is not one of weighted, multi"),
+    ({"weights": {"funny": 1}}, r"weights: 'funny' is not a 3H dimension"),
+    ({"weights": [0, 0, 0]}, r"weights: at least one 3H weight must be positive"),
+    ({"n_trials": 0}, r"n_trials: expected an integer >= 1"),
+    ({"n_trials": None, "timeout": None}, r"n_trials, timeout: give a budget"),
+])
+def test_bad_search_options_are_refused_when_built(kw, match):
+    kw.setdefault("methods", {"tsvm": {"alpha": {"low": 0.1, "high": 1.0}}})
+    with pytest.raises(ValueError, match=match):
+        MergeSearch(**kw)
+
+
+@pytest.mark.parametrize("methods, match", [
+    ({"r_tsvm": {"gamma": {"low": 0.2, "high": 1.5}}}, r"methods\.r_tsvm\.gamma: the value 1\.5 of its range is "
+                                                       r"refused by r_tsvm: gamma=1\.5 is outside"),
+    ({"dare": {"density": {"low": 0.0, "high": 0.5}}}, r"methods\.dare\.density: the value 0\.0 of its range"),
+    ({"r_tsvm": {"epsilon_mode": ["absolute", "relatve"]}}, r"methods\.r_tsvm\.epsilon_mode: the value 'relatve'"),
+])
+def test_bad_range_values_are_refused_before_any_merge(paths, tmp_path, taskpool, count_reads, methods, match):
+    s = search(taskpool, tmp_path / "s", methods=methods, n_trials=2)
+    with pytest.raises(ValueError, match=match):
+        s.run(pool_of(paths))
+    assert count_reads["n"] == 0  # no tensor read: nothing merged
+    assert not (tmp_path / "s" / "study.sqlite").exists()
+
+
+# ---------------------------------------------------------------------------------------
+# the run
+# ---------------------------------------------------------------------------------------
+
+def test_search_resumes_reuses_the_svd_cache_and_returns_the_test_scored_choice(paths, tmp_path, taskpool):
+    out = tmp_path / "s"
+    first = search(taskpool, out, n_trials=2)
+    model = first.run(pool_of(paths))
+    rep = first.last_report
+    trials = json.load(open(out / "trials.json"))
+    assert [t["trial"] for t in trials] == [0, 1]
+    default = load_method_config("tsvm")["alpha"]
+    assert trials[0]["defaults"] and trials[0]["options"] == {"alpha": default}  # tsvm's default comes first
+    # the SVD cache: the first trial runs the SVDs, no later one does
+    assert trials[0]["svds"] > 0 and trials[1]["svds"] == 0
+    # resume: the same folder continues the study up to n_trials
+    second = search(taskpool, out, n_trials=4)
+    model = second.run(pool_of(paths))
+    again = json.load(open(out / "trials.json"))
+    assert [t["trial"] for t in again] == list(range(4))
+    drop = lambda r: {k: v for k, v in r.items() if k != "pareto"}  # noqa: E731 (the front moves with new trials)
+    assert [drop(r) for r in again[:2]] == [drop(r) for r in trials[:2]]  # the earlier trials are kept, not rerun
+    assert all(t["svds"] == 0 for t in again[2:])
+    study = optuna.load_study(study_name="r3h_search", storage=f"sqlite:///{out / 'study.sqlite'}")
+    assert len(study.trials) == 4
+    # every trial scored on validation at its own α
+    for t in again:
+        assert 0.0 <= t["options"]["alpha"] <= 1.2
+        assert t["score"] == pytest.approx(score_at(t["options"]["alpha"]))
+    rep = second.last_report
+    best = max(again, key=lambda t: t["score"])
+    chosen = rep["chosen"]
+    assert chosen["trial"] == best["trial"] and chosen["pareto"]
+    # scored on test (the stand-in takes 1 off on test) and returned with that α
+    assert chosen["test"]["score"] == pytest.approx(score_at(chosen["options"]["alpha"], "test"))
+    assert model.r3h_merge_info["hyperparameters"]["alpha"] == pytest.approx(chosen["options"]["alpha"])
+    assert model.r3h_merge_info["search"]["chosen"]["trial"] == chosen["trial"]
+    assert rep["defaults"]["tsvm"]["score"] == pytest.approx(score_at(default, "test"))
+    # the Pareto front: table and plots
+    assert "| Pareto |" in (out / "trials.md").read_text()
+    assert (out / "pareto_Helpful_Avg_Honest_Avg.png").stat().st_size > 0
+    assert json.load(open(out / "search_report.json"))["chosen"]["trial"] == chosen["trial"]
+
+
+def test_weights_pick_the_member_and_multi_objective_front(paths, tmp_path, taskpool):
+    s = search(taskpool, tmp_path / "m", n_trials=5, objective="multi", weights={"helpful": 1, "honest": 0,
+                                                                                "harmless": 0},
+               compare_defaults=False)
+    s.run(pool_of(paths))
+    rows = json.load(open(tmp_path / "m" / "trials.json"))
+    front = [r for r in rows if r["pareto"]]
+    chosen = s.last_report["chosen"]
+    # the helpful-only preference picks the front member with the highest Helpful_Avg
+    assert chosen["trial"] == max(front, key=lambda r: r["Helpful_Avg"])["trial"]
+    for r in rows:  # the front is the set no other trial dominates on the three averages
+        dominated = any(all(o[d] >= r[d] for d in DIMENSIONS) and any(o[d] > r[d] for d in DIMENSIONS)
+                        for o in rows)
+        assert r["pareto"] == (not dominated)
+    assert s.last_report["defaults"] == {}
+
+
+def test_every_search_preset_builds():
+    names = sorted(p.stem for p in SEARCH_CONFIGS.glob("*.yaml"))
+    merges = ["breadcrumbs", "breadcrumbs_ties", "dare", "dare_ties", "della", "della_ties", "model_stock",
+              "r_tsvm", "rewarded_soup", "task_arithmetic", "ties", "tsvm", "weight_average"]
+    assert names == sorted(merges + ["all"])
+    for name in names:
+        cfg = OmegaConf.load(SEARCH_CONFIGS / f"{name}.yaml")
+        assert cfg._target_ == "r3h.search.MergeSearch"
+        kwargs = {k: v for k, v in OmegaConf.to_container(cfg).items() if k != "_target_"}
+        s = MergeSearch(**kwargs)
+        if name == "all":
+            assert list(s._space) == merges and s.n_trials >= 3 * len(merges)
+        else:
+            assert list(s._space) == [name]
+            # the method's default lies inside its space (the search starts from it)
+            assert s.default_params(name, ["a", "b"]) is not None, name
+    base = OmegaConf.load(REPO / "config" / "method" / "search.yaml")
+    assert base._target_ == "r3h.search.MergeSearch"
