@@ -36,13 +36,13 @@ MESSAGES = ("chosen", "rejected", "messages")
 
 @pytest.fixture()
 def hub_redirect(monkeypatch):
-    """`datasets.load_dataset` with the Columbia-NLP ids pointed at the fixture folders."""
+    """`datasets.load_dataset` with the hub ids of the fixtures pointed at their folders."""
     real = datasets.load_dataset
     seen = []
 
     def load_dataset(path, *args, **kwargs):
         seen.append((path, args, kwargs.get("split"), kwargs.get("revision")))
-        if isinstance(path, str) and path.startswith("Columbia-NLP/"):
+        if isinstance(path, str) and os.path.isdir(folder_of(path)):
             path = folder_of(path)
         return real(path, *args, **kwargs)
 
@@ -119,3 +119,33 @@ def test_a_changed_layout_fails_loudly():
     # a missing split is named
     with pytest.raises(Exception, match="train_prefs|split"):
         load_preference_data({"name": "ultrafeedback", "path": folder_of(REGISTRY["pku_saferlhf"].hub_id)})
+
+
+#: the three Table 1 datasets outside LIONS: (registry name, records of the default split, first pair's turns)
+OTHERS = {
+    "truthy_dpo": (3, "Is claim 0 true?", "No, claim 0 is a misconception."),
+    "grath": (3, "pretrained_gen question 0?", "Right 0."),
+    "ultrasafety": (3, "[jailbreak] request 0", "I can't help with request 0."),
+}
+
+
+@pytest.mark.parametrize("name", sorted(OTHERS))
+def test_other_defaults_load_through_the_hub_path(name, hub_redirect):
+    """Truthy-DPO (one parquet at the root), GRATH (config llama2_7b, split pretrained_gen, JSON
+    lines) and UltraSafety (one JSON-lines file) as the hub serves them."""
+    src = REGISTRY[name]
+    n, prompt, chosen = OTHERS[name]
+    pairs, counts = load_preference_data(name)
+    assert hub_redirect[-1][0] == src.hub_id and hub_redirect[-1][2] == src.split
+    assert counts["records"] == n and counts["kept"] == n, counts
+    assert pairs[0]["prompt"][-1] == {"role": "user", "content": prompt}
+    assert pairs[0]["chosen"] == [{"role": "assistant", "content": chosen}]
+    assert pairs[0]["dimensions"] == list(src.dimensions)
+
+
+def test_truthy_system_prompt_and_grath_other_split(hub_redirect):
+    truthy, _ = load_preference_data("truthy_dpo")
+    assert truthy[0]["prompt"][0]["role"] == "user" and truthy[1]["prompt"][0]["role"] == "system"
+    assert [p["id"] for p in truthy] == ["truthy_dpo/t0", "truthy_dpo/t1", "truthy_dpo/t2"]
+    other, c = load_preference_data({"name": "grath", "split": "selftruth_gen"})
+    assert c["kept"] == 2 and other[0]["prompt"][-1]["content"] == "selftruth_gen question 0?"
