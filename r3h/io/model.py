@@ -59,11 +59,11 @@ def build_model(config: dict, state_dict: Dict[str, torch.Tensor], dtype: Option
     model.eval()
     model.r3h_merge_info = None
     model.r3h_tokenizer_dir = None
-    model.save_pretrained = functools.partial(save_complete, model, model.save_pretrained)
+    model.save_pretrained = functools.partial(save_complete, model)
     return model
 
 
-def save_complete(model, save_pretrained, save_directory, *args, **kwargs):
+def save_complete(model, save_directory, *args, **kwargs):
     """`model.save_pretrained` of a model built here: the Hugging Face folder, then the
     tokenizer files, chat template and generation config of `model.r3h_tokenizer_dir` and,
     when `model.r3h_merge_info` is set, the model card and ``r3h_merge.json``.
@@ -72,7 +72,7 @@ def save_complete(model, save_pretrained, save_directory, *args, **kwargs):
     through `merged_model_save_path=`, a notebook) gets a folder `AutoTokenizer` and
     `AutoModelForCausalLM` both load.
     """
-    out = save_pretrained(save_directory, *args, **kwargs)
+    out = type(model).save_pretrained(model, save_directory, *args, **kwargs)
     tok = getattr(model, "r3h_tokenizer_dir", None)
     if tok:
         copy_model_files(tok, str(save_directory), tok)
