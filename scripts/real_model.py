@@ -89,6 +89,8 @@ def main(argv=None) -> int:
     ap.add_argument("--lr", type=float, default=3e-5)
     ap.add_argument("--beta", type=float, default=0.1)
     ap.add_argument("--n", type=int, default=10, help="items per 3h_lite benchmark")
+    ap.add_argument("--max-new-tokens", type=int, default=None,
+                    help="cap the generation length of the 3h_lite benchmarks (default: the config's)")
     ap.add_argument("--methods", nargs="*", default=None, help="default: every config/method/*.yaml")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
@@ -114,7 +116,11 @@ def main(argv=None) -> int:
     tp_cfg = OmegaConf.load(os.path.join(METHODS_DIR, "taskpool", "3h_lite.yaml"))
     for b in tp_cfg.benchmarks.values():
         b.n = args.n
-    eval_n = {c: int(b.n) for c, b in tp_cfg.benchmarks.items()}
+        if args.max_new_tokens is not None and b.get("max_new_tokens") is not None:
+            b.max_new_tokens = min(int(b.max_new_tokens), args.max_new_tokens)
+    eval_dir = os.path.join(out, f"eval-n{args.n}" + (f"-t{args.max_new_tokens}" if args.max_new_tokens else ""))
+    # the items the experts' data skips: the first 10 of each 3h_lite draw (any n <= 10 scores a subset)
+    eval_n = {c: max(10, int(b.n)) for c, b in tp_cfg.benchmarks.items()}
 
     data = pairs_3h(args.pairs, eval_n)
     experts = {}
@@ -132,7 +138,7 @@ def main(argv=None) -> int:
     pool = AlignedCausalLMPool({"_pretrained_": base, **experts}, tokenizer=base)
 
     def score(name, model):
-        taskpool = hydra.utils.instantiate(tp_cfg, output_dir=os.path.join(out, "eval", name), name=name,
+        taskpool = hydra.utils.instantiate(tp_cfg, output_dir=os.path.join(eval_dir, name), name=name,
                                            print_table=False)
         t0 = time.time()
         report = taskpool.evaluate(model)
@@ -180,8 +186,8 @@ def _flatten(report) -> dict:
 
 def _markdown(table: dict, times: dict) -> str:
     rows = {k: _flatten(v) for k, v in table.items()}
-    cols = ["Arithmetic-lite", "HaluEval-QA-lite", "HarmBench-lite", "DoNotAnswer-lite", "Helpful", "Honest",
-            "Harmless", "AVG"]
+    cols = ["Arithmetic-lite", "HaluEval-QA-lite", "HarmBench-lite", "DoNotAnswer-lite", "Helpful_Avg", "Honest_Avg",
+            "Harmless_Avg", "AVG"]
     lines = ["| model | " + " | ".join(cols) + " | eval s | merge/train s |", "|---" * (len(cols) + 3) + "|"]
     for name, r in rows.items():
         base_name = name.split("[")[0]

@@ -73,13 +73,21 @@ def save_complete(model, save_directory, *args, **kwargs):
     `AutoModelForCausalLM` both load.
     """
     out = type(model).save_pretrained(model, save_directory, *args, **kwargs)
+    save_extras(model, str(save_directory))
+    return out
+
+
+def save_extras(model, folder: str) -> bool:
+    """Into a saved model's `folder`: the files of `model.r3h_tokenizer_dir` (tokenizer,
+    chat template, generation config) and, with `model.r3h_merge_info`, the model card and
+    ``r3h_merge.json``. Returns whether a tokenizer folder was known."""
     tok = getattr(model, "r3h_tokenizer_dir", None)
     if tok:
-        copy_model_files(tok, str(save_directory), tok)
+        copy_model_files(tok, folder, tok)
     info = getattr(model, "r3h_merge_info", None)
     if info is not None:
-        write_model_folder_extras(str(save_directory), info)
-    return out
+        write_model_folder_extras(folder, info)
+    return bool(tok)
 
 
 def output_config(config: dict, dtype: Optional[torch.dtype]) -> dict:

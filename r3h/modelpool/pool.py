@@ -9,7 +9,7 @@ from typing import Optional
 from fusion_bench.mixins.serialization import auto_register_config
 from fusion_bench.modelpool.causal_lm.causal_lm import CausalLMPool
 from r3h.io.checkpoint import resolve_checkpoint_dir
-from r3h.io.model import parse_dtype
+from r3h.io.model import parse_dtype, save_extras
 from r3h.io.writer import atomic_output_dir
 from r3h.modelpool.sweep import ModelSweep, write_sweep_manifest
 
@@ -56,7 +56,7 @@ class AlignedCausalLMPool(CausalLMPool):
     def _save_one(self, model, folder: str, model_dtype) -> None:
         if model_dtype is not None:
             model.to(dtype=parse_dtype(model_dtype))
-        # a model r3h built writes its own tokenizer, card and r3h_merge.json (r3h.io.model.save_complete)
         model.save_pretrained(folder, max_shard_size=self.max_shard_size)
-        if not getattr(model, "r3h_tokenizer_dir", None) and self.tokenizer is not None:
+        # a merge's own save_pretrained already did this (r3h.io.model.save_complete); a trained or loaded model's did not
+        if not save_extras(model, folder) and self.tokenizer is not None:
             self.load_tokenizer().save_pretrained(folder)
