@@ -67,6 +67,25 @@ def pairs_3h(n: int, eval_n: dict) -> dict:
     return out
 
 
+def preference_margins(model, tokenizer, heldout: dict) -> dict:
+    """Per dimension, the mean of log p(chosen) − log p(rejected) (summed over the answer's
+    tokens, chat template applied) on held-out pairs: a direct, low-noise view of what the
+    DPO experts learnt and of what each merge keeps of it (higher = prefers the chosen answer)."""
+    from r3h.evaluation.generation import ChatGenerator, GenerationConfig
+    from r3h.evaluation.lite import answer_loglikelihoods
+
+    gen = ChatGenerator(model, tokenizer, GenerationConfig(max_new_tokens=1))
+    out = {}
+    with torch.no_grad():
+        for dim, pairs in heldout.items():
+            ctx = [gen.render(p["prompt"]) for p in pairs]
+            ll = answer_loglikelihoods(model, tokenizer, ctx + ctx, [p["chosen"][0]["content"] for p in pairs]
+                                       + [p["rejected"][0]["content"] for p in pairs], batch_size=8)
+            k = len(pairs)
+            out[f"margin/{dim}"] = sum(ll[i]["sum"] - ll[k + i]["sum"] for i in range(k)) / k
+    return out
+
+
 def method_configs(names=None) -> dict:
     """name -> config of every single-file method in config/method (or `names`)."""
     files = sorted(glob.glob(os.path.join(METHODS_DIR, "method", "*.yaml")))
@@ -84,6 +103,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default="outputs/real_model")
     ap.add_argument("--pairs", type=int, default=16, help="preference pairs per expert")
+    ap.add_argument("--heldout", type=int, default=8, help="held-out pairs per dimension for the margins")
     ap.add_argument("--max-length", type=int, default=160, help="DPO max_length (tokens)")
     ap.add_argument("--epochs", type=float, default=1.0)
     ap.add_argument("--lr", type=float, default=3e-5)
@@ -123,6 +143,9 @@ def main(argv=None) -> int:
     eval_n = {c: max(10, int(b.n)) for c, b in tp_cfg.benchmarks.items()}
 
     data = pairs_3h(args.pairs, eval_n)
+    seen = {d: {p["prompt"][0]["content"] for p in ps} for d, ps in data.items()}
+    heldout = {d: [p for p in ps if p["prompt"][0]["content"] not in seen[d]][: args.heldout]
+               for d, ps in pairs_3h(args.pairs + 2 * args.heldout, eval_n).items()}
     experts = {}
     for dim, pairs in data.items():
         folder = os.path.join(out, "experts", dim)
@@ -143,6 +166,9 @@ def main(argv=None) -> int:
         t0 = time.time()
         report = taskpool.evaluate(model)
         times[f"eval/{name}"] = time.time() - t0
+        from transformers import AutoTokenizer
+
+        report["margins"] = preference_margins(model, AutoTokenizer.from_pretrained(base), heldout)
         return report
 
     table = {}
@@ -187,7 +213,7 @@ def _flatten(report) -> dict:
 def _markdown(table: dict, times: dict) -> str:
     rows = {k: _flatten(v) for k, v in table.items()}
     cols = ["Arithmetic-lite", "HaluEval-QA-lite", "HarmBench-lite", "DoNotAnswer-lite", "Helpful_Avg", "Honest_Avg",
-            "Harmless_Avg", "AVG"]
+            "Harmless_Avg", "AVG", "margin/helpfulness", "margin/honesty", "margin/harmlessness"]
     lines = ["| model | " + " | ".join(cols) + " | eval s | merge/train s |", "|---" * (len(cols) + 3) + "|"]
     for name, r in rows.items():
         base_name = name.split("[")[0]
