@@ -112,6 +112,10 @@ def main(argv=None) -> int:
     ap.add_argument("--max-new-tokens", type=int, default=None,
                     help="cap the generation length of the 3h_lite benchmarks (default: the config's)")
     ap.add_argument("--methods", nargs="*", default=None, help="default: every config/method/*.yaml")
+    ap.add_argument("--lite", default=".*", help="regex of the model names scored with 3h_lite (the others get the "
+                                                 "margins only; 3h_lite is the slow part on a busy CPU)")
+    ap.add_argument("--skip-base", action="store_true", help="score only the merges (the base and experts were "
+                                                              "scored by an earlier run)")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
 
@@ -161,10 +165,14 @@ def main(argv=None) -> int:
     pool = AlignedCausalLMPool({"_pretrained_": base, **experts}, tokenizer=base)
 
     def score(name, model):
-        taskpool = hydra.utils.instantiate(tp_cfg, output_dir=os.path.join(eval_dir, name), name=name,
-                                           print_table=False)
+        import re
+
         t0 = time.time()
-        report = taskpool.evaluate(model)
+        report = {}
+        if re.fullmatch(args.lite, name):
+            taskpool = hydra.utils.instantiate(tp_cfg, output_dir=os.path.join(eval_dir, name), name=name,
+                                               print_table=False)
+            report = taskpool.evaluate(model)
         times[f"eval/{name}"] = time.time() - t0
         from transformers import AutoTokenizer
 
@@ -173,7 +181,7 @@ def main(argv=None) -> int:
 
     table = {}
 
-    for name, folder in {"base": base, **experts}.items():
+    for name, folder in ({} if args.skip_base else {"base": base, **experts}).items():
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
         model.r3h_tokenizer_dir = base
         table[name] = score(name, model)
