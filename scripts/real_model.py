@@ -87,16 +87,16 @@ def preference_margins(model, tokenizer, heldout: dict) -> dict:
 
 
 def method_configs(names=None) -> dict:
-    """name -> config of every single-file method in config/method (or `names`)."""
-    files = sorted(glob.glob(os.path.join(METHODS_DIR, "method", "*.yaml")))
-    out = {}
-    for f in files:
-        name = os.path.basename(f)[:-5]
-        if name == "sweep":  # a grid over another method, not a method of its own
-            continue
-        if names is None or name in names:
-            out[name] = f
-    return out
+    """name -> config file of every single-file method in config/method, or of `names` in
+    their order."""
+    files = {os.path.basename(f)[:-5]: f for f in sorted(glob.glob(os.path.join(METHODS_DIR, "method", "*.yaml")))}
+    files.pop("sweep", None)  # a grid over another method, not a method of its own
+    if names is None:
+        return files
+    unknown = [n for n in names if n not in files]
+    if unknown:
+        raise ValueError(f"--methods: unknown {unknown}; known: {sorted(files)}")
+    return {n: files[n] for n in names}
 
 
 def main(argv=None) -> int:
