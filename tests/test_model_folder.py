@@ -8,7 +8,6 @@ import json
 import os
 
 import pytest
-import torch
 
 from tests.test_cli import assert_same_model, cli
 
