@@ -49,8 +49,14 @@ def test_registry_lists_the_ten_datasets_and_the_toys():
     ten = ["helpsteer", "py_dpo", "distilabel_orca", "distilabel_capybara", "ultrasafety", "truthy_dpo", "grath",
            "ultrafeedback", "pku_saferlhf", "nectar"]
     assert list_sources()[:10] == ten
-    assert set(list_sources()[10:]) == {"toy_helpsteer", "toy_truthy", "toy_safety", "toy_ultrafeedback",
+    lions = ["helpsteer", "py_dpo", "distilabel_orca", "distilabel_capybara", "ultrafeedback", "pku_saferlhf", "nectar"]
+    assert list_sources()[10:17] == [f"{n}_upstream" for n in lions]
+    assert set(list_sources()[17:]) == {"toy_helpsteer", "toy_truthy", "toy_safety", "toy_ultrafeedback",
                                         "toy_saferlhf"}
+    for n in lions:  # Table 1 cites LIONS (Yu et al. 2024b) for these: their Columbia-NLP/DPO-* copies by default
+        assert REGISTRY[n].hub_id.startswith("Columbia-NLP/DPO-") and f"'{n}_upstream'" in REGISTRY[n].note
+        assert REGISTRY[f"{n}_upstream"].dimensions == REGISTRY[n].dimensions
+        assert not REGISTRY[f"{n}_upstream"].hub_id.startswith("Columbia-NLP/")
     for name in ten:
         src = REGISTRY[name]
         assert src.hub_id and src.dimensions and src.note and src.paper_size is None
@@ -75,20 +81,20 @@ def test_helpsteer_ratings_become_best_vs_worst_pairs(tmp_path):
         {"prompt": "p3", "response": "alone", "helpfulness": 4, "correctness": 4, "coherence": 4, "complexity": 1,
          "verbosity": 1},
     ]
-    pairs, counts = load("helpsteer", write(tmp_path, "helpsteer", rows, "jsonl"))
+    pairs, counts = load("helpsteer_upstream", write(tmp_path, "helpsteer_upstream", rows, "jsonl"))
     assert pairs == [{"prompt": [U("p1")], "chosen": [A("great")], "rejected": [A("bad")],
-                      "dimensions": ["helpfulness"], "source": "helpsteer", "id": "helpsteer/0"}]
+                      "dimensions": ["helpfulness"], "source": "helpsteer_upstream", "id": "helpsteer_upstream/0"}]
     assert counts["records"] == 6 and counts["tie"] == 1 and counts["single_response"] == 1 and counts["kept"] == 1
     # another attribute: correctness 4 vs 1 on p1, 3 vs 1 on p2
-    pairs, _ = load("helpsteer", write(tmp_path, "helpsteer", rows, "jsonl"), options={"attribute": "correctness"})
+    pairs, _ = load("helpsteer_upstream", write(tmp_path, "helpsteer_upstream", rows, "jsonl"), options={"attribute": "correctness"})
     assert [(p["chosen"][0]["content"], p["rejected"][0]["content"]) for p in pairs] == [("great", "bad"), ("a", "b")]
 
 
 def test_py_dpo_plain_strings_from_csv(tmp_path):
     rows = [{"id": "q-7", "prompt": "Write a loop.", "chosen": "for i in range(3): pass", "rejected": "loop"}]
-    pairs, counts = load("py_dpo", write(tmp_path, "py_dpo", rows, "csv"))
+    pairs, counts = load("py_dpo_upstream", write(tmp_path, "py_dpo_upstream", rows, "csv"))
     assert pairs == [{"prompt": [U("Write a loop.")], "chosen": [A("for i in range(3): pass")],
-                      "rejected": [A("loop")], "dimensions": ["helpfulness"], "source": "py_dpo", "id": "py_dpo/q-7"}]
+                      "rejected": [A("loop")], "dimensions": ["helpfulness"], "source": "py_dpo_upstream", "id": "py_dpo_upstream/q-7"}]
     assert counts["kept"] == 1
 
 
@@ -102,11 +108,11 @@ def test_distilabel_orca_system_input_and_card_filter(tmp_path):
          "chosen_score": 6.0, "in_gsm8k_train": False, "generations": ["6", "7"], "order": ["a", "b"]},
     ]
     path = write(tmp_path, "orca", rows, "jsonl")
-    pairs, counts = load("distilabel_orca", path)
+    pairs, counts = load("distilabel_orca_upstream", path)
     assert pairs[0]["prompt"] == [S("You are helpful."), U("2+2?")] and pairs[0]["chosen"] == [A("4")]
     assert pairs[1]["prompt"] == [U("Capital of France?")]  # an empty system prompt adds no message
-    assert counts["kept"] == 3 and pairs[2]["id"] == "distilabel_orca/2"
-    pairs, counts = load("distilabel_orca", path, options={"recommended_filter": True})
+    assert counts["kept"] == 3 and pairs[2]["id"] == "distilabel_orca_upstream/2"
+    pairs, counts = load("distilabel_orca_upstream", path, options={"recommended_filter": True})
     assert [p["chosen"][0]["content"] for p in pairs] == ["4"] and counts["card_filter"] == 2
 
 
@@ -115,7 +121,7 @@ def test_distilabel_capybara_multi_turn_conversations(tmp_path):
     rows = [{"source": "Airoboros", "prompt": "Hi", "chosen": conv + [A("DPO optimises preferences directly.")],
              "rejected": conv + [A("No.")], "rating_chosen": 5, "rating_rejected": 2,
              "chosen_model": "gpt-4", "rejected_model": "x"}]
-    pairs, _ = load("distilabel_capybara", write(tmp_path, "capybara", rows, "parquet"))
+    pairs, _ = load("distilabel_capybara_upstream", write(tmp_path, "capybara", rows, "parquet"))
     assert pairs[0]["prompt"] == conv
     assert pairs[0]["chosen"] == [A("DPO optimises preferences directly.")] and pairs[0]["rejected"] == [A("No.")]
 
@@ -171,7 +177,7 @@ def test_ultrafeedback_conversations(tmp_path):
     rows = [{"source": "evol_instruct", "prompt": "Name a prime.", "chosen": [U("Name a prime."), A("7")],
              "chosen-rating": 5.0, "chosen-model": "gpt-4", "rejected": [U("Name a prime."), A("9")],
              "rejected-rating": 2.0, "rejected-model": "llama"}]
-    pairs, _ = load("ultrafeedback", write(tmp_path, "uf", rows, "parquet"))
+    pairs, _ = load("ultrafeedback_upstream", write(tmp_path, "uf", rows, "parquet"))
     assert pairs[0]["prompt"] == [U("Name a prime.")] and pairs[0]["chosen"] == [A("7")]
     assert pairs[0]["rejected"] == [A("9")] and pairs[0]["dimensions"] == ["helpfulness", "honesty"]
 
@@ -187,18 +193,18 @@ PKU = [
 
 def test_pku_saferlhf_per_dimension(tmp_path):
     path = write(tmp_path, "pku", PKU, "jsonl")
-    pairs, counts = load("pku_saferlhf", path)  # default: the labels must agree
+    pairs, counts = load("pku_saferlhf_upstream", path)  # default: the labels must agree
     assert len(pairs) == 1 and counts["conflict"] == 1
     assert pairs[0]["chosen"] == [A("I can't help with that.")]
     assert pairs[0]["dimensions"] == ["helpfulness", "harmlessness"]
-    better, _ = load("pku_saferlhf", path, options={"preference": "better"})
+    better, _ = load("pku_saferlhf_upstream", path, options={"preference": "better"})
     assert [p["chosen"][0]["content"] for p in better] == ["I can't help with that.", "Rob a bank."]
     assert all(p["dimensions"] == ["helpfulness"] for p in better)
-    safer, _ = load("pku_saferlhf", path, options={"preference": "safer"})
+    safer, _ = load("pku_saferlhf_upstream", path, options={"preference": "safer"})
     assert [p["chosen"][0]["content"] for p in safer] == ["I can't help with that.", "Invest steadily."]
     assert all(p["dimensions"] == ["harmlessness"] for p in safer)
     with pytest.raises(ValueError, match="preference must be one of"):
-        load("pku_saferlhf", path, options={"preference": "both"})
+        load("pku_saferlhf_upstream", path, options={"preference": "both"})
 
 
 def test_pku_saferlhf_from_a_downloaded_folder_by_split(tmp_path):
@@ -206,8 +212,8 @@ def test_pku_saferlhf_from_a_downloaded_folder_by_split(tmp_path):
     folder.mkdir(parents=True)
     (folder / "train.jsonl").write_text(json.dumps(PKU[0]) + "\n")
     (folder / "test.jsonl").write_text(json.dumps(PKU[1]) + "\n")
-    train, _ = load("pku_saferlhf", str(tmp_path / "PKU-SafeRLHF"), options={"preference": "safer"})
-    test, _ = load("pku_saferlhf", str(tmp_path / "PKU-SafeRLHF"), split="test", options={"preference": "safer"})
+    train, _ = load("pku_saferlhf_upstream", str(tmp_path / "PKU-SafeRLHF"), options={"preference": "safer"})
+    test, _ = load("pku_saferlhf_upstream", str(tmp_path / "PKU-SafeRLHF"), split="test", options={"preference": "safer"})
     assert [p["prompt"][0]["content"] for p in train] == ["How do I pick a lock?"]
     assert [p["prompt"][0]["content"] for p in test] == ["How to get rich fast?"]
 
@@ -219,14 +225,14 @@ def test_nectar_ranked_answers_and_hh_transcripts(tmp_path):
             {"prompt": "\n\nHuman: q\n\nAssistant:", "answers": answers[:1], "turns": 1, "num_responses": 1,
              "source": ["x"], "good_natured": True}]
     path = write(tmp_path, "rlaif", rows, "parquet")
-    pairs, counts = load("nectar", path)
+    pairs, counts = load("nectar_upstream", path)
     assert pairs[0]["prompt"] == [U("Hi"), A("Hello!"), U("Tell me a fact.")]
     assert pairs[0]["chosen"] == [A("answer ranked 1")] and pairs[0]["rejected"] == [A("answer ranked 7")]
     assert pairs[0]["dimensions"] == ["helpfulness", "harmlessness"] and counts["single_response"] == 1
-    pairs, _ = load("nectar", path, options={"rejected": 2})
+    pairs, _ = load("nectar_upstream", path, options={"rejected": 2})
     assert pairs[0]["rejected"] == [A("answer ranked 2")]
-    r1, _ = load("nectar", path, options={"rejected": "random"}, seed=3)
-    r2, _ = load("nectar", path, options={"rejected": "random"}, seed=3)
+    r1, _ = load("nectar_upstream", path, options={"rejected": "random"}, seed=3)
+    r2, _ = load("nectar_upstream", path, options={"rejected": "random"}, seed=3)
     assert r1 == r2 and r1[0]["rejected"][0]["content"] != "answer ranked 1"
 
 
@@ -268,11 +274,11 @@ def test_missing_field_is_reported_eagerly_with_the_record_fields(tmp_path):
     # on plain lists a record of its own can lack a field: the error names it
     good = {"prompt": "p", "response_0": "a", "response_1": "b", "better_response_id": 0, "safer_response_id": 0}
     bad = {k: v for k, v in good.items() if k != "safer_response_id"}
-    with pytest.raises(ValueError, match=r"pku_saferlhf: record 2 has no field 'safer_response_id'.*"
+    with pytest.raises(ValueError, match=r"pku_saferlhf_upstream: record 2 has no field 'safer_response_id'.*"
                                          r"fields are: prompt, response_0, response_1, better_response_id"):
-        convert_records("pku_saferlhf", [good, good, bad])
-    with pytest.raises(ValueError, match="nectar: record 0 has no field 'answers'"):
-        convert_records("nectar", [{"prompt": "\n\nHuman: q\n\nAssistant:"}])
+        convert_records("pku_saferlhf_upstream", [good, good, bad])
+    with pytest.raises(ValueError, match="nectar_upstream: record 0 has no field 'answers'"):
+        convert_records("nectar_upstream", [{"prompt": "\n\nHuman: q\n\nAssistant:"}])
 
 
 INVALID = [
@@ -287,14 +293,14 @@ INVALID = [
 
 def test_empty_and_identical_pairs_are_dropped_and_counted(tmp_path):
     path = write(tmp_path, "py", INVALID, "jsonl")
-    pairs, counts = load("py_dpo", path)
-    assert [p["id"] for p in pairs] == ["py_dpo/ok", "py_dpo/ok2"]
+    pairs, counts = load("py_dpo_upstream", path)
+    assert [p["id"] for p in pairs] == ["py_dpo_upstream/ok", "py_dpo_upstream/ok2"]
     assert counts == {"records": 6, "converted": 6, "empty_prompt": 1, "empty_response": 2, "identical": 1,
                       "over_limit": 0, "kept": 2}
-    pairs, counts = load("py_dpo", path, limit=1)
-    assert [p["id"] for p in pairs] == ["py_dpo/ok"] and counts["over_limit"] == 1 and counts["kept"] == 1
-    with pytest.raises(ValueError, match=r"py_dpo: record py_dpo/empty-chosen is invalid: .*empty \(empty_response\)"):
-        load("py_dpo", path, on_invalid="error")
+    pairs, counts = load("py_dpo_upstream", path, limit=1)
+    assert [p["id"] for p in pairs] == ["py_dpo_upstream/ok"] and counts["over_limit"] == 1 and counts["kept"] == 1
+    with pytest.raises(ValueError, match=r"py_dpo_upstream: record py_dpo_upstream/empty-chosen is invalid: .*empty \(empty_response\)"):
+        load("py_dpo_upstream", path, on_invalid="error")
     # validate_pairs on plain lists, against an independent count
     raw = [normalize_record(r, None, "x", ["helpfulness"], i) for i, r in enumerate(INVALID)]
     kept, c = validate_pairs(raw, "x")
@@ -310,14 +316,14 @@ def test_unknown_name_suggests_a_close_match():
     with pytest.raises(ValueError, match="did you mean 'ultrafeedback'"):
         load_preference_data("ultrafedback")
     with pytest.raises(ValueError, match="unknown spec key"):
-        load_preference_data({"name": "py_dpo", "pth": "x.jsonl"})
+        load_preference_data({"name": "py_dpo_upstream", "pth": "x.jsonl"})
 
 
 def test_own_dataset_with_path_and_dimensions(tmp_path):
     path = write(tmp_path, "mine", INVALID[:1], "jsonl")
     pairs, _ = load_preference_data({"name": "my_data", "path": path, "dimensions": ["honesty"]})
     assert pairs[0]["source"] == "my_data" and pairs[0]["dimensions"] == ["honesty"]
-    pairs, _ = load("py_dpo", path, dimensions=["helpfulness", "honesty"])
+    pairs, _ = load("py_dpo_upstream", path, dimensions=["helpfulness", "honesty"])
     assert pairs[0]["dimensions"] == ["helpfulness", "honesty"]
 
 

@@ -4,7 +4,12 @@ toy 3H datasets, loaded and normalised into pairs (see :mod:`r3h.data.preference
 Each :class:`PreferenceSource` names a dataset on the Hugging Face hub (id, config,
 split), the 3H dimension(s) it serves, and how its records become pairs: a field mapping
 for datasets that already hold prompt/chosen/rejected, or a converter for those that hold
-ratings or rankings (HelpSteer, UltraSafety, PKU-SafeRLHF, Nectar). Local copies are read
+ratings or rankings (HelpSteer, UltraSafety, PKU-SafeRLHF, Nectar).
+
+Table 1 cites LIONS (Yu et al. 2024b) for seven of its ten datasets; their defaults are
+the copies LIONS published as ``Columbia-NLP/DPO-*`` (:data:`LIONS_SOURCES`, read by
+:func:`convert_lions`). r3h's own conversions of the raw upstream datasets stay available
+as ``<name>_upstream`` (docs/data.md says how the two differ). Local copies are read
 in the dataset's own layout (a json/jsonl/parquet/csv file, or a downloaded folder), so
 ``load_preference_data({"name": "truthy_dpo", "path": "truthy-dpo.parquet"})`` normalises
 a downloaded file exactly as the hub copy.
@@ -300,6 +305,24 @@ def convert_orca(records: List[dict], ctx: ConvertContext) -> Tuple[List[dict], 
     return pairs, drops
 
 
+def convert_lions(records: List[dict], ctx: ConvertContext) -> Tuple[List[dict], Dict[str, int]]:
+    """The LIONS layout (Yu et al. 2024b, ``Columbia-NLP/DPO-*``): ``chosen`` and
+    ``rejected`` are lists of {content, role} messages holding the whole conversation
+    (``messages`` repeats ``chosen``), ``prompt`` the first user turn, ``prompt_id`` its
+    SHA-256, ``score_chosen``/``score_rejected`` on a 1-10 scale. The pair's prompt is the
+    two conversations' common prefix (:func:`~r3h.data.preference.normalize_record`); a
+    record whose chosen or rejected is not a list of messages is an error (the layout
+    changed), never a silent plain-text pair."""
+    f_chosen, f_rejected = ctx.fields.get("chosen") or "chosen", ctx.fields.get("rejected") or "rejected"
+    for i, r in enumerate(records):
+        for f in (f_chosen, f_rejected):
+            if not isinstance(r.get(f), (list, tuple)):
+                raise ValueError(f"{ctx.source}: record {i}, field {f!r} is a {type(r.get(f)).__name__}, not a list of "
+                                 "{content, role} messages as in the LIONS layout (Columbia-NLP/DPO-*); for another "
+                                 f"layout use the '{ctx.source}_upstream' source or fields={{...}}")
+    return convert_fields(records, ctx)
+
+
 # --------------------------------------------------------------------------- registry
 
 _UNCONFIRMED = ("The paper's Table 1 size and dimension assignment could not be checked offline; "
@@ -315,28 +338,71 @@ def _toy_sources() -> Dict[str, PreferenceSource]:
             for name, spec in toy_world.DATASETS.items()}
 
 
-REGISTRY: Dict[str, PreferenceSource] = {s.name: s for s in [
+_LIONS_CARD = ("LIONS' reformatting (Yu et al. 2024b, arXiv 2407.06542), which the paper's Table 1 cites for this "
+               "dataset; layout and split from the dataset card at https://huggingface.co/datasets/{hub}. ")
+
+
+def _lions(name: str, title: str, dataset: str, dimensions: Tuple[str, ...], how: str, split: str = "train",
+           unconfirmed: str = "") -> PreferenceSource:
+    hub = f"Columbia-NLP/{dataset}"
+    return PreferenceSource(
+        name=name, title=title, hub_id=hub, split=split, dimensions=dimensions, fields={"id": "prompt_id"},
+        converter=convert_lions, required=("prompt", "chosen", "rejected", "score_chosen", "score_rejected"),
+        note=_LIONS_CARD.format(hub=hub) + how + (" Unconfirmed: " + unconfirmed if unconfirmed else "")
+        + f" The raw upstream dataset, converted by r3h, is '{name}_upstream'.")
+
+
+#: The seven datasets of Table 1 that cite LIONS (Yu et al. 2024b), as LIONS published them.
+LIONS_SOURCES: List[PreferenceSource] = [
+    _lions("helpsteer", "HelpSteer", "DPO-HelpSteer", ("helpfulness",),
+           "nvidia/HelpSteer's four responses per prompt scored on [1, 10] as mean(helpfulness+1, correctness+1, "
+           "coherence+1, complexity+1, 4-verbosity)*2; chosen = the best, rejected = a random lower-scored one; "
+           "prompts whose responses all tie skipped. Splits train (8,722) and validation (443)."),
+    _lions("py_dpo", "Py-DPO", "DPO-py-dpo-v0.1", ("helpfulness",),
+           "jondurbin/py-dpo-v0.1 in the common layout.",
+           unconfirmed="the split name ('train') and the size were not on a card read offline (its predecessor "
+                       "when2rl/py-dpo-v0.1_reformatted has one 'train' split of 9,466)."),
+    _lions("distilabel_orca", "Distilabel-Orca", "DPO-distilabel-intel-orca-dpo-pairs_cleaned", ("helpfulness",),
+           "argilla/distilabel-intel-orca-dpo-pairs without the 42 unrated rows and the rows whose chosen equals "
+           "rejected, with the system/assistant roles of the original fixed; the system prompt is the first message. "
+           "One 'train' split."),
+    _lions("distilabel_capybara", "Distilabel-Capybara", "DPO-distilabel-capybara-dpo-7k-binarized", ("helpfulness",),
+           "argilla/distilabel-capybara-dpo-7k-binarized with ratings rescaled from [1, 5] to [1, 10] and the rows "
+           "whose chosen equals rejected removed; multi-turn. One 'train' split (7,562)."),
+    _lions("ultrafeedback", "UltraFeedback", "DPO-UltraFeedback_binarized", ("helpfulness", "honesty"),
+           "UltraFeedback binarised in the ultrafeedback_binarized layout; the preference split is 'train_prefs' "
+           "(LIONS' own scripts read it, Columbia-NLP-Lab/LionAlignment), 'test_prefs' the held-out one.",
+           split="train_prefs", unconfirmed="the card's other_info fields and sizes were not read offline."),
+    _lions("pku_saferlhf", "PKU-SafeRLHF", "DPO-PKU-SafeRLHF", ("helpfulness", "harmlessness"),
+           "PKU-Alignment/PKU-SafeRLHF as pairs, with other_info.is_chosen_safe / is_rejected_safe. Splits train "
+           "(122,274) and test (14,047). LIONS' own DPO mix takes 10% of it."),
+    _lions("nectar", "Nectar", "DPO-Nectar", ("helpfulness", "harmlessness"),
+           "berkeley-nest/Nectar's 7-wise rankings as pairs: the top-ranked answer chosen, one of the bottom three "
+           "at random rejected; scores are placeholders (10 and 1). One 'train' split (182,954)."),
+]
+
+_OTHER_SOURCES: List[PreferenceSource] = [
     PreferenceSource(
-        name="helpsteer", title="HelpSteer", hub_id="nvidia/HelpSteer", dimensions=("helpfulness",),
+        name="helpsteer_upstream", title="HelpSteer (upstream)", hub_id="nvidia/HelpSteer", dimensions=("helpfulness",),
         converter=convert_helpsteer, required=("prompt", "response"),
         options={"attribute": "helpfulness", "min_gap": 1},
         note="Ratings, not pairs: one pair per prompt, highest vs lowest helpfulness (gap >= 1). The paper names "
              "HelpSteer (not HelpSteer2, whose layout is the same and loads with hub_id='nvidia/HelpSteer2'); how "
              "the paper binarised it is not stated in what could be read offline. " + _UNCONFIRMED),
     PreferenceSource(
-        name="py_dpo", title="Py-DPO", hub_id="jondurbin/py-dpo-v0.1", dimensions=("helpfulness",),
+        name="py_dpo_upstream", title="Py-DPO (upstream)", hub_id="jondurbin/py-dpo-v0.1", dimensions=("helpfulness",),
         required=("prompt", "chosen", "rejected"),
         note="prompt/chosen/rejected strings (and id). Field names taken from the author's sibling dataset "
              "truthy-dpo-v0.1; not confirmed from this card offline. " + _UNCONFIRMED),
     PreferenceSource(
-        name="distilabel_orca", title="Distilabel-Orca", hub_id="argilla/distilabel-intel-orca-dpo-pairs",
+        name="distilabel_orca_upstream", title="Distilabel-Orca (upstream)", hub_id="argilla/distilabel-intel-orca-dpo-pairs",
         dimensions=("helpfulness",), fields={"prompt": "input", "system": "system"}, converter=convert_orca,
         required=("prompt", "chosen", "rejected"), options={"recommended_filter": False},
         note="system/input/chosen/rejected strings (card: 12,859 rows). options.recommended_filter=True applies "
              "the card's filter (status != 'tie', chosen_score >= 8, not in_gsm8k_train); off by default because "
              "the paper's use of it is unknown. " + _UNCONFIRMED),
     PreferenceSource(
-        name="distilabel_capybara", title="Distilabel-Capybara", hub_id="argilla/distilabel-capybara-dpo-7k-binarized",
+        name="distilabel_capybara_upstream", title="Distilabel-Capybara (upstream)", hub_id="argilla/distilabel-capybara-dpo-7k-binarized",
         dimensions=("helpfulness",), required=("chosen", "rejected"),
         note="chosen/rejected are whole (multi-turn) conversations; their common prefix is the prompt. "
              + _UNCONFIRMED),
@@ -359,30 +425,39 @@ REGISTRY: Dict[str, PreferenceSource] = {s.name: s for s in [
              "llama2_13b, zephyr_7b and splits pretrained_gen / selftruth_gen; which one the paper used is "
              "unknown (default: llama2_7b / pretrained_gen). " + _UNCONFIRMED),
     PreferenceSource(
-        name="ultrafeedback", title="UltraFeedback", hub_id="argilla/ultrafeedback-binarized-preferences-cleaned",
+        name="ultrafeedback_upstream", title="UltraFeedback (upstream)", hub_id="argilla/ultrafeedback-binarized-preferences-cleaned",
         dimensions=("helpfulness", "honesty"), required=("chosen", "rejected"),
         note="Argilla's binarisation by the mean of UltraFeedback's aspect ratings (helpfulness, honesty, "
              "truthfulness, instruction following), TruthfulQA prompts removed; chosen/rejected are conversations. "
              "Chosen over openbmb/UltraFeedback (raw ratings, no pairs) and HuggingFaceH4/ultrafeedback_binarized "
              "(binarised by the critique's overall score); the paper's choice is unknown. " + _UNCONFIRMED),
     PreferenceSource(
-        name="pku_saferlhf", title="PKU-SafeRLHF", hub_id="PKU-Alignment/PKU-SafeRLHF",
+        name="pku_saferlhf_upstream", title="PKU-SafeRLHF (upstream)", hub_id="PKU-Alignment/PKU-SafeRLHF",
         dimensions=("helpfulness", "harmlessness"), converter=convert_pku_saferlhf,
         required=("prompt", "response_0", "response_1"), options={"preference": "agree"},
         note="Two responses with a helpfulness label (better_response_id) and a harmlessness label "
              "(safer_response_id). options.preference: 'agree' (default, records whose labels agree), 'better' or "
              "'safer'. " + _UNCONFIRMED),
     PreferenceSource(
-        name="nectar", title="Nectar", hub_id="berkeley-nest/Nectar", dimensions=("helpfulness", "harmlessness"),
+        name="nectar_upstream", title="Nectar (upstream)", hub_id="berkeley-nest/Nectar", dimensions=("helpfulness", "harmlessness"),
         converter=convert_nectar, required=("prompt", "answers"), options={"rejected": "worst"},
         note="7-wise GPT-4 ranking for helpfulness and harmlessness -> best vs worst ranked answer "
              "(options.rejected: 'worst' | 'random' | a rank). " + _UNCONFIRMED),
-]}
+]
+
+#: The ten datasets of the paper's Table 1, in its order: the seven LIONS copies and
+#: UltraSafety, Truthy-DPO and GRATH (which Table 1 does not attribute to LIONS).
+PAPER_SOURCES = ("helpsteer", "py_dpo", "distilabel_orca", "distilabel_capybara", "ultrasafety", "truthy_dpo", "grath",
+                 "ultrafeedback", "pku_saferlhf", "nectar")
+_ALL = {s.name: s for s in LIONS_SOURCES + _OTHER_SOURCES}
+REGISTRY: Dict[str, PreferenceSource] = {n: _ALL[n] for n in PAPER_SOURCES}
+REGISTRY.update({n: s for n, s in _ALL.items() if n not in REGISTRY})  # the raw upstream alternatives
 REGISTRY.update(_toy_sources())
 
 
 def list_sources() -> List[str]:
-    """Every registered name (the ten datasets of Table 1, then the toy datasets)."""
+    """Every registered name: the ten datasets of Table 1 (PAPER_SOURCES), the raw upstream
+    alternatives (``*_upstream``), then the toy datasets."""
     return list(REGISTRY)
 
 

@@ -15,7 +15,7 @@ import json
 import os
 import struct
 from dataclasses import dataclass
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 
@@ -34,28 +34,68 @@ SAFE_DTYPES = {
 
 # Files a merge needs from a hub snapshot: config, weights, tokenizer, chat template.
 HUB_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken"]
+# A repository that has no safetensors (PyTorch weights only) is fetched with these instead.
+HUB_BIN_PATTERNS = ["*.json", "*.bin", "*.model", "*.txt", "*.jinja", "*.tiktoken"]
+
+#: Hub accounts that were renamed: a repository named under one is also tried under the
+#: other. The paper's checkpoints were published as `Jinluan/3H_Merging_*` and now appear
+#: under `yangjinluan` (docs/data.md, "The authors' checkpoints").
+HUB_ACCOUNT_ALIASES: Dict[str, Tuple[str, ...]] = {"Jinluan": ("yangjinluan",), "yangjinluan": ("Jinluan",)}
 
 
-def resolve_checkpoint_dir(name_or_path: str, model_name: str = "?") -> str:
+def hub_candidates(repo_id: str) -> List[str]:
+    """`repo_id`, then the same repository under each alias of its account."""
+    owner, sep, rest = str(repo_id).partition("/")
+    return [str(repo_id)] + ([f"{a}/{rest}" for a in HUB_ACCOUNT_ALIASES.get(owner, ())] if sep else [])
+
+
+def _has_weights(folder: str) -> bool:
+    return any(fn.endswith(".safetensors") or fn.endswith(".bin") for fn in os.listdir(folder))
+
+
+def download_snapshot(repo_id: str, revision: Optional[str] = None) -> str:
+    """A local snapshot of `repo_id` with the files a merge needs (`HUB_PATTERNS`; the
+    PyTorch `.bin` weights when the repository has no safetensors)."""
+    from huggingface_hub import snapshot_download
+
+    path = snapshot_download(repo_id=repo_id, revision=revision, allow_patterns=HUB_PATTERNS)
+    if not _has_weights(path):
+        path = snapshot_download(repo_id=repo_id, revision=revision, allow_patterns=HUB_BIN_PATTERNS)
+    return path
+
+
+def resolve_checkpoint_dir(name_or_path: str, model_name: str = "?", revision: Optional[str] = None) -> str:
     """Return a local folder for `name_or_path`: the folder itself, or a hub snapshot.
 
-    Hub ids are resolved with `huggingface_hub.snapshot_download` restricted to
-    config, safetensors and tokenizer files (honours `HF_HUB_OFFLINE` and the HF cache).
+    Hub ids are resolved with `download_snapshot` (honours `HF_HUB_OFFLINE` and the HF
+    cache), at `revision` when given; a repository of a renamed account
+    (`HUB_ACCOUNT_ALIASES`) is tried under each of its names, and the error names them all.
     """
     path = os.path.expanduser(str(name_or_path))
     if os.path.isdir(path):
         return path
     if os.path.exists(path):
         raise ValueError(f"model '{model_name}': {path} is a file; give the checkpoint folder")
-    try:
-        from huggingface_hub import snapshot_download
-
-        return snapshot_download(repo_id=str(name_or_path), allow_patterns=HUB_PATTERNS)
-    except Exception as exc:  # network, auth, or not a repo id
+    candidates = hub_candidates(str(name_or_path))
+    errors = []
+    for repo in candidates:
+        try:
+            return download_snapshot(repo, revision)
+        except Exception as exc:  # network, auth, or not a repo id
+            errors.append((repo, exc))
+    at = f" at revision {revision}" if revision else ""
+    if len(candidates) == 1:
+        exc = errors[0][1]
         raise FileNotFoundError(
             f"model '{model_name}': '{name_or_path}' is neither a local folder nor a "
-            f"downloadable hub repository ({type(exc).__name__}: {exc})"
+            f"downloadable hub repository{at} ({type(exc).__name__}: {exc})"
         ) from exc
+    tried = "; ".join(f"{repo}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}" for repo, e in errors)
+    raise FileNotFoundError(
+        f"model '{model_name}': '{name_or_path}' is not a local folder, and neither "
+        f"{' nor '.join(repr(r) for r in candidates)} could be downloaded{at} (the account was renamed; "
+        f"r3h tries both names). Tried: {tried}"
+    ) from errors[-1][1]
 
 
 @dataclass(frozen=True)
@@ -99,11 +139,12 @@ class Checkpoint:
     Args:
         path: local folder or hub id (resolved with `resolve_checkpoint_dir`).
         name: the model's name in the pool, used in every error message.
+        revision: the hub revision (commit, branch or tag) to read; default the main branch.
     """
 
-    def __init__(self, path: str, name: str = "?"):
+    def __init__(self, path: str, name: str = "?", revision: Optional[str] = None):
         self.name = name
-        self.path = resolve_checkpoint_dir(path, name)
+        self.path = resolve_checkpoint_dir(path, name, revision)
         self.format = "safetensors"
         self.tensors: Dict[str, TensorInfo] = {}
         self._bin_cache: Tuple[str, dict] | None = None

@@ -3,6 +3,7 @@ tokenizer files and a model card."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -57,7 +58,37 @@ def build_model(config: dict, state_dict: Dict[str, torch.Tensor], dtype: Option
     if still_meta:
         raise ValueError(f"the merged checkpoint has no tensor for parameter '{still_meta[0]}' of {type(model).__name__}")
     model.eval()
+    model.r3h_merge_info = None
+    model.r3h_tokenizer_dir = None
+    model.save_pretrained = functools.partial(save_complete, model)
     return model
+
+
+def save_complete(model, save_directory, *args, **kwargs):
+    """`model.save_pretrained` of a model built here: the Hugging Face folder, then the
+    tokenizer files, chat template and generation config of `model.r3h_tokenizer_dir` and,
+    when `model.r3h_merge_info` is set, the model card and ``r3h_merge.json``.
+
+    Whoever saves the model (r3h's pools, fusion_bench's own `CausalLMPool.save_model`
+    through `merged_model_save_path=`, a notebook) gets a folder `AutoTokenizer` and
+    `AutoModelForCausalLM` both load.
+    """
+    out = type(model).save_pretrained(model, save_directory, *args, **kwargs)
+    save_extras(model, str(save_directory))
+    return out
+
+
+def save_extras(model, folder: str) -> bool:
+    """Into a saved model's `folder`: the files of `model.r3h_tokenizer_dir` (tokenizer,
+    chat template, generation config) and, with `model.r3h_merge_info`, the model card and
+    ``r3h_merge.json``. Returns whether a tokenizer folder was known."""
+    tok = getattr(model, "r3h_tokenizer_dir", None)
+    if tok:
+        copy_model_files(tok, folder, tok)
+    info = getattr(model, "r3h_merge_info", None)
+    if info is not None:
+        write_model_folder_extras(folder, info)
+    return bool(tok)
 
 
 def output_config(config: dict, dtype: Optional[torch.dtype]) -> dict:

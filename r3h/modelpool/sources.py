@@ -28,6 +28,14 @@ def model_path(modelpool, name: str) -> str:
     )
 
 
+def model_revision(modelpool, name: str) -> Optional[str]:
+    """The hub `revision` of a `_target_` entry (None for a string entry)."""
+    cfg = modelpool._models[name]
+    if isinstance(cfg, (dict, DictConfig)) and cfg.get("revision"):
+        return str(cfg.get("revision"))
+    return None
+
+
 def pool_checkpoints(modelpool, need_base: bool) -> Tuple[Optional[Checkpoint], List[Checkpoint]]:
     """Open the base (`_pretrained_`) and the experts of `modelpool`, in the pool's model order."""
     if hasattr(modelpool, "prepare"):
@@ -36,8 +44,8 @@ def pool_checkpoints(modelpool, need_base: bool) -> Tuple[Optional[Checkpoint], 
     has_base = BASE in modelpool._models
     if need_base and not has_base:
         raise ValueError(f"this method needs a base model: the model pool has no '{BASE}' entry (models: {names})")
-    base = Checkpoint(model_path(modelpool, BASE), BASE) if has_base else None
-    experts = [Checkpoint(model_path(modelpool, n), n) for n in names]
+    base = Checkpoint(model_path(modelpool, BASE), BASE, model_revision(modelpool, BASE)) if has_base else None
+    experts = [Checkpoint(model_path(modelpool, n), n, model_revision(modelpool, n)) for n in names]
     return base, experts
 
 
