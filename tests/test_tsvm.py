@@ -470,15 +470,17 @@ def explicit_case(shape, n, seed):
     return base, experts, factors
 
 
+@pytest.mark.parametrize("solver", ["full", "auto"])
 @pytest.mark.parametrize("cls", ["tsvm", "r_tsvm"])
-def test_sign_convention_end_to_end(cls, monkeypatch):
+def test_sign_convention_end_to_end(cls, solver, monkeypatch):
     """r3h's result equals the reference built from the explicit factors under any sign
-    choice, and does not move when torch's SVD returns randomly flipped pairs."""
+    choice, and does not move when torch's SVD (or, on the Gram route, eigh) returns
+    randomly flipped singular (eigen) vectors."""
     shape, n = (26, 18), 3
     base, experts, factors = explicit_case(shape, n, seed=21)
     q = min(shape) // n
-    opts = {} if cls == "tsvm" else dict(gamma=0.5, epsilon=0.3)
-    make = (lambda: tsvm(alpha=0.9)) if cls == "tsvm" else (lambda: rtsvm(alpha=0.9, **opts))
+    opts = dict(svd_solver=solver) if cls == "tsvm" else dict(gamma=0.5, epsilon=0.3, svd_solver=solver)
+    make = (lambda: tsvm(alpha=0.9, **opts)) if cls == "tsvm" else (lambda: rtsvm(alpha=0.9, **opts))
     m = make()
     out = merge(m, "w", base, experts)
     rep = m.tensor_reports["w"]
@@ -510,10 +512,25 @@ def test_sign_convention_end_to_end(cls, monkeypatch):
         Vh = torch.cat([Vh[:k] * d[:, None], Vh[k:]], dim=0)
         return U, S, Vh
 
-    monkeypatch.setattr(torch.linalg, "svd", flipped_svd)
-    out2 = merge(make(), "w", base, experts)
-    assert flips["calls"] == n + 2 and flips["negated"] > 0  # n expert SVDs + two polar factors
+    orig_eigh = torch.linalg.eigh
+
+    def flipped_eigh(A, *a, **kw):
+        w, W = orig_eigh(A, *a, **kw)
+        d = torch.where(torch.rand(W.shape[-1], generator=gs) < 0.5, -1.0, 1.0).to(W.dtype)
+        flips["calls"] += 1
+        flips["negated"] += int((d < 0).sum())
+        return w, W * d
+
+    if solver == "full":
+        monkeypatch.setattr(torch.linalg, "svd", flipped_svd)
+    else:
+        monkeypatch.setattr(torch.linalg, "eigh", flipped_eigh)
+    m2 = make()
+    out2 = merge(m2, "w", base, experts)
+    assert flips["calls"] == n + 2 and flips["negated"] > 0  # n expert decompositions + two polar factors
     assert_rel(out2 - base, out - base, float((out - base).abs().max()), 1e-5, "flipped SVD")
+    routes = m2.tensor_reports["w"]["routes"]
+    assert all(r.startswith("gram" if solver == "auto" else "svd") for r in routes.values()), routes
 
 
 # ---------------------------------------------------------------------------------------
@@ -669,11 +686,14 @@ def test_bad_options_fail_before_reading(cls, opts, word, tmp_path, count_reads)
     assert not out.exists()
 
 
+@pytest.mark.parametrize("solver", ["full", "auto"])
 @pytest.mark.parametrize("mode", ["nan", "linalg_error"])
 @pytest.mark.parametrize("cls", [TaskSingularVectorMerging, RTSVM])
-def test_nonfinite_svd_names_the_tensor(cls, mode, tmp_path, monkeypatch):
+def test_nonfinite_svd_names_the_tensor(cls, mode, solver, tmp_path, monkeypatch):
+    """A failing or non-finite decomposition (LAPACK's SVD, or eigh on the Gram route) is an
+    error naming the tensor."""
     pool = simple_pool(tmp_path)
-    orig = torch.linalg.svd
+    orig, orig_eigh = torch.linalg.svd, torch.linalg.eigh
 
     def bad_svd(A, full_matrices=True, **kw):
         if mode == "linalg_error":
@@ -681,11 +701,21 @@ def test_nonfinite_svd_names_the_tensor(cls, mode, tmp_path, monkeypatch):
         U, S, Vh = orig(A, full_matrices=full_matrices, **kw)
         return U * float("nan"), S, Vh
 
-    monkeypatch.setattr(torch.linalg, "svd", bad_svd)
+    def bad_eigh(A, *a, **kw):
+        if mode == "linalg_error":
+            raise torch.linalg.LinAlgError("linalg.eigh: The algorithm failed to converge")
+        w, W = orig_eigh(A, *a, **kw)
+        return w, W * float("nan")
+
+    if solver == "full":
+        monkeypatch.setattr(torch.linalg, "svd", bad_svd)
+    else:
+        monkeypatch.setattr(torch.linalg, "eigh", bad_eigh)
     with pytest.raises(ValueError, match=r"tensor 'w'"):
-        cls(progress=False, device="cpu").run(pool)
+        cls(progress=False, device="cpu", svd_solver=solver).run(pool)
     with pytest.raises(ValueError, match=r"tensor 'layers\.3\.w'"):
-        merge(cls(progress=False, device="cpu"), "layers.3.w", torch.zeros(8, 6), [torch.ones(8, 6), torch.eye(8, 6)])
+        merge(cls(progress=False, device="cpu", svd_solver=solver), "layers.3.w", torch.zeros(8, 6),
+              [torch.ones(8, 6), torch.eye(8, 6)])
 
 
 # ---------------------------------------------------------------------------------------
