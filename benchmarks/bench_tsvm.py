@@ -81,10 +81,15 @@ import bench_merge as bm  # noqa: E402
 REPO = bm.REPO
 DEFAULT_OUT = bm.DEFAULT_OUT
 
-RUNS = ["fb_tsvm", "r3h_tsvm", "r3h_tsvm_2proc", "r3h_tsvm_stream", "r3h_tsvm_rand", "r3h_r_tsvm",
-        "r3h_r_tsvm_rel"]
+RUNS = ["fb_tsvm_cli", "r3h_tsvm_cli", "r3h_r_tsvm_cli", "fb_tsvm", "r3h_tsvm", "r3h_tsvm_full", "r3h_tsvm_2proc",
+        "r3h_tsvm_stream", "r3h_tsvm_rand", "r3h_r_tsvm", "r3h_r_tsvm_rel"]
+DEFAULT_RUNS = ["fb_tsvm_cli", "r3h_tsvm_cli", "r3h_r_tsvm_cli"]  # the issue's comparison: whole commands
 LABELS = {
-    "fb_tsvm": "fusion_bench TaskSingularVectorMerging",
+    "fb_tsvm_cli": "fusion_bench TaskSingularVectorMerging, `fusion_bench` command (its defaults)",
+    "r3h_tsvm_cli": "r3h tsvm, `fusion_bench method=tsvm` (defaults)",
+    "r3h_r_tsvm_cli": "r3h r_tsvm, `fusion_bench method=r_tsvm` (defaults)",
+    "r3h_tsvm_full": "r3h tsvm, svd_solver=full (in memory)",
+    "fb_tsvm": "fusion_bench TaskSingularVectorMerging (in memory)",
     "r3h_tsvm": "r3h tsvm (in memory, 1 process)",
     "r3h_tsvm_2proc": "r3h tsvm, fusion_bench CLI, 2 CPU ranks (whole command)",
     "r3h_tsvm_stream": "r3h tsvm (out_dir, incl. write)",
@@ -94,9 +99,16 @@ LABELS = {
 }
 IN_PROCESS_R3H = ("r3h_tsvm", "r3h_tsvm_stream", "r3h_tsvm_rand", "r3h_r_tsvm", "r3h_r_tsvm_rel")
 REPEAT_ORDER = ("r3h_tsvm", "r3h_tsvm_rand", "r3h_tsvm_stream", "r3h_r_tsvm", "r3h_r_tsvm_rel")
-TARGET_RUNS = ("r3h_tsvm", "r3h_tsvm_stream")  # the same method as fb_tsvm
-RSS_TARGET = 0.4
-TIME_TARGET = 1.0
+TARGET_RUNS = ("r3h_tsvm_cli", "r3h_tsvm", "r3h_tsvm_stream")  # the same method as the peer
+RSS_TARGET = 0.25  # issue 12: peak RSS ≤ 0.25× fusion_bench's
+TIME_TARGET = 0.6  # issue 12: wall ≤ 0.6× fusion_bench's
+R_TSVM_TARGET = 1.10  # R-TSVM's wall within 10 % of TSVM's
+OUTPUT_TARGET = 1e-4  # relative Frobenius difference of the merged task vectors vs fusion_bench's
+
+
+def peer_of(run: str) -> str:
+    """The fusion_bench run a row is compared with: whole command vs whole command."""
+    return "fb_tsvm_cli" if run.endswith("_cli") else "fb_tsvm"
 OMEGA_ALL_ONE = 0.999  # "Ω ≈ 1 everywhere": the smallest Ω over the matrices is above this
 
 
@@ -157,6 +169,7 @@ def child_main(args) -> None:
             "r3h_tsvm_stream": lambda: TaskSingularVectorMerging(alpha=1.0, progress=False, out_dir=args.save_path,
                                                                  max_shard_size=args.stream_shard_size),
             "r3h_tsvm_rand": lambda: TaskSingularVectorMerging(alpha=1.0, progress=False, svd_solver="randomized"),
+            "r3h_tsvm_full": lambda: TaskSingularVectorMerging(alpha=1.0, progress=False, svd_solver="full"),
             "r3h_r_tsvm": lambda: RTSVM(progress=False),
             "r3h_r_tsvm_rel": lambda: RTSVM(progress=False, epsilon_mode="relative"),
         }
@@ -226,31 +239,41 @@ def _status_kb(pid: int) -> Dict[str, int]:
     return out
 
 
-def run_cli_2proc(args, pool_dir: str, work: str) -> dict:
-    """r3h tsvm through the fusion_bench CLI on 2 CPU ranks; polls the process tree's memory."""
+CLI_RUNS = {  # whole `fusion_bench` commands, default settings of each method
+    "fb_tsvm_cli": ["method=task_singular_vector/TaskSingularVectorMerging", "modelpool=fb_pool"],
+    "r3h_tsvm_cli": ["method=tsvm", "modelpool=bench_pool", "method.progress=false"],
+    "r3h_r_tsvm_cli": ["method=r_tsvm", "modelpool=bench_pool", "method.progress=false"],
+    "r3h_tsvm_2proc": ["method=tsvm", "modelpool=bench_pool", "method.alpha=1.0", "method.progress=false",
+                       "fabric.accelerator=cpu", "fabric.devices=2", "fabric.strategy=ddp"],
+}
+
+
+def run_cli_2proc(args, pool_dir: str, work: str, run: str = "r3h_tsvm_2proc") -> dict:
+    """A whole `fusion_bench` command (`CLI_RUNS[run]`); polls the process tree's memory."""
     import psutil
 
     with open(os.path.join(pool_dir, "pool.json")) as f:
-        models = json.load(f)["models"]
-    cwd = os.path.join(work, "cli_2proc")
+        info = json.load(f)
+    models = info["models"]
+    cwd = os.path.join(work, f"cli_{run}")
     shutil.rmtree(cwd, ignore_errors=True)
     os.makedirs(os.path.join(cwd, "config", "modelpool"))
-    yaml = "_target_: r3h.modelpool.AlignedCausalLMPool\nmodels:\n" + "".join(
-        f"  {k}: {v}\n" for k, v in models.items())
+    listing = "models:\n" + "".join(f"  {k}: {v}\n" for k, v in models.items())
     with open(os.path.join(cwd, "config", "modelpool", "bench_pool.yaml"), "w") as f:
-        f.write(yaml)
-    out = os.path.join(work, "r3h_tsvm_2proc_out")
+        f.write("_target_: r3h.modelpool.AlignedCausalLMPool\n" + listing)
+    with open(os.path.join(cwd, "config", "modelpool", "fb_pool.yaml"), "w") as f:
+        f.write("_target_: fusion_bench.modelpool.CausalLMPool\n" + listing + "tokenizer: null\n"
+                f"model_kwargs:\n  torch_dtype: {info['spec']['dtype']}\n")
+    out = os.path.join(work, f"{run}_out")
     shutil.rmtree(out, ignore_errors=True)
     exe = os.path.join(os.path.dirname(sys.executable), "fusion_bench")
-    cmd = [exe, "method=tsvm", "modelpool=bench_pool", "method.alpha=1.0", "method.progress=false",
-           f"merged_model_save_path={out}", "fabric.accelerator=cpu", "fabric.devices=2",
-           "fabric.strategy=ddp", "print_config=false"]
+    cmd = [exe, *CLI_RUNS[run], f"merged_model_save_path={out}", "print_config=false"]
     env = bm.child_env(args)
     env.update(FUSION_BENCH_PROJECT_ROOT=cwd, HYDRA_FULL_ERROR="1")
     probe = subprocess.run([sys.executable, "-c", "import r3h; print(r3h.__file__)"], cwd=cwd, env=env,
                            capture_output=True, text=True)
     r3h_file = probe.stdout.strip() or probe.stderr[-300:]
-    log_file = os.path.join(work, "r3h_tsvm_2proc.log")
+    log_file = os.path.join(work, f"{run}.log")
     hwm: Dict[int, int] = {}
     cmdlines: Dict[int, str] = {}
     max_sum_rss, samples = 0, 0
@@ -281,14 +304,19 @@ def run_cli_2proc(args, pool_dir: str, work: str) -> dict:
             max_sum_rss = max(max_sum_rss, total)
             samples += 1
             time.sleep(0.2)
-            code = proc.poll()
+            pid, status, rusage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                code = os.waitstatus_to_exitcode(status)
+                proc.returncode = code
     wall = time.perf_counter() - t0
     if code != 0 or not os.path.isdir(out):
-        return _failed("r3h_tsvm_2proc", code if code is not None else -1, log_file)
+        return _failed(run, code if code is not None else -1, log_file)
+    if root.pid in hwm:  # the command's own process: its exact peak (polling may miss the last one)
+        hwm[root.pid] = max(hwm[root.pid], rusage.ru_maxrss * 1024)
     per_proc = [{"pid": pid, "peak_rss_bytes": b, "cmdline": cmdlines.get(pid, "?")}
                 for pid, b in sorted(hwm.items())]
     big = [p for p in per_proc if p["peak_rss_bytes"] > 100e6]  # the ranks (not helper processes)
-    res = {"run": "r3h_tsvm_2proc", "wall_s": wall, "command": " ".join(cmd), "cwd": cwd, "r3h_file": r3h_file,
+    res = {"run": run, "wall_s": wall, "command": " ".join(cmd), "cwd": cwd, "r3h_file": r3h_file,
            "peak_rss_bytes": sum(p["peak_rss_bytes"] for p in per_proc),
            "peak_rss_per_process_bytes": per_proc, "python_processes_over_100MB": len(big),
            "max_sampled_sum_rss_bytes": max_sum_rss, "samples": samples, "save_path": out,
@@ -391,8 +419,11 @@ def compare(path_a: str, path_b: str, base_path: str) -> dict:
 
 
 CHECKS = [  # name, a, b (reference), kind
+    ("r3h_tsvm_cli vs fb_tsvm_cli", "r3h_tsvm_cli", "fb_tsvm_cli", "roundoff"),
+    ("r3h_r_tsvm_cli vs r3h_tsvm_cli", "r3h_r_tsvm_cli", "r3h_tsvm_cli", "info"),
     ("r3h_tsvm vs fb_tsvm", "r3h_tsvm", "fb_tsvm", "roundoff"),
-    ("r3h_tsvm_2proc vs r3h_tsvm", "r3h_tsvm_2proc", "r3h_tsvm", "identical"),
+    ("r3h_tsvm vs r3h_tsvm_full", "r3h_tsvm", "r3h_tsvm_full", "approx"),
+    ("r3h_tsvm_2proc vs r3h_tsvm", "r3h_tsvm_2proc", "r3h_tsvm", "approx"),
     ("r3h_tsvm_stream vs r3h_tsvm", "r3h_tsvm_stream", "r3h_tsvm", "identical"),
     ("r3h_tsvm_rand vs r3h_tsvm", "r3h_tsvm_rand", "r3h_tsvm", "approx"),
     ("r3h_r_tsvm vs r3h_tsvm", "r3h_r_tsvm", "r3h_tsvm", "info"),
@@ -411,7 +442,8 @@ def check_line(name: str, kind: str, c: dict) -> str:
         return (f"- {name}: {verdict}; max |diff| = {c['max_abs_diff']:.3e} over {c['tensors_compared']} "
                 f"tensors{'' if c['bit_identical'] else ' (largest in `' + str(c['worst_tensor']) + '`)'}{extra}")
     if kind == "roundoff":
-        return (f"- {name}: max |diff| = {c['max_abs_diff']:.3e} over {c['tensors_compared']} tensors (largest in "
+        verdict = "PASS" if c["rel_fro_task_vector"] <= OUTPUT_TARGET else "FAIL"
+        return (f"- {name}: {verdict} (target: relative Frobenius difference <= {OUTPUT_TARGET:g}); max |diff| = {c['max_abs_diff']:.3e} over {c['tensors_compared']} tensors (largest in "
                 f"`{c['worst_tensor']}`) = {c['max_abs_diff_rel_weight']:.2e} of the largest |weight| "
                 f"({c['max_abs_weight']:.4g}) and {c['max_abs_diff_rel_task_vector']:.2e} of the largest "
                 f"|merged task vector| ({c['max_abs_task_vector']:.3g}); relative Frobenius difference of the "
@@ -427,12 +459,16 @@ def check_line(name: str, kind: str, c: dict) -> str:
 # ---------------------------------------------------------------------------------------
 def verdicts(summary: Dict[str, dict]) -> Dict[str, dict]:
     out = {}
-    p = summary.get("fb_tsvm")
     for run in TARGET_RUNS:
-        s = summary.get(run)
+        s, p = summary.get(run), summary.get(peer_of(run))
         if s and p and "failed" not in s and "failed" not in p:
             rr, tr = s["peak_rss_gb"] / p["peak_rss_gb"], s["wall_s"] / p["wall_s"]
             out[run] = {"rss_ratio": rr, "time_ratio": tr, "rss_pass": rr <= RSS_TARGET, "time_pass": tr <= TIME_TARGET}
+    for rt, t in (("r3h_r_tsvm_cli", "r3h_tsvm_cli"), ("r3h_r_tsvm", "r3h_tsvm")):
+        a, b = summary.get(rt), summary.get(t)
+        if a and b and "failed" not in a and "failed" not in b:
+            ratio = a["wall_s"] / b["wall_s"]
+            out[rt] = {"vs_tsvm": ratio, "pass": ratio <= R_TSVM_TARGET}
     full, rand = summary.get("r3h_tsvm"), summary.get("r3h_tsvm_rand")
     if full and rand and "failed" not in full and "failed" not in rand:
         out["r3h_tsvm_rand"] = {"speedup_vs_r3h_tsvm": full["wall_s"] / rand["wall_s"]}
@@ -467,19 +503,19 @@ def make_table(summary, checks, meta) -> str:
         f"(started {meta['started_utc']}, {meta['elapsed_min']:.1f} min in all). r3h imported from: "
         f"{', '.join('`' + os.path.relpath(p, REPO) + '`' for p in meta.get('r3h_files', []))}.",
         "",
-        "In-process rows: wall = model pool construction + `method.run` in a fresh process (best of the "
-        "repeats); peak RSS = the process's own VmHWM right after the merge, before saving, including "
-        f"~{meta['import_rss_gb']:.2f} GB of imports. The 2-rank CLI row: wall = the whole `fusion_bench` "
-        "command (start-up, imports, Fabric launch, merge, save); peak RSS = sum of the per-process VmHWM "
-        "(polled). r3h runs its SVDs with `cpu_threads=1` (its default); fusion_bench's with torch's "
-        f"{meta['threads']} threads. GB = 1e9 bytes.",
+        "Whole-command rows (`_cli`): wall = the whole `fusion_bench` command (start-up, imports, model pool, "
+        "merge, saving the merged model); peak RSS = the command's VmHWM (for several ranks: the sum of the "
+        "per-process VmHWM, polled). In-process rows: wall = model pool construction + `method.run` in a fresh "
+        "process (best of the repeats); peak RSS = the process's own VmHWM right after the merge, before saving, "
+        f"including ~{meta['import_rss_gb']:.2f} GB of imports. Every method at its defaults: fusion_bench's "
+        f"TSVM and r3h's (`svd_solver: auto`, `cpu_threads: null`) both use torch's {meta['threads']} threads "
+        "(OMP/MKL_NUM_THREADS set to that in every child). GB = 1e9 bytes.",
         "",
-        "| method | peak RSS (GB) | wall (s) | RSS vs fb | time vs fb | target RSS <= 0.4x fb | target time <= fb | notes |",
+        f"| method | peak RSS (GB) | wall (s) | RSS vs fb | time vs fb | target RSS <= {RSS_TARGET}x fb | "
+        f"target time <= {TIME_TARGET}x fb | notes |",
         "|---|---:|---:|---:|---:|:---:|:---:|---|",
     ]
     vd = verdicts(summary)
-    p = summary.get("fb_tsvm")
-    p_ok = p is not None and "failed" not in p
     for run in RUNS:
         if run not in summary:
             continue
@@ -488,7 +524,9 @@ def make_table(summary, checks, meta) -> str:
             lines.append(f"| {LABELS[run]} | failed: {s['failed']} | | | | | | |")
             continue
         rr = tr = "–"
-        if run != "fb_tsvm" and p_ok:
+        p = summary.get(peer_of(run))
+        p_ok = p is not None and "failed" not in p
+        if not run.startswith("fb_") and p_ok:
             rr = f"{s['peak_rss_gb'] / p['peak_rss_gb']:.2f}x"
             tr = f"{s['wall_s'] / p['wall_s']:.2f}x"
         rt = tt = ""
@@ -506,6 +544,13 @@ def make_table(summary, checks, meta) -> str:
             notes.append(f"per-process VmHWM {s.get('peak_rss_per_process_gb')} GB; max sampled sum of RSS "
                          f"{s.get('max_sampled_sum_rss_gb', 0):.2f} GB; r3h's per-rank peaks {per} GB; "
                          f"merge {st.get('seconds')} s (slowest rank)")
+        if run in vd and "vs_tsvm" in vd[run]:
+            notes.append(f"{vd[run]['vs_tsvm']:.2f}x TSVM's wall ({'PASS' if vd[run]['pass'] else 'FAIL'}: "
+                         f"target <= {R_TSVM_TARGET:.2f}x)")
+        if run.endswith("_cli"):
+            notes.append(f"vs {peer_of(run)}; whole command incl. start-up, imports and saving")
+        elif run != "fb_tsvm":
+            notes.append("vs fb_tsvm (in-process rows: pool + method.run)")
         if run.startswith("r3h_r_tsvm") and s.get("r_tsvm_summary", {}).get("omega"):
             om = s["r_tsvm_summary"]["omega"]
             notes.append(f"Ω {om['min']:.3f}–{om['max']:.3f}")
@@ -554,7 +599,7 @@ def parent_main(args) -> None:
           (f"_e{args.experts}" if args.experts != 5 else "")
     print(f"pool: {params:,} parameters per model ({params / 1e6:.1f}M), {pool_info['tensors']} tensors, "
           f"{args.dtype}; base + {args.experts} experts", flush=True)
-    runs = [r for r in (args.only.split(",") if args.only else RUNS) if r]
+    runs = [r for r in (args.only.split(",") if args.only else RUNS if args.all else DEFAULT_RUNS) if r]
     unknown = [r for r in runs if r not in RUNS]
     if unknown:
         raise SystemExit(f"--only: unknown run(s) {unknown}; choose from {RUNS}")
@@ -571,8 +616,8 @@ def parent_main(args) -> None:
     rel_reason = None
 
     def do(run: str, rep: int) -> None:
-        if run == "r3h_tsvm_2proc":
-            res = run_cli_2proc(args, pool_dir, work)
+        if run in CLI_RUNS:
+            res = run_cli_2proc(args, pool_dir, work, run)
         else:
             res = run_child(args, run, pool_dir, work, save=(rep == 0 and not args.skip_check))
         raw[run].append(res)
@@ -646,7 +691,7 @@ def parent_main(args) -> None:
         end = bm.git_state()
         if end["r3h_fingerprint"] != git["r3h_fingerprint"]:
             git = {**git, "end": end, "changed_during_run": True, "changed_files": bm.changed_r3h_files(git, end)}
-    versions = next((r["versions"] for rs in raw.values() for r in rs if "versions" in r), {})
+    versions = next((r["versions"] for rs in raw.values() for r in rs if "versions" in r), None) or bm._versions()
     import_rss = [s["rss_after_imports_gb"] for s in summary.values() if "rss_after_imports_gb" in s]
     meta = {"tag": tag, "parameters": params, "experts": args.experts, "dtype": args.dtype,
             "threads": args.threads, "repeats": args.repeats, "budget_min": args.budget_min,
@@ -688,6 +733,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     ap.add_argument("--budget-min", type=float, default=35.0, help="no repeat starts that would end the run later")
     ap.add_argument("--check-reserve-s", type=float, default=120.0, help="time kept for the checks (s)")
     ap.add_argument("--only", default=None, help=f"comma-separated subset of {','.join(RUNS)}")
+    ap.add_argument("--all", action="store_true", help="every run (default: " + ",".join(DEFAULT_RUNS) + ")")
     ap.add_argument("--r-tsvm-relative", default="auto", choices=["auto", "always", "never"],
                     help="run r3h_r_tsvm_rel: auto = when the absolute rule gives Ω ≈ 1 on every matrix")
     ap.add_argument("--stream-shard-size", default="100MB", help="max_shard_size of r3h_tsvm_stream")

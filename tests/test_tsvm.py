@@ -802,3 +802,116 @@ def test_zero_task_vector_experts_are_left_out_of_the_stacks():
     finally:
         core.torch.linalg.svd = orig
     assert torch.equal(out, out2)
+
+
+# ---------------------------------------------------------------------------------------
+# 7. the Gram routes (svd_solver: auto) against the exact SVD, and their fallback
+# ---------------------------------------------------------------------------------------
+
+def realistic_taus(kind: str, shape, n: int, seed: int) -> List[torch.Tensor]:
+    """Task vectors as fine-tuning gives them: a decaying low-rank part plus dense noise
+    (`lowrank`), or DPO-sized updates (~1e-4 entries, a few directions over ~2e-5 noise)."""
+    g = gen(seed)
+    m, d = shape
+    out = []
+    for _ in range(n):
+        if kind == "lowrank":
+            t = lowrank_tau(shape, g, scale=0.05, rank=min(m, d) // 4, noise=0.05)
+        else:
+            t = lowrank_tau(shape, g, scale=1e-3, rank=6, lo=0.2) + 2e-5 * torch.randn(m, d, generator=g, dtype=F64)
+        out.append(t)
+    return out
+
+
+@pytest.mark.parametrize("kind", ["lowrank", "dpo"])
+@pytest.mark.parametrize("shape,n", [((96, 64), 4), ((40, 120), 3), ((300, 48), 5), ((64, 64), 5)])
+def test_gram_route_matches_exact_svd(kind, shape, n):
+    """`auto` (Gram routes) gives the exact SVD route's merged tensor within 1e-4 relative
+    Frobenius, and the float64 reference closer still; every decomposition took the Gram
+    route (these task vectors are well conditioned enough)."""
+    from r3h.core import layerwise_svd as core
+
+    taus = realistic_taus(kind, shape, n, seed=shape[0] + n)
+    base = 0.3 * torch.randn(*shape, generator=gen(1), dtype=F64)
+    experts = [(base + t).float() for t in taus]
+    base32 = base.float()
+    delta = ref_tsvm_delta_from_factors(ref_factors(taus64(base32, experts), min(shape) // n))
+    ma, mf = tsvm(), tsvm(svd_solver="full")
+    auto = merge(ma, "w", base32, experts).double() - base32.double()
+    full = merge(mf, "w", base32, experts).double() - base32.double()
+    rel = lambda a, b: float((a - b).norm() / b.norm())  # noqa: E731
+    assert rel(auto, full) <= 1e-4
+    # as close to the float64 reference as the float32 SVD is (the polar factor of a nearly
+    # square stack amplifies float32 round-off in both), or within 1e-5
+    assert rel(auto, delta) <= max(1e-5, 2 * rel(full, delta)), (rel(auto, delta), rel(full, delta))
+    routes = ma.tensor_reports["w"]["routes"]
+    assert len(routes) == n + 2 and all(r.startswith("gram") for r in routes.values()), routes
+    assert all(r == "svd" for r in mf.tensor_reports["w"]["routes"].values())
+    # the triplets themselves: σ and the rank-q reconstruction U diag(σ) Vᵀ
+    q = min(shape) // n
+    for t in taus[:2]:
+        (U, S, V), route = core.top_triplets(t.float(), q, "auto")
+        U64, S64, Vh64 = torch.linalg.svd(t, full_matrices=False)
+        assert route.name == "gram" and route.cond == pytest.approx(float(S64[0] / S64[q - 1]), rel=1e-6)
+        assert_rel(S, S64[:q], S64[0], 1e-6, "singular values")
+        ref = U64[:, :q] @ torch.diag(S64[:q]) @ Vh64[:q]
+        assert_rel((U.double() * S.double()) @ V.double().T, ref, S64[0], 1e-5, "rank-q part")
+
+
+def test_ill_conditioned_task_vector_falls_back_to_the_svd():
+    """τ of rank 2 < q: σq = 0, the Gram cannot give Uq = τ Vq / σq; the route falls back to
+    the exact SVD (the same triplets as `full`, bit for bit) and the report says so."""
+    from r3h.core import layerwise_svd as core
+
+    g = gen(7)
+    shape, n = (30, 24), 3
+    q = min(shape) // n
+    base = torch.randn(*shape, generator=g)
+    experts = [base + 0.01 * torch.randn(*shape, generator=g) for _ in range(n - 1)]
+    low = (torch.randn(30, 2, generator=g) @ torch.randn(2, 24, generator=g)) * 0.01
+    experts.append(base + low)
+    tau = experts[-1] - base
+    got, route = core.top_triplets(tau.clone(), q, "auto")
+    assert route.fallback and route.name == "svd" and route.cond > core.GRAM_MAX_COND
+    assert "fallback" in route.describe()
+    exact = core.expert_svd(tau.clone(), q, "full")
+    assert all(torch.equal(a, b) for a, b in zip(got, exact))
+    m = tsvm()
+    out = merge(m, "w", base, experts)
+    routes = m.tensor_reports["w"]["routes"]
+    assert routes["expert 2"].startswith("svd (fallback: κ=") and routes["expert 0"].startswith("gram")
+    delta = ref_tsvm_delta_from_factors(ref_factors(taus64(base, experts), q))
+    # only the rank-2 part of expert 2 is determined; its other columns carry σ ≈ 0 but move
+    # the polar factors, as they do for the exact SVD: compare with the `full` route
+    full = merge(tsvm(svd_solver="full"), "w", base, experts)
+    assert float((out.double() - full.double()).norm() / (full.double() - base.double()).norm()) <= 1e-4
+    assert torch.isfinite(delta).all()
+
+
+def test_nearly_dependent_stack_falls_back_for_the_polar_factor():
+    """Two experts with the same τ: the stacked Û has repeated columns, λmin(ÛᵀÛ) ≈ 0, and the
+    polar factor falls back to the exact SVD (bit for bit `polar`)."""
+    from r3h.core import layerwise_svd as core
+
+    g = gen(8)
+    A = torch.linalg.qr(torch.randn(40, 6, generator=g)).Q.float()
+    stack = torch.cat([A, A], dim=1)
+    P, G, route = core.polar_factor(stack.clone(), "auto")
+    assert route.fallback and route.cond > core.GRAM_MAX_COND
+    assert torch.equal(P, core.polar(stack))
+    assert torch.allclose(G, stack.double().T @ stack.double())
+    # well conditioned: the Gram route, equal to the float64 polar factor
+    B = torch.randn(40, 12, generator=g)
+    P, _, route = core.polar_factor(B.clone(), "auto")
+    assert route.name == "gram" and not route.fallback
+    assert_rel(P, ref_polar(B.double()), 1.0, 1e-5, "polar factor")
+    # a merge with two identical experts takes the fallback for both stacks and says so (the
+    # polar factor of a rank-deficient stack is not unique: any route's completion is arbitrary)
+    base = torch.randn(24, 18, generator=g)
+    e = base + 0.02 * torch.randn(24, 18, generator=g)
+    experts = [e, e.clone(), base + 0.02 * torch.randn(24, 18, generator=g)]
+    m = tsvm()
+    out = merge(m, "w", base, experts)
+    routes = m.tensor_reports["w"]["routes"]
+    assert "fallback" in routes["polar U"] and "fallback" in routes["polar V"], routes
+    assert torch.isfinite(out).all()
