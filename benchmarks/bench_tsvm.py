@@ -254,7 +254,7 @@ def run_cli_2proc(args, pool_dir: str, work: str, run: str = "r3h_tsvm_2proc") -
 
     with open(os.path.join(pool_dir, "pool.json")) as f:
         info = json.load(f)
-    models = info["models"]
+    models = {k: v if os.path.isabs(v) else os.path.join(REPO, v) for k, v in info["models"].items()}
     cwd = os.path.join(work, f"cli_{run}")
     shutil.rmtree(cwd, ignore_errors=True)
     os.makedirs(os.path.join(cwd, "config", "modelpool"))
@@ -714,11 +714,143 @@ def parent_main(args) -> None:
     print(f"written: {md} and {md[:-3]}.json")
 
 
+# ---------------------------------------------------------------------------------------
+# --shape: one or two decoder layers + embedding + lm_head of a real model shape, synthetic
+# ---------------------------------------------------------------------------------------
+SHAPES = {  # hidden, intermediate, vocab, attention heads, kv heads, decoder layers
+    "llama3-8b": dict(hidden=4096, intermediate=14336, vocab=128256, heads=32, kv_heads=8, layers=32),
+    "llama3-8b-cpu": dict(hidden=512, intermediate=1792, vocab=16032, heads=4, kv_heads=1, layers=32),
+    "llama2-7b": dict(hidden=4096, intermediate=11008, vocab=32000, heads=32, kv_heads=32, layers=32),
+}
+CPU_SCALED = {"llama3-8b": "llama3-8b-cpu"}  # what --device cpu runs unless --full-size
+
+
+def shape_tensors(sh: dict) -> List[tuple]:
+    """(name, shape, per-model count) of every matrix: one decoder layer's seven, then the
+    embedding and lm_head (norms are vectors: θ0 + mean τ, negligible)."""
+    h, i, v = sh["hidden"], sh["intermediate"], sh["vocab"]
+    kv = h // sh["heads"] * sh["kv_heads"]
+    layer = [("q_proj", (h, h)), ("k_proj", (kv, h)), ("v_proj", (kv, h)), ("o_proj", (h, h)),
+             ("gate_proj", (i, h)), ("up_proj", (i, h)), ("down_proj", (h, i))]
+    return [(n, s, sh["layers"]) for n, s in layer] + [("embed_tokens", (v, h), 1), ("lm_head", (v, h), 1)]
+
+
+def shape_main(args) -> None:
+    """Time r3h's TSVM (and fusion_bench's, unless --no-peer) tensor by tensor on synthetic
+    base + expert tensors of a real shape, on --device, and project the whole model."""
+    import torch
+
+    from fusion_bench.method.task_singular_vector.utils import TSVM_utils
+    from r3h.methods.tsvm import TaskSingularVectorMerging
+
+    dev = torch.device(args.device)
+    name = args.shape
+    if dev.type == "cpu" and name in CPU_SCALED and not args.full_size:
+        name = CPU_SCALED[name]
+    if name not in SHAPES:
+        raise SystemExit(f"--shape: unknown shape {name!r}; choose from {sorted(SHAPES)}")
+    sh = SHAPES[name]
+    n = args.experts
+    cuda = dev.type == "cuda"
+
+    def sync():
+        if cuda:
+            torch.cuda.synchronize(dev)
+
+    def make(shape, seed):
+        g = torch.Generator(device=dev).manual_seed(seed)
+        base = 0.02 * torch.randn(shape, generator=g, device=dev)
+        experts = []
+        for _ in range(n):  # a DPO-sized update: a few directions plus dense noise
+            low = torch.randn(shape[0], 16, generator=g, device=dev) @ torch.randn(16, shape[1], generator=g, device=dev)
+            experts.append(base + 2e-4 * low / 16 + 5e-5 * torch.randn(shape, generator=g, device=dev))
+        return base, experts
+
+    method = TaskSingularVectorMerging(progress=False, device=str(dev), svd_solver=args.svd_solver)
+    method.setup([f"e{i}" for i in range(n)])
+    rows = []
+    print(f"shape {name} ({sh}), base + {n} experts, float32, device {dev}"
+          + ("" if cuda else f", {torch.get_num_threads()} torch threads"), flush=True)
+    for layer in range(max(1, args.layers)):
+        for tname, shape, count in shape_tensors(sh):
+            if count == 1 and layer > 0:
+                continue
+            base, experts = make(shape, 1000 * layer + len(rows))
+            sync()
+            t0 = time.perf_counter()
+            out = method.merge_tensor(tname, base, [e.clone() for e in experts])
+            sync()
+            t_r3h = time.perf_counter() - t0
+            rep = method.tensor_reports[tname]
+            del out
+            t_fb = None
+            if not args.no_peer:
+                sync()
+                t0 = time.perf_counter()
+                taus = [{tname: e - base} for e in experts]
+                merged = TSVM_utils.compute_and_sum_svd_mem_reduction(taus, exclude_keys=[], accelerator=dev)
+                out = base + merged[tname]
+                sync()
+                t_fb = time.perf_counter() - t0
+                del taus, merged, out
+            del base, experts
+            routes = sorted({r.split(" (")[0] + (" (fallback)" if "fallback" in r else "")
+                             for r in rep.get("routes", {}).values()})
+            rows.append({"layer": layer if count > 1 else None, "tensor": tname, "shape": list(shape), "count": count,
+                         "r3h_s": t_r3h, "fb_s": t_fb, "routes": routes})
+            print(f"  {tname:12s} {str(tuple(shape)):16s} r3h {t_r3h:8.3f} s" +
+                  (f"  fusion_bench {t_fb:8.3f} s  ({t_r3h / t_fb:.2f}x)" if t_fb else "") +
+                  f"  routes {routes}", flush=True)
+            if cuda:
+                torch.cuda.empty_cache()
+
+    def project(key):
+        if any(r[key] is None for r in rows):
+            return None
+        total = 0.0
+        for tname, shape, count in shape_tensors(sh):
+            ts = [r[key] for r in rows if r["tensor"] == tname]
+            total += count * sum(ts) / len(ts)
+        return total
+
+    p_r3h, p_fb = project("r3h_s"), project("fb_s")
+    peak = torch.cuda.max_memory_allocated(dev) / 1e9 if cuda else None
+    dev_name = torch.cuda.get_device_name(dev) if cuda else f"CPU, {os.cpu_count()} cores, {torch.get_num_threads()} threads"
+    lines = [f"## TSVM on the {name} shape: {max(1, args.layers)} decoder layer(s) + embedding + lm_head timed, "
+             f"whole model projected (base + {n} experts, float32, {dev_name})", "",
+             "| tensor | shape | per model | r3h s/tensor | fusion_bench s/tensor | r3h / fb | r3h routes |",
+             "|---|---|---:|---:|---:|---:|---|"]
+    for tname, shape, count in shape_tensors(sh):
+        rs = [r for r in rows if r["tensor"] == tname]
+        a = sum(r["r3h_s"] for r in rs) / len(rs)
+        b = None if rs[0]["fb_s"] is None else sum(r["fb_s"] for r in rs) / len(rs)
+        lines.append(f"| {tname} | {shape[0]}×{shape[1]} | {count} | {a:.3f} | "
+                     f"{'–' if b is None else f'{b:.3f}'} | {'–' if b is None else f'{a / b:.2f}x'} | "
+                     f"{', '.join(sorted({x for r in rs for x in r['routes']}))} |")
+    lines.append("")
+    lines.append(f"Projected merge time of the whole model (matrices only; reading and writing not included): "
+                 f"r3h {p_r3h:.0f} s" + (f", fusion_bench {p_fb:.0f} s, ratio {p_r3h / p_fb:.2f}x" if p_fb else "")
+                 + (f"; peak accelerator memory {peak:.1f} GB" if peak is not None else "") + ".")
+    lines.append(f"Command: `python benchmarks/bench_tsvm.py {' '.join(sys.argv[1:])}`.")
+    table = "\n".join(lines)
+    print()
+    print(table)
+    os.makedirs(args.out, exist_ok=True)
+    path = os.path.join(args.out, f"tsvm_shape_{name}_{dev.type}.md")
+    with open(path, "w") as f:
+        f.write(table + "\n")
+    with open(path[:-3] + ".json", "w") as f:
+        json.dump({"shape": name, "spec": sh, "device": dev_name, "rows": rows, "projected_r3h_s": p_r3h,
+                   "projected_fb_s": p_fb, "peak_accelerator_gb": peak}, f, indent=2)
+    print(f"written: {path}")
+
+
 def main(argv: Optional[List[str]] = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--hidden", type=int, default=768)
-    ap.add_argument("--layers", type=int, default=12)
+    ap.add_argument("--layers", type=int, default=None,
+                    help="decoder layers of the pool (default 12); with --shape: layers timed (default 1)")
     ap.add_argument("--intermediate", type=int, default=2560, help="default 2560: 148.3M parameters")
     ap.add_argument("--vocab", type=int, default=32000)
     ap.add_argument("--heads", type=int, default=12)
@@ -740,11 +872,21 @@ def main(argv: Optional[List[str]] = None) -> None:
     ap.add_argument("--r3h-commit", default=None, help="measure r3h/ as of this git revision (see bench_merge.py)")
     ap.add_argument("--skip-check", action="store_true", help="no saving, no checks")
     ap.add_argument("--keep-outputs", action="store_true", help="keep the merged models in <out>/work_tsvm_<size>")
+    ap.add_argument("--shape", default=None, help=f"time one model shape synthetically: {', '.join(sorted(SHAPES))} "
+                    "(on CPU, llama3-8b runs its scaled-down llama3-8b-cpu unless --full-size)")
+    ap.add_argument("--device", default="cpu", help="with --shape: cpu or cuda[:i]")
+    ap.add_argument("--svd-solver", default="auto", help="with --shape: r3h's svd_solver")
+    ap.add_argument("--full-size", action="store_true", help="with --shape on CPU: the real shape")
+    ap.add_argument("--no-peer", action="store_true", help="with --shape: skip fusion_bench's timing")
     ap.add_argument("--child", choices=RUNS, help=argparse.SUPPRESS)
     ap.add_argument("--result", help=argparse.SUPPRESS)
     ap.add_argument("--save-path", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    if args.child:
+    if args.layers is None:
+        args.layers = 1 if args.shape else 12
+    if args.shape:
+        shape_main(args)
+    elif args.child:
         child_main(args)
     else:
         parent_main(args)
