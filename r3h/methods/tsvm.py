@@ -269,9 +269,13 @@ class TaskSingularVectorMerging(LightningFabricMixin, MergeAlgorithm):
         is all zero add nothing and would only feed arbitrary singular vectors into the
         polar factors: they are left out of the stacks."""
         m, d = base.shape
+        n = len(taus)
         cache = self._cache if entries[0] is not None else None
-        Us, Ss, Vs, active = [], [], [], []
-        for i in range(len(taus)):
+        # the stacks are filled in place, expert by expert (no second copy for a concatenation)
+        U_all = torch.empty(m, n * q, dtype=torch.float32, device=base.device)
+        V_all = torch.empty(d, n * q, dtype=torch.float32, device=base.device)
+        Ss, active = [], []
+        for i in range(n):
             e = entries[i]
             if zero[i]:
                 taus[i] = None
@@ -300,16 +304,19 @@ class TaskSingularVectorMerging(LightningFabricMixin, MergeAlgorithm):
                 if e is not None:
                     ctx["unwritten"] += not cache.store_factors(e, *got)
             taus[i] = None
-            active.append(i)
-            Us.append(got[0])
+            k = len(active)
+            U_all[:, k * q : (k + 1) * q] = got[0]
+            V_all[:, k * q : (k + 1) * q] = got[2]
             Ss.append(got[1])
-            Vs.append(got[2])
+            active.append(i)
+            del got
         taus.clear()
         if not active:
             return None, []
-        f = svd.stack_factors(Us, Ss, Vs, q)
-        del Us, Vs
-        return f, active
+        k = len(active) * q
+        if k < n * q:
+            U_all, V_all = U_all[:, :k].contiguous(), V_all[:, :k].contiguous()
+        return svd.StackedFactors(U_all, torch.cat(Ss), V_all, q, len(active)), active
 
     def is_excluded(self, name: str) -> bool:
         return any(re.fullmatch(p, name) for p in self.exclude_keys)
