@@ -278,10 +278,11 @@ def interference(f: StackedFactors) -> float:
 
 
 def interference_from_grams(GU: torch.Tensor, GV: torch.Tensor, S: torch.Tensor) -> float:
-    """STI from the Gram matrices ÛᵀÛ, V̂ᵀV̂ (computed in float64)."""
-    GU, GV, S = GU.to(torch.float64), GV.to(torch.float64), S.to(torch.float64)
-    eye = torch.eye(GU.shape[0], dtype=torch.float64, device=GU.device)
-    return float(torch.linalg.matrix_norm(((GU - eye) * S) @ (GV - eye)))
+    """STI from the Gram matrices ÛᵀÛ, V̂ᵀV̂ (the differences from I taken in their own
+    precision, float64 for the Gram routes; the product in float32)."""
+    eye = torch.eye(GU.shape[0], dtype=GU.dtype, device=GU.device)
+    A = (GU - eye).to(torch.float32) * S.to(torch.float32)
+    return float(torch.linalg.matrix_norm(A @ (GV - eye.to(GV.dtype)).to(torch.float32)))
 
 
 def merge_factors(
