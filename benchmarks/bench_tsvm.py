@@ -10,6 +10,7 @@ How to run (from the repository root, in the project's virtual environment)::
         --out /tmp/tsvm_tiny                             # a quick check of the script
     python benchmarks/bench_tsvm.py --shape llama3-8b --layers 2 --device cuda   # a real shape on a GPU
     python benchmarks/bench_tsvm.py --shape llama3-8b    # on CPU: the scaled-down llama3-8b-cpu shape
+    python benchmarks/bench_tsvm.py --routes --threads 1 # the SVD routes alone, one matrix at a time
 
 The pool mode uses the same pool as ``bench_merge.py`` (same defaults: 148M parameters per model,
 base + 5 experts, float32; same cache under ``benchmarks/results/pools/``; built there on first
@@ -867,6 +868,39 @@ def shape_main(args) -> None:
     print(f"written: {path}")
 
 
+def routes_main(args) -> None:
+    """Single-matrix timings of the routes: LAPACK's SVD (`full`) against the Gram routes
+    (`auto`) for the top-q triplets and the polar factor, on the pool's matrix shapes."""
+    import torch
+
+    from r3h.core import layerwise_svd as core
+
+    torch.set_num_threads(args.threads)
+
+    def best(f, k=3):
+        b = float("inf")
+        for _ in range(k):
+            t0 = time.perf_counter()
+            f()
+            b = min(b, time.perf_counter() - t0)
+        return b
+
+    h, i, v, n = args.hidden, args.intermediate, args.vocab, args.experts
+    print(f"routes at {args.threads} torch thread(s), best of 3 (s); n = {n} experts")
+    print("| shape | top-q full | top-q auto | speed-up | polar full | polar auto | speed-up |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for m, d in [(h, h), (i, h), (h, i), (v, h)]:
+        g = torch.Generator().manual_seed(m + d)
+        A = 0.01 * torch.randn(m, d, generator=g)
+        q = min(m, d) // n
+        tf = best(lambda: core.top_triplets(A, q, "full"))
+        tg = best(lambda: core.top_triplets(A, q, "auto"))
+        U = torch.linalg.qr(torch.randn(m, n * q, generator=g)).Q + 0.01 * torch.randn(m, n * q, generator=g)
+        pf = best(lambda: core.polar_factor(U.clone(), "full"))
+        pg = best(lambda: core.polar_factor(U.clone(), "auto", inplace=True))
+        print(f"| {m}×{d} | {tf:.3f} | {tg:.3f} | {tf / tg:.1f}x | {pf:.3f} | {pg:.3f} | {pf / pg:.1f}x |", flush=True)
+
+
 def main(argv: Optional[List[str]] = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -900,13 +934,16 @@ def main(argv: Optional[List[str]] = None) -> None:
     ap.add_argument("--svd-solver", default="auto", help="with --shape: r3h's svd_solver")
     ap.add_argument("--full-size", action="store_true", help="with --shape on CPU: the real shape")
     ap.add_argument("--no-peer", action="store_true", help="with --shape: skip fusion_bench's timing")
+    ap.add_argument("--routes", action="store_true", help="time the SVD routes alone on the pool's matrix shapes")
     ap.add_argument("--child", choices=RUNS, help=argparse.SUPPRESS)
     ap.add_argument("--result", help=argparse.SUPPRESS)
     ap.add_argument("--save-path", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.layers is None:
         args.layers = 1 if args.shape else 12
-    if args.shape:
+    if args.routes:
+        routes_main(args)
+    elif args.shape:
         shape_main(args)
     elif args.child:
         child_main(args)

@@ -143,8 +143,9 @@ def check_solver(solver: str) -> None:
 
 def uses_gram(solver: str) -> bool:
     """Whether `solver` takes the Gram routes (before the condition check): `auto` does for
-    every shape (measured faster than LAPACK's SVD on CPU for every Llama matrix, square ones
-    included: `python benchmarks/bench_tsvm.py --routes`); `full` and `randomized` never."""
+    every shape (faster than LAPACK's SVD on CPU for the top-q triplets of every Llama matrix
+    and for tall stacks' polar factors: `python benchmarks/bench_tsvm.py --routes`); `full`
+    and `randomized` never."""
     return solver == "auto"
 
 
