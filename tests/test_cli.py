@@ -120,7 +120,9 @@ def test_r_tsvm_two_cpu_processes_bit_identical(tmp_path):
     """`fabric.accelerator=cpu fabric.devices=2 fabric.strategy=ddp` splits the tensors over
     two ranks and gives the one-process model bit for bit, with the per-tensor report."""
     one, two = tmp_path / "one", tmp_path / "two"
-    common = ["method=r_tsvm", "modelpool=tiny_3h", "method.epsilon_mode=relative", "method.epsilon=0.5"]
+    # a fixed per-process thread count is what makes CPU merges bit-identical across process counts
+    common = ["method=r_tsvm", "modelpool=tiny_3h", "method.epsilon_mode=relative", "method.epsilon=0.5",
+              "method.cpu_threads=1"]
     r1 = cli([*common, f"merged_model_save_path={one}"], tmp_path, tmp_path)
     assert r1.returncode == 0, r1.stdout[-3000:] + r1.stderr[-3000:]
     r2 = cli([*common, f"merged_model_save_path={two}", "fabric.accelerator=cpu", "fabric.devices=2",
@@ -142,7 +144,8 @@ def test_r_tsvm_two_cpu_processes_bit_identical(tmp_path):
 def test_tsvm_streams_with_two_processes(tmp_path):
     out = tmp_path / "streamed"
     r = cli(["method=tsvm", "modelpool=tiny_3h", f"method.out_dir={out}", "method.max_shard_size=200KB",
-             "fabric.accelerator=cpu", "fabric.devices=2", "fabric.strategy=ddp"], tmp_path, tmp_path)
+             "method.cpu_threads=1", "fabric.accelerator=cpu", "fabric.devices=2", "fabric.strategy=ddp"],
+            tmp_path, tmp_path)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     files = os.listdir(out)
     assert "model.safetensors.index.json" in files and not any(f.startswith(".") for f in files)
@@ -151,7 +154,7 @@ def test_tsvm_streams_with_two_processes(tmp_path):
     from r3h.methods import TaskSingularVectorMerging
     from r3h.modelpool import Tiny3HPool
 
-    assert_same_model(out, TaskSingularVectorMerging(progress=False).run(Tiny3HPool()))
+    assert_same_model(out, TaskSingularVectorMerging(progress=False, cpu_threads=1).run(Tiny3HPool()))
 
 
 def test_error_on_one_rank_stops_every_rank(tmp_path):

@@ -152,7 +152,7 @@ def test_r_tsvm_warm_equals_cold_across_gamma_epsilon_and_switches(paths, tmp_pa
         warm, m = run(RTSVM, pool, svd_cache=str(folder), **opts)
         assert_identical(state(cold), state(warm))
         # the reports agree too, apart from timing and the cache record
-        strip = lambda t: {k: {f: v for f, v in r.items() if f not in ("seconds", "svd_cache")}  # noqa: E731
+        strip = lambda t: {k: {f: v for f, v in r.items() if f not in ("seconds", "svd_cache", "routes")}  # noqa: E731
                            for k, r in t.items()}
         assert strip(mc.last_report["tensors"]) == strip(m.last_report["tensors"])
         svds = m.last_report["svd_cache"]["svds"]
@@ -224,7 +224,7 @@ def test_changed_checkpoint_is_stale_and_recomputed(tmp_path):
 def test_other_thread_count_is_stale(paths, tmp_path):
     pool = pool_of(paths)
     folder = tmp_path / "cache"
-    run(TaskSingularVectorMerging, pool, svd_cache=str(folder))
+    run(TaskSingularVectorMerging, pool, svd_cache=str(folder), cpu_threads=1)
     cold, _ = run(TaskSingularVectorMerging, pool, cpu_threads=2)
     warm, m = run(TaskSingularVectorMerging, pool, svd_cache=str(folder), cpu_threads=2)
     assert_identical(state(cold), state(warm))
@@ -271,22 +271,41 @@ def test_corrupt_entries_are_ignored_and_rewritten(paths, tmp_path):
 
 def test_expert_subset_short_then_sliced(paths, tmp_path):
     """Two experts (q = ⌊r/2⌋) first: the three-expert run (q = ⌊r/3⌋) then takes every
-    expert's factors from the cache by slicing and runs only the polar SVDs, bit for bit."""
+    expert's factors from the cache by slicing and runs only the polar SVDs, bit for bit
+    (the exact solver `full`: its first q columns do not depend on q)."""
     folder = tmp_path / "cache"
     three, two = pool_of(paths), pool_of(paths, ["e0", "e1"])
-    run(TaskSingularVectorMerging, three, svd_cache=str(folder))  # q = r/3 stored
-    cold2, _ = run(TaskSingularVectorMerging, two)
-    warm2, m = run(TaskSingularVectorMerging, two, svd_cache=str(folder))
+    run(TaskSingularVectorMerging, three, svd_cache=str(folder), svd_solver="full")  # q = r/3 stored
+    cold2, _ = run(TaskSingularVectorMerging, two, svd_solver="full")
+    warm2, m = run(TaskSingularVectorMerging, two, svd_cache=str(folder), svd_solver="full")
     assert_identical(state(cold2), state(warm2))
     assert all(r["factors"] == ["short", "short"] and r["polar"] == "miss" for r in cache_reports(m).values())
     # now e0 and e1 hold q = r/2 ≥ r/3; a fresh folder's worth of polar entries is needed for e0, e1, e2
     folder2 = tmp_path / "cache2"
-    run(TaskSingularVectorMerging, two, svd_cache=str(folder2))
-    cold3, _ = run(TaskSingularVectorMerging, three)
-    warm3, m3 = run(TaskSingularVectorMerging, three, svd_cache=str(folder2))
+    run(TaskSingularVectorMerging, two, svd_cache=str(folder2), svd_solver="full")
+    cold3, _ = run(TaskSingularVectorMerging, three, svd_solver="full")
+    warm3, m3 = run(TaskSingularVectorMerging, three, svd_cache=str(folder2), svd_solver="full")
     assert_identical(state(cold3), state(warm3))
     for r in cache_reports(m3).values():
         assert r["factors"] == ["hit", "hit", "miss"] and r["polar"] == "miss" and r["svds"] == 1 + 2
+
+
+def test_auto_solver_is_keyed_by_q_and_solver(paths, tmp_path):
+    """The Gram route's factors depend on q (and its fallback on σ1/σq): another q misses
+    instead of slicing; a `full` entry is never served to `auto` (the solver is in the key)."""
+    folder = tmp_path / "cache"
+    three, two = pool_of(paths), pool_of(paths, ["e0", "e1"])
+    run(TaskSingularVectorMerging, three, svd_cache=str(folder))
+    cold2, _ = run(TaskSingularVectorMerging, two)
+    warm2, m = run(TaskSingularVectorMerging, two, svd_cache=str(folder))
+    assert_identical(state(cold2), state(warm2))
+    assert all(r["factors"] == ["miss", "miss"] for r in cache_reports(m).values())
+    _, m2 = run(TaskSingularVectorMerging, three, svd_cache=str(folder), svd_solver="full")
+    assert all(r["factors"] == ["miss"] * 3 for r in cache_reports(m2).values())
+    _, m3 = run(TaskSingularVectorMerging, three, svd_cache=str(folder), alpha=0.5)
+    assert m3.last_report["svd_cache"]["svds"] == 0
+    routes = [r.get("routes") for r in m2.last_report["tensors"].values() if r.get("rule") == "svd"]
+    assert routes and all(set(v.values()) == {"svd"} for v in routes)
 
 
 def test_randomized_solver_is_keyed_by_q_and_position(paths, tmp_path):
@@ -370,7 +389,8 @@ def test_two_ranks_write_their_own_factors(tmp_path):
     folder, out = tmp_path / "cache", tmp_path / "two"
     env = dict(os.environ, FUSION_BENCH_PROJECT_ROOT=str(tmp_path), HYDRA_FULL_ERROR="1")
     r = subprocess.run([FUSION_BENCH, "method=r_tsvm", "modelpool=cache_pool", f"method.svd_cache={folder}",
-                        "method.gamma=0.3", f"method.out_dir={out}", "fabric.accelerator=cpu", "fabric.devices=2",
+                        "method.gamma=0.3", "method.cpu_threads=1", f"method.out_dir={out}",
+                        "fabric.accelerator=cpu", "fabric.devices=2",
                         "fabric.strategy=ddp", "print_config=false"], cwd=tmp_path, env=env, capture_output=True,
                        text=True, timeout=300)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
@@ -385,9 +405,9 @@ def test_two_ranks_write_their_own_factors(tmp_path):
         for n in mats:
             assert len(_entry_files(folder, n, "factors")) == 3 and len(_entry_files(folder, n, "polar")) == 1
     cold_two = read_folder(out)
-    cold_one, _ = run(RTSVM, pool, gamma=0.3)
+    cold_one, _ = run(RTSVM, pool, gamma=0.3, cpu_threads=1)
     assert_identical(state(cold_one), cold_two)
-    cold, _ = run(RTSVM, pool, gamma=0.8)
-    warm, m = run(RTSVM, pool, gamma=0.8, svd_cache=str(folder))
+    cold, _ = run(RTSVM, pool, gamma=0.8, cpu_threads=1)
+    warm, m = run(RTSVM, pool, gamma=0.8, svd_cache=str(folder), cpu_threads=1)
     assert_identical(state(cold), state(warm))
     assert m.last_report["svd_cache"]["svds"] == 0 and m.last_report["svd_cache"]["factors"]["hit"] == 27

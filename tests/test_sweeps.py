@@ -357,7 +357,8 @@ def test_cli_sweep_on_two_cpu_ranks(tmp_path):
     r = cli(["method=sweep", "modelpool=sweep_pool", "method.method=r_tsvm", "~method.grid",
              "+method.grid={gamma: [0.2, 0.8]}",
              "+method.options.epsilon_mode=relative", "+method.options.epsilon=0.6", f"method.out_dir={out}",
-             "fabric.accelerator=cpu", "fabric.devices=2", "fabric.strategy=ddp"], tmp_path)
+             "+method.options.cpu_threads=1", "fabric.accelerator=cpu", "fabric.devices=2", "fabric.strategy=ddp"],
+            tmp_path)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     rep = json.load(open(out / "r3h_sweep.json"))
     assert cache_svds(rep) == {"gamma=0.2": 45, "gamma=0.8": 0}
@@ -365,7 +366,7 @@ def test_cli_sweep_on_two_cpu_ranks(tmp_path):
     for g in (0.2, 0.8):
         info = json.load(open(out / f"gamma={g}" / "r3h_merge.json"))
         assert info["stats"]["world_size"] == 2
-        assert_identical(direct(RTSVM, pool, gamma=g, epsilon_mode="relative", epsilon=0.6),
+        assert_identical(direct(RTSVM, pool, gamma=g, epsilon_mode="relative", epsilon=0.6, cpu_threads=1),
                          read_folder(out / f"gamma={g}"))
     assert not list((tmp_path / "out").glob(".r3h-*"))
 

@@ -616,18 +616,21 @@ def explicit_case(shape, n, seed):
     return base, experts, factors
 
 
+@pytest.mark.parametrize("solver", ["full", "auto"])
 @pytest.mark.parametrize("cls", ["tsvm", "r_tsvm", "r_tsvm_inverse", "r_tsvm_share"])
-def test_sign_convention_end_to_end(cls, monkeypatch):
+def test_sign_convention_end_to_end(cls, solver, monkeypatch):
     """r3h's result equals the reference built from the explicit factors under any sign
-    choice, and does not move when torch's SVD returns randomly flipped pairs."""
+    choice, and does not move when torch's SVD (or, on the Gram route, eigh) returns
+    randomly flipped singular (eigen) vectors."""
     shape, n = (26, 18), 3
     base, experts, factors = explicit_case(shape, n, seed=21)
     q = min(shape) // n
-    opts = {} if cls == "tsvm" else dict(gamma=0.5, epsilon=0.3, outlier_min_share=0.0)
+    opts = dict(svd_solver=solver) if cls == "tsvm" else dict(gamma=0.5, epsilon=0.3, outlier_min_share=0.0,
+                                                              svd_solver=solver)
     if cls != "tsvm":
         opts["outlier_reading"] = cls.split("_")[2] if cls.count("_") == 2 else "eq8"
         cls = "r_tsvm"
-    make = (lambda: tsvm(alpha=0.9)) if cls == "tsvm" else (lambda: rtsvm(alpha=0.9, **opts))
+    make = (lambda: tsvm(alpha=0.9, **opts)) if cls == "tsvm" else (lambda: rtsvm(alpha=0.9, **opts))
     m = make()
     out = merge(m, "w", base, experts)
     rep = m.tensor_reports["w"]
@@ -659,10 +662,25 @@ def test_sign_convention_end_to_end(cls, monkeypatch):
         Vh = torch.cat([Vh[:k] * d[:, None], Vh[k:]], dim=0)
         return U, S, Vh
 
-    monkeypatch.setattr(torch.linalg, "svd", flipped_svd)
-    out2 = merge(make(), "w", base, experts)
-    assert flips["calls"] == n + 2 and flips["negated"] > 0  # n expert SVDs + two polar factors
+    orig_eigh = torch.linalg.eigh
+
+    def flipped_eigh(A, *a, **kw):
+        w, W = orig_eigh(A, *a, **kw)
+        d = torch.where(torch.rand(W.shape[-1], generator=gs) < 0.5, -1.0, 1.0).to(W.dtype)
+        flips["calls"] += 1
+        flips["negated"] += int((d < 0).sum())
+        return w, W * d
+
+    if solver == "full":
+        monkeypatch.setattr(torch.linalg, "svd", flipped_svd)
+    else:
+        monkeypatch.setattr(torch.linalg, "eigh", flipped_eigh)
+    m2 = make()
+    out2 = merge(m2, "w", base, experts)
+    assert flips["calls"] == n + 2 and flips["negated"] > 0  # n expert decompositions + two polar factors
     assert_rel(out2 - base, out - base, float((out - base).abs().max()), 1e-5, "flipped SVD")
+    routes = m2.tensor_reports["w"]["routes"]
+    assert all(r.startswith("gram" if solver == "auto" else "svd") for r in routes.values()), routes
 
 
 # ---------------------------------------------------------------------------------------
@@ -823,11 +841,14 @@ def test_bad_options_fail_before_reading(cls, opts, word, tmp_path, count_reads)
     assert not out.exists()
 
 
+@pytest.mark.parametrize("solver", ["full", "auto"])
 @pytest.mark.parametrize("mode", ["nan", "linalg_error"])
 @pytest.mark.parametrize("cls", [TaskSingularVectorMerging, RTSVM])
-def test_nonfinite_svd_names_the_tensor(cls, mode, tmp_path, monkeypatch):
+def test_nonfinite_svd_names_the_tensor(cls, mode, solver, tmp_path, monkeypatch):
+    """A failing or non-finite decomposition (LAPACK's SVD, or eigh on the Gram route) is an
+    error naming the tensor."""
     pool = simple_pool(tmp_path)
-    orig = torch.linalg.svd
+    orig, orig_eigh = torch.linalg.svd, torch.linalg.eigh
 
     def bad_svd(A, full_matrices=True, **kw):
         if mode == "linalg_error":
@@ -835,11 +856,21 @@ def test_nonfinite_svd_names_the_tensor(cls, mode, tmp_path, monkeypatch):
         U, S, Vh = orig(A, full_matrices=full_matrices, **kw)
         return U * float("nan"), S, Vh
 
-    monkeypatch.setattr(torch.linalg, "svd", bad_svd)
+    def bad_eigh(A, *a, **kw):
+        if mode == "linalg_error":
+            raise torch.linalg.LinAlgError("linalg.eigh: The algorithm failed to converge")
+        w, W = orig_eigh(A, *a, **kw)
+        return w, W * float("nan")
+
+    if solver == "full":
+        monkeypatch.setattr(torch.linalg, "svd", bad_svd)
+    else:
+        monkeypatch.setattr(torch.linalg, "eigh", bad_eigh)
     with pytest.raises(ValueError, match=r"tensor 'w'"):
-        cls(progress=False, device="cpu").run(pool)
+        cls(progress=False, device="cpu", svd_solver=solver).run(pool)
     with pytest.raises(ValueError, match=r"tensor 'layers\.3\.w'"):
-        merge(cls(progress=False, device="cpu"), "layers.3.w", torch.zeros(8, 6), [torch.ones(8, 6), torch.eye(8, 6)])
+        merge(cls(progress=False, device="cpu", svd_solver=solver), "layers.3.w", torch.zeros(8, 6),
+              [torch.ones(8, 6), torch.eye(8, 6)])
 
 
 # ---------------------------------------------------------------------------------------
@@ -956,3 +987,116 @@ def test_resm_configs_are_r_tsvm(alias):
     if fb is not None:
         fb_dir = list(fb.submodule_search_locations)[0]
         assert not os.path.exists(os.path.join(fb_dir, "method", f"{alias}.yaml"))
+
+
+# ---------------------------------------------------------------------------------------
+# 7. the Gram routes (svd_solver: auto) against the exact SVD, and their fallback
+# ---------------------------------------------------------------------------------------
+
+def realistic_taus(kind: str, shape, n: int, seed: int) -> List[torch.Tensor]:
+    """Task vectors as fine-tuning gives them: a decaying low-rank part plus dense noise
+    (`lowrank`), or DPO-sized updates (~1e-4 entries, a few directions over ~2e-5 noise)."""
+    g = gen(seed)
+    m, d = shape
+    out = []
+    for _ in range(n):
+        if kind == "lowrank":
+            t = lowrank_tau(shape, g, scale=0.05, rank=min(m, d) // 4, noise=0.05)
+        else:
+            t = lowrank_tau(shape, g, scale=1e-3, rank=6, lo=0.2) + 2e-5 * torch.randn(m, d, generator=g, dtype=F64)
+        out.append(t)
+    return out
+
+
+@pytest.mark.parametrize("kind", ["lowrank", "dpo"])
+@pytest.mark.parametrize("shape,n", [((96, 64), 4), ((40, 120), 3), ((300, 48), 5), ((64, 64), 5)])
+def test_gram_route_matches_exact_svd(kind, shape, n):
+    """`auto` (Gram routes) gives the exact SVD route's merged tensor within 1e-4 relative
+    Frobenius, and the float64 reference closer still; every decomposition took the Gram
+    route (these task vectors are well conditioned enough)."""
+    from r3h.core import layerwise_svd as core
+
+    taus = realistic_taus(kind, shape, n, seed=shape[0] + n)
+    base = 0.3 * torch.randn(*shape, generator=gen(1), dtype=F64)
+    experts = [(base + t).float() for t in taus]
+    base32 = base.float()
+    delta = ref_tsvm_delta_from_factors(ref_factors(taus64(base32, experts), min(shape) // n))
+    ma, mf = tsvm(), tsvm(svd_solver="full")
+    auto = merge(ma, "w", base32, experts).double() - base32.double()
+    full = merge(mf, "w", base32, experts).double() - base32.double()
+    rel = lambda a, b: float((a - b).norm() / b.norm())  # noqa: E731
+    assert rel(auto, full) <= 1e-4
+    # as close to the float64 reference as the float32 SVD is (the polar factor of a nearly
+    # square stack amplifies float32 round-off in both), or within 1e-5
+    assert rel(auto, delta) <= max(1e-5, 2 * rel(full, delta)), (rel(auto, delta), rel(full, delta))
+    routes = ma.tensor_reports["w"]["routes"]
+    assert len(routes) == n + 2 and all(r.startswith("gram") for r in routes.values()), routes
+    assert all(r == "svd" for r in mf.tensor_reports["w"]["routes"].values())
+    # the triplets themselves: σ and the rank-q reconstruction U diag(σ) Vᵀ
+    q = min(shape) // n
+    for t in taus[:2]:
+        (U, S, V), route = core.top_triplets(t.float(), q, "auto")
+        U64, S64, Vh64 = torch.linalg.svd(t, full_matrices=False)
+        assert route.name == "gram" and route.cond == pytest.approx(float(S64[0] / S64[q - 1]), rel=1e-6)
+        assert_rel(S, S64[:q], S64[0], 1e-6, "singular values")
+        ref = U64[:, :q] @ torch.diag(S64[:q]) @ Vh64[:q]
+        assert_rel((U.double() * S.double()) @ V.double().T, ref, S64[0], 1e-5, "rank-q part")
+
+
+def test_ill_conditioned_task_vector_falls_back_to_the_svd():
+    """τ of rank 2 < q: σq = 0, the Gram cannot give Uq = τ Vq / σq; the route falls back to
+    the exact SVD (the same triplets as `full`, bit for bit) and the report says so."""
+    from r3h.core import layerwise_svd as core
+
+    g = gen(7)
+    shape, n = (30, 24), 3
+    q = min(shape) // n
+    base = torch.randn(*shape, generator=g)
+    experts = [base + 0.01 * torch.randn(*shape, generator=g) for _ in range(n - 1)]
+    low = (torch.randn(30, 2, generator=g) @ torch.randn(2, 24, generator=g)) * 0.01
+    experts.append(base + low)
+    tau = experts[-1] - base
+    got, route = core.top_triplets(tau.clone(), q, "auto")
+    assert route.fallback and route.name == "svd" and route.cond > core.GRAM_MAX_COND
+    assert "fallback" in route.describe()
+    exact = core.expert_svd(tau.clone(), q, "full")
+    assert all(torch.equal(a, b) for a, b in zip(got, exact))
+    m = tsvm()
+    out = merge(m, "w", base, experts)
+    routes = m.tensor_reports["w"]["routes"]
+    assert routes["expert 2"].startswith("svd (fallback: κ=") and routes["expert 0"].startswith("gram")
+    delta = ref_tsvm_delta_from_factors(ref_factors(taus64(base, experts), q))
+    # only the rank-2 part of expert 2 is determined; its other columns carry σ ≈ 0 but move
+    # the polar factors, as they do for the exact SVD: compare with the `full` route
+    full = merge(tsvm(svd_solver="full"), "w", base, experts)
+    assert float((out.double() - full.double()).norm() / (full.double() - base.double()).norm()) <= 1e-4
+    assert torch.isfinite(delta).all()
+
+
+def test_nearly_dependent_stack_falls_back_for_the_polar_factor():
+    """Two experts with the same τ: the stacked Û has repeated columns, λmin(ÛᵀÛ) ≈ 0, and the
+    polar factor falls back to the exact SVD (bit for bit `polar`)."""
+    from r3h.core import layerwise_svd as core
+
+    g = gen(8)
+    A = torch.linalg.qr(torch.randn(40, 6, generator=g)).Q.float()
+    stack = torch.cat([A, A], dim=1)
+    P, G, route = core.polar_factor(stack.clone(), "auto")
+    assert route.fallback and route.cond > core.GRAM_MAX_COND
+    assert torch.equal(P, core.polar(stack))
+    assert torch.allclose(G, stack.double().T @ stack.double())
+    # well conditioned: the Gram route, equal to the float64 polar factor
+    B = torch.randn(40, 12, generator=g)
+    P, _, route = core.polar_factor(B.clone(), "auto")
+    assert route.name == "gram" and not route.fallback
+    assert_rel(P, ref_polar(B.double()), 1.0, 1e-5, "polar factor")
+    # a merge with two identical experts takes the fallback for both stacks and says so (the
+    # polar factor of a rank-deficient stack is not unique: any route's completion is arbitrary)
+    base = torch.randn(24, 18, generator=g)
+    e = base + 0.02 * torch.randn(24, 18, generator=g)
+    experts = [e, e.clone(), base + 0.02 * torch.randn(24, 18, generator=g)]
+    m = tsvm()
+    out = merge(m, "w", base, experts)
+    routes = m.tensor_reports["w"]["routes"]
+    assert "fallback" in routes["polar U"] and "fallback" in routes["polar V"], routes
+    assert torch.isfinite(out).all()

@@ -66,9 +66,8 @@ class AlignmentVectorAnalysis(BaseAlgorithm):
             the vocabulary-sized embeddings and `lm_head` of Llama-3 and Mistral, which
             cost most); `null` = no limit.
         exclude_keys: regexes (full match) of tensor names to skip entirely.
-        cpu_threads: threads for the CPU SVDs (default 1, as `tsvm`: the same count gives the
-            same STI bits as a `tsvm` run); `null` = torch's default. The other statistics use
-            torch's threads.
+        cpu_threads: threads for the CPU SVDs (default 1: a fixed count gives the same bits on
+            every run); `null` = torch's default. The other statistics use torch's threads.
         device: where the statistics are computed: `cpu` (default), `cuda`, `auto`.
         out_dir: where the report goes (the folder is replaced atomically); default
             `<log dir>/alignment_vectors` under fusion_bench, else `outputs/analysis`.

@@ -6,7 +6,7 @@ read. `stream_merge` then reads, for each name, the base tensor and hands the
 method the experts' tensors as an `ExpertTensors` sequence that reads each one
 from disk when it is reached (checked for NaN/Inf, upcast to float32 on
 `device`). Methods that combine experts linearly take them one at a time; the
-others materialise the list. The result is cast to the output dtype and handed to
+others materialise the list. Names are merged largest first (`largest_first`). The result is cast to the output dtype and handed to
 the sinks. Peak memory is therefore the output (or one shard of it, when writing
 to disk) plus a few tensors.
 
@@ -167,7 +167,7 @@ def stream_merge(
     t_start = time.perf_counter()
     names = plan.names if names is None else list(names)
     ref = plan.reference
-    for name in tqdm(names, desc=desc, unit="tensor", disable=not progress):
+    for name in tqdm(largest_first(names, plan.shapes), desc=desc, unit="tensor", disable=not progress):
         theta0 = _read(plan.base, name, device) if plan.base is not None else None
         if not ref.tensors[name].dtype.is_floating_point:
             outs = [ref.get(name)] * len(sinks)
@@ -198,6 +198,19 @@ def stream_merge(
     }
     log.info("merged %d tensors in %.1f s; peak RSS %.2f GB", len(names), seconds, stats["peak_rss_gb"])
     return stats
+
+
+def largest_first(names: Sequence[str], shapes: Dict[str, Tuple[int, ...]]) -> List[str]:
+    """`names` by decreasing size (ties in their order). Merging the largest tensors (embedding,
+    lm_head) first holds their working memory while the collected output is still small: the
+    peak is about output + one small tensor's work, not output + the largest tensor's work."""
+    def numel(name):
+        n = 1
+        for s in shapes[name]:
+            n *= int(s)
+        return n
+
+    return sorted(names, key=lambda k: -numel(k))
 
 
 def _grow_rows(merged: torch.Tensor, thetas: Sequence[torch.Tensor], total_rows: int) -> torch.Tensor:

@@ -23,12 +23,14 @@ on the checkpoints (and the solver) and a cheap part that depends on the hyperpa
 with; with the exact solver an entry with q_stored ≥ q serves q by slicing (the first q
 columns of the same full SVD are bit-identical), and a larger q recomputes and replaces it
 (status `short`). The randomized solver's factors depend on q (and on the expert's position,
-which seeds its test matrix), so for it both are part of the key.
+which seeds its test matrix), so for it both are part of the key; so is q for `auto` (the Gram
+route's U = τ V diag(1/σ) is one GEMM over the q columns, and whether it falls back to the SVD
+depends on σ1/σq).
 
 **Keys and fingerprints.** An entry's file is `<folder>/<tensor slug>/<kind>-<h>.safetensors`
 where h hashes its *stable key*: tensor name, kind, the real paths of the files holding the
-base's and the expert's tensor, the solver (and, for `randomized`: seed, oversample,
-n_iter, expert position, q). Its metadata holds the *fingerprint*: the stable key plus both
+base's and the expert's tensor, the solver `svd_solver` (and, for `auto`: q; for `randomized`:
+seed, oversample, n_iter, expert position, q). Its metadata holds the *fingerprint*: the stable key plus both
 files' size and mtime (ns), both tensors' safetensors header entries (dtype, shape, byte
 offsets), τ's shape, and the environment (torch version, compute dtype float32, device type,
 LAPACK threads and CPU model on CPU, CUDA version and GPU name on GPU). A lookup compares
@@ -187,6 +189,8 @@ class SVDCache:
         if solver == "randomized":
             stable.update(seed=int(seed), oversample=int(oversample), n_iter=int(n_iter), expert_index=int(index),
                           q=int(q))
+        elif solver != "full":  # the Gram route's U = τ V diag(1/σ) and its fallback depend on q
+            stable.update(q=int(q))
         fingerprint = {**stable, "format": FORMAT, "base_tensor": base_id, "expert_tensor": expert_id,
                        "shape": [int(s) for s in shape], "env": self.env}
         entry = Entry(self._path(tensor, "factors", stable), stable, fingerprint)

@@ -58,14 +58,21 @@ class TaskSingularVectorMerging(LightningFabricMixin, MergeAlgorithm):
 
     Args:
         alpha: α, default 0.5 (the toy validation sweep in docs/methods.md).
-        svd_solver: `full` (exact; default) or `randomized` (top-q triplets by a seeded
-            randomized range finder with `svd_oversample` extra columns and `svd_n_iter`
-            power iterations; `seed` seeds it per tensor and expert).
+        svd_solver: how the top-q triplets and the polar factors are computed.
+            `auto` (default): exact routes through float64 Gram matrices (the
+            smaller of τᵀτ / ττᵀ and the stacks' nq × nq Grams, `eigh`), with an automatic
+            fallback to the exact SVD where the condition estimate κ exceeds
+            `layerwise_svd.GRAM_MAX_COND` (reported per tensor under `routes`); equal to
+            `full` within float32 round-off (1e-6 relative). `full`: LAPACK's SVD for
+            everything. `randomized`: top-q triplets by a seeded randomized range finder
+            with `svd_oversample` extra columns and `svd_n_iter` power iterations (`seed`
+            seeds it per tensor and expert); polar factors as `full`.
         exclude_keys: regexes (full match) of tensors that skip the SVD; default none:
             every matrix, embeddings and `lm_head` included, goes through it.
-        cpu_threads: threads for CPU linear algebra (default 1; `null` = torch's default).
-            A fixed count keeps CPU merges bit-identical whatever the number of processes;
-            to use more cores, run more Fabric processes.
+        cpu_threads: threads for CPU linear algebra per process (default null: torch's
+            default, all the cores). A fixed count (e.g. 1) makes a CPU merge bit-identical
+            whatever the number of processes (LAPACK's bits depend on its thread count); it
+            costs the speed of the cores it leaves idle unless as many Fabric processes run.
         device: `auto` (default: the Fabric device of this rank), `cpu`, `cuda`, ...
         tmp_dir: shared folder for the ranks' shards when several ranks run in memory mode
             (default: the system temp, or beside `out_dir`).
@@ -86,11 +93,11 @@ class TaskSingularVectorMerging(LightningFabricMixin, MergeAlgorithm):
     def __init__(
         self,
         alpha: float = 0.5,
-        svd_solver: str = "full",
+        svd_solver: str = "auto",
         svd_oversample: int = 10,
         svd_n_iter: int = 4,
         seed: int = 42,
-        cpu_threads: Optional[int] = 1,
+        cpu_threads: Optional[int] = None,
         tmp_dir: Optional[str] = None,
         device: str = "auto",
         svd_cache: Optional[str] = None,
@@ -103,8 +110,7 @@ class TaskSingularVectorMerging(LightningFabricMixin, MergeAlgorithm):
 
     # -- checks -----------------------------------------------------------------------
     def setup(self, names):
-        if self.svd_solver not in ("full", "randomized"):
-            raise ValueError(f"svd_solver must be 'full' or 'randomized'; got {self.svd_solver!r}")
+        svd.check_solver(self.svd_solver)
         if not float(self.alpha) == float(self.alpha):
             raise ValueError(f"alpha={self.alpha} is not a number")
         if int(self.svd_oversample) < 0 or int(self.svd_n_iter) < 0:
@@ -153,10 +159,11 @@ class TaskSingularVectorMerging(LightningFabricMixin, MergeAlgorithm):
         report: Dict[str, Any] = {"shape": list(base.shape)}
         if base.dim() != 2 or self.is_excluded(name) or min(base.shape) // n == 0:
             report["rule"] = "mean"
-            taus = [e.sub_(base) for e in experts]  # in place, in the experts' fresh buffers
-            mean = taus[0]
-            for t in taus[1:]:
-                mean.add_(t)
+            mean = None
+            for e in experts:  # one expert at a time, τ in place in its fresh buffer
+                t = e.sub_(base)
+                mean = t if mean is None else mean.add_(t)
+                del t
             out = base + alpha * mean.div_(n)
         else:
             out = self._svd_rule(name, base, experts, alpha, report)
@@ -167,8 +174,9 @@ class TaskSingularVectorMerging(LightningFabricMixin, MergeAlgorithm):
     def _svd_rule(self, name, base, experts, alpha, report) -> torch.Tensor:
         """θ0 + α Δ for a matrix, with the SVD work taken from the cache where it is there.
 
-        Task vectors are read only when something needs them: always for R-TSVM's
-        statistics, and for TSVM only when an expert's factors are not cached."""
+        Task vectors are read only when something needs them: all at once for R-TSVM's
+        statistics; for TSVM one at a time, each released once its triplets are taken (and
+        not at all where the cache holds the factors)."""
         n = len(experts)
         r = min(base.shape)
         q = svd.top_q(r, n)
@@ -179,27 +187,14 @@ class TaskSingularVectorMerging(LightningFabricMixin, MergeAlgorithm):
             entries = [cache.factor_entry(name, plan.base, plan.experts[i], i, q, self.svd_solver, base.shape,
                                           self.seed, self.svd_oversample, self.svd_n_iter) for i in range(n)]
         taus: List[Optional[torch.Tensor]] = [None] * n
-        if self.reweight or cache is None or not all(e.usable for e in entries):
+        zero: List[Optional[bool]] = [e.zero if e is not None and e.usable else None for e in entries]
+        if self.reweight:
             taus = [e.sub_(base) for e in experts]  # in place, in the experts' fresh buffers
-            zero = [not bool(t.any()) for t in taus]
-            for e, z in zip(entries, zero):  # a cached zero flag that τ contradicts is stale
-                if e is not None and e.usable and e.zero != z:
-                    e.status = "stale"
-        else:
-            zero = [e.zero for e in entries]
-        ctx = {"svds": 0, "unwritten": 0}
-        if cache is not None:
-            for e, z in zip(entries, zero):
-                if z and not e.usable:
-                    ctx["unwritten"] += not cache.store_zero(e)
-        # Experts whose τ is all zero here add nothing and would only feed arbitrary
-        # singular vectors into the polar factors: they are left out of the stacks.
-        active = [i for i in range(n) if not zero[i]]
-        if not active:
-            report["rule"] = "zero"
-            out = base.clone()
-        else:
-            out = base + alpha * self._svd_delta(name, base, experts, taus, active, q, entries, ctx, report)
+            for i, t in enumerate(taus):
+                self._note_zero(entries[i], zero, i, not bool(t.any()))
+        rw = self.reweighting(taus, r, q) if self.reweight else {"weights": None, "ranks": None}
+        ctx = {"svds": 0, "unwritten": 0, "routes": []}
+        out = self._svd_delta(name, base, experts, taus, zero, q, entries, ctx, rw, alpha, report)
         if cache is not None:
             report["svd_cache"] = {"factors": [e.status for e in entries], "polar": report.pop("_polar", None),
                                    "svds": ctx["svds"]}
@@ -207,75 +202,123 @@ class TaskSingularVectorMerging(LightningFabricMixin, MergeAlgorithm):
                 report["svd_cache"]["unwritten"] = ctx["unwritten"]
         return out
 
-    def _svd_delta(self, name, base, experts, taus, active, q, entries, ctx, report) -> torch.Tensor:
+    def _note_zero(self, entry, zero, i, z: bool) -> None:
+        """Record that τi is (not) all zero; a cached flag that τ contradicts is stale."""
+        if entry is not None and entry.usable and entry.zero != z:
+            entry.status = "stale"
+        zero[i] = z
+
+    def _svd_delta(self, name, base, experts, taus, zero, q, entries, ctx, rw, alpha, report) -> torch.Tensor:
         n = len(taus)
-        r = min(base.shape)
         m, d = base.shape
-        rw = self.reweighting(taus, r, q)  # statistics of the full τi, before they are released
-        for i in range(n):
-            if i not in active:
-                taus[i] = None
         cache = self._cache if entries[0] is not None else None
-        polar_entry = cache.polar_entry(name, [entries[i] for i in active], q) if cache is not None else None
-        got = None
-        if polar_entry is not None and polar_entry.usable:
-            got = cache.load_polar(polar_entry, m, d, len(active) * q, base.device)
+        got = polar_entry = None
+        if all(z is not None for z in zero):  # every expert's zero flag known: try the polar entry first
+            for i in range(n):
+                if zero[i]:
+                    taus[i] = None
+            active = [i for i in range(n) if not zero[i]]
+            if active and cache is not None:
+                polar_entry = cache.polar_entry(name, [entries[i] for i in active], q)
+                if polar_entry.usable:
+                    got = cache.load_polar(polar_entry, m, d, len(active) * q, base.device)
         if got is not None:
             U_orth, V_orth, S_hat, sti = got
             taus.clear()
         else:
-            f = self._stacked_factors(name, base, experts, taus, active, q, entries, ctx)
-            U_orth, V_orth = svd.polar(f.U), svd.polar(f.V)
+            f, active = self._stacked_factors(name, base, experts, taus, zero, q, entries, ctx)
+            if f is None:
+                report["rule"] = "zero"
+                return base.clone()
+            if cache is not None and (polar_entry is None or polar_entry.stable["experts"] != [
+                    entries[i].stable_digest for i in active]):
+                polar_entry = cache.polar_entry(name, [entries[i] for i in active], q)
+            try:
+                U_orth, GU, ru = svd.polar_factor(f.U, self.svd_solver, inplace=True)
+                V_orth, GV, rv = svd.polar_factor(f.V, self.svd_solver, inplace=True)
+            except RuntimeError as exc:  # torch.linalg.LinAlgError
+                raise ValueError(f"tensor '{name}': the polar factor of the stacked factors failed ({exc})") from exc
             ctx["svds"] += 2
-            sti, S_hat = svd.interference(f), f.S
+            ctx["routes"] += [("polar U", ru), ("polar V", rv)]
+            sti, S_hat = svd.interference_from_grams(GU, GV, f.S), f.S
+            del f, GU, GV
             if cache is not None:
                 ctx["unwritten"] += not cache.store_polar(polar_entry, U_orth, V_orth, S_hat, sti)
-            del f
         if polar_entry is not None:
             report["_polar"] = polar_entry.status
         weights, ranks = rw.pop("weights"), rw.pop("ranks")
-        delta = svd.combine(U_orth, V_orth, S_hat, q, len(active),
-                            None if weights is None else [weights[i] for i in active],
-                            None if ranks is None else [ranks[i] for i in active])
-        if not torch.isfinite(delta).all():
+        out = svd.combine(U_orth, V_orth, S_hat, q, len(active),
+                          None if weights is None else [weights[i] for i in active],
+                          None if ranks is None else [ranks[i] for i in active],
+                          base=base, alpha=alpha, inplace=True)  # U⊥ is fresh here
+        del U_orth, V_orth
+        if not torch.isfinite(out).all():
             raise ValueError(f"tensor '{name}': the merged task vector is not finite")
         report.update(rule="svd", q=q, sti=sti,
                       alpha=list(weights) if weights is not None else [1.0] * n,
                       k_i=[(ranks[i] if ranks is not None else q) if i in active else 0 for i in range(n)],
                       **{k: (float(v) if k == "omega" else v) for k, v in rw.items()})
+        if ctx["routes"]:
+            report["routes"] = {k: r.describe() for k, r in ctx["routes"]}
         if len(active) < n:
             report["zero_experts"] = [i for i in range(n) if i not in active]
-        return delta
+        return out
 
-    def _stacked_factors(self, name, base, experts, taus, active, q, entries, ctx) -> svd.StackedFactors:
-        """The active experts' top-q triplets, from the cache or by SVD (stored when a cache
-        is on); each τi is released once its SVD is done."""
+    def _stacked_factors(self, name, base, experts, taus, zero, q, entries, ctx):
+        """The non-zero experts' top-q triplets, from the cache or computed (stored when a
+        cache is on), and the list of those experts; (None, []) when every τi is zero. Each
+        τi is read only if needed and released once its triplets are taken. Experts whose τ
+        is all zero add nothing and would only feed arbitrary singular vectors into the
+        polar factors: they are left out of the stacks."""
         m, d = base.shape
+        n = len(taus)
         cache = self._cache if entries[0] is not None else None
-        Us, Ss, Vs = [], [], []
-        for i in active:
+        # the stacks are filled in place, expert by expert (no second copy for a concatenation)
+        U_all = torch.empty(m, n * q, dtype=torch.float32, device=base.device)
+        V_all = torch.empty(d, n * q, dtype=torch.float32, device=base.device)
+        Ss, active = [], []
+        for i in range(n):
             e = entries[i]
-            got = cache.load_factors(e, q, m, d, base.device) if e is not None and e.usable else None
+            if zero[i]:
+                taus[i] = None
+                continue
+            got = cache.load_factors(e, q, m, d, base.device) if e is not None and e.usable and not e.zero else None
             if got is None:
                 tau = taus[i] if taus[i] is not None else experts[i].sub_(base)
                 taus[i] = None
+                if zero[i] is None:
+                    self._note_zero(e, zero, i, not bool(tau.any()))
+                if zero[i]:
+                    if e is not None and not e.usable:
+                        ctx["unwritten"] += not cache.store_zero(e)
+                    continue
                 gen = tensor_generator(self.seed, name, i) if self.svd_solver == "randomized" else None
                 try:
-                    got = svd.expert_svd(tau, q, self.svd_solver, gen, int(self.svd_oversample), int(self.svd_n_iter))
+                    got, route = svd.top_triplets(tau, q, self.svd_solver, gen, int(self.svd_oversample),
+                                                  int(self.svd_n_iter))
                 except RuntimeError as exc:  # torch.linalg.LinAlgError
                     raise ValueError(f"tensor '{name}': the SVD of a task vector failed ({exc})") from exc
                 del tau
                 ctx["svds"] += 1
+                ctx["routes"].append((f"expert {i}", route))
                 if not all(bool(torch.isfinite(t).all()) for t in got):
                     raise ValueError(f"tensor '{name}': the SVD of a task vector is not finite")
                 if e is not None:
                     ctx["unwritten"] += not cache.store_factors(e, *got)
             taus[i] = None
-            Us.append(got[0])
+            k = len(active)
+            U_all[:, k * q : (k + 1) * q] = got[0]
+            V_all[:, k * q : (k + 1) * q] = got[2]
             Ss.append(got[1])
-            Vs.append(got[2])
+            active.append(i)
+            del got
         taus.clear()
-        return svd.stack_factors(Us, Ss, Vs, q)
+        if not active:
+            return None, []
+        k = len(active) * q
+        if k < n * q:
+            U_all, V_all = U_all[:, :k].contiguous(), V_all[:, :k].contiguous()
+        return svd.StackedFactors(U_all, torch.cat(Ss), V_all, q, len(active)), active
 
     def is_excluded(self, name: str) -> bool:
         return any(re.fullmatch(p, name) for p in self.exclude_keys)
