@@ -253,7 +253,7 @@ def test_base_dtype_kept_and_math_in_float32(tmp_path, pool_factory):
     ex = {n: {k: v.to(torch.bfloat16) for k, v in sd.items()} for n, sd in experts_of(rand_sd(0)).items()}
     pool = pool_factory(base, ex)
     out = tmp_path / "m"
-    TaskArithmetic(progress=False, out_dir=str(out)).run(pool)
+    TaskArithmetic(scaling_factor=1.0, progress=False, out_dir=str(out)).run(pool)
     sd = read_folder(out)
     k = "layer.weight"
     want = base[k].float() + sum(ex[n][k].float() - base[k].float() for n in ex)

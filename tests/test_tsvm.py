@@ -1021,7 +1021,7 @@ def test_gram_route_matches_exact_svd(kind, shape, n):
     experts = [(base + t).float() for t in taus]
     base32 = base.float()
     delta = ref_tsvm_delta_from_factors(ref_factors(taus64(base32, experts), min(shape) // n))
-    ma, mf = tsvm(), tsvm(svd_solver="full")
+    ma, mf = tsvm(alpha=1.0), tsvm(alpha=1.0, svd_solver="full")
     auto = merge(ma, "w", base32, experts).double() - base32.double()
     full = merge(mf, "w", base32, experts).double() - base32.double()
     rel = lambda a, b: float((a - b).norm() / b.norm())  # noqa: E731
