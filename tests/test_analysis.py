@@ -193,7 +193,7 @@ def test_pairwise_cosine_and_sign_conflicts(pool_data, report):
 
 
 def test_sti_matches_float64_and_the_tsvm_report(pool_data, report):
-    """STI as a float64 SVD reference computes it, and bit for bit as `tsvm` reports it;
+    """STI as a float64 SVD reference computes it, and bit for bit as `tsvm` with `svd_solver: full` reports it;
     pooled Ω and αi as `r_tsvm` reports them (absolute and relative ε, outlier_norm: sum)."""
     pool, base, experts, root = pool_data
     recs = {r["name"]: r for r in report[0].last_report["tensors"]}
@@ -216,7 +216,7 @@ def test_sti_matches_float64_and_the_tsvm_report(pool_data, report):
         q = min(SHAPES[name]) // len(taus)
         assert r["sti_rule"] == "svd" and r["q"] == q
         assert r["sti"] == approx(ref_sti(ref_factors(active, q)), rel=1e-4)
-        rep = tsvm_report(TaskSingularVectorMerging(progress=False, device="cpu"), name)
+        rep = tsvm_report(TaskSingularVectorMerging(progress=False, device="cpu", svd_solver="full"), name)
         assert r["sti"] == rep["sti"] and r["q"] == rep["q"]
         assert r.get("zero_experts") == rep.get("zero_experts")
         for mode, eps, key in (("absolute", EPS, "omega_abs"), ("relative", EPS_REL, "omega_rel")):

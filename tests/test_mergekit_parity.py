@@ -213,6 +213,10 @@ def inject_masks(monkeypatch):
 
 
 def r3h_merge(cls, base, experts, **hp):
+    """r3h's merge of one tensor; MergeKit's `lambda` defaults to 1, r3h's `scaling_factor` to
+    the toy-chosen value of its config (docs/methods.md), so 1 unless the test sets it."""
+    if hasattr(cls(progress=False), "scaling_factor"):
+        hp.setdefault("scaling_factor", 1.0)
     method = cls(progress=False, **hp)
     method.setup(expert_names(len(experts)))
     return method.merge_tensor(NAME, base, [e.clone() for e in experts])  # it may work in place
@@ -263,7 +267,8 @@ def test_ties(shape, n, density, consensus, normalize, s):
 
 
 def test_ties_defaults_match_mergekit():
-    """r3h's `ties` defaults (sum, normalize true, no rescale) are MergeKit's `ties` defaults."""
+    """r3h's `ties` defaults (sum, normalize true, no rescale) are MergeKit's `ties` defaults; the
+    scaling (r3h's default 0.7, chosen on the toy) is MergeKit's lambda = 1 here (r3h_merge)."""
     base, experts, w = make_case((32, 8), 3, seed=5)
     ours = r3h_merge(TiesMerging, base, experts, density=0.4, weights=w)
     theirs = mk_gta("ties", base, experts, w, tparams={"density": 0.4})

@@ -541,7 +541,7 @@ def test_tiny_pool_subsets_and_errors():
 
 def _check_cli_report(r, root):
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    assert re.search(r"^\| r_tsvm \|( [0-9.]+ \|){8}$", r.stdout, re.M), r.stdout[-3000:]
+    assert re.search(r"^\| r\\?_tsvm \|( [0-9.]+ \|){8}$", r.stdout, re.M), r.stdout[-3000:]
     reports = list(root.rglob("program_report.json"))
     assert len(reports) == 1, reports
     report = json.load(open(reports[0]))

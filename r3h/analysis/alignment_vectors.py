@@ -136,7 +136,8 @@ def pair_stats(a: torch.Tensor, b: torch.Tensor, a_sq_norm: float, b_sq_norm: fl
 # -- the matrix: TSVM's interference ------------------------------------------------------------
 
 def tsvm_interference(taus: Sequence[torch.Tensor]) -> Dict:
-    """STI of a matrix as r3h's `tsvm` computes it: q = ⌊r/n⌋, zero experts left out.
+    """STI of a matrix as r3h's `tsvm` computes it with `svd_solver: full` (the default Gram
+    route agrees to round-off): q = ⌊r/n⌋, zero experts left out.
 
     Returns {"sti_rule": "svd", "q", "sti"} (plus "zero_experts" when some τ is zero),
     {"sti_rule": "zero"} when every τ is zero, {"sti_rule": "too_small", "q": 0} when ⌊r/n⌋ = 0.
