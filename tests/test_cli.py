@@ -45,14 +45,14 @@ def test_tiny_3h_from_any_folder(tmp_path):
 
 
 def test_repo_root_config_folder_and_name_clash(tmp_path):
-    """From the repo root, ./config shadows fusion_bench's configs; `task_arithmetic`
-    must still be r3h's method (fusion_bench has a config of the same name)."""
+    """From the repo root (./config is fusion_bench's primary config folder there),
+    `r3h_task_arithmetic` is r3h's method; fusion_bench's `task_arithmetic` stays its own."""
     out = tmp_path / "ta"
-    r = cli(["method=task_arithmetic", "modelpool=tiny_3h", "method.scaling_factor=0.5",
+    r = cli(["method=r3h_task_arithmetic", "modelpool=tiny_3h", "method.scaling_factor=0.5",
              f"merged_model_save_path={out}"], REPO, tmp_path)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     info = json.load(open(out / "r3h_merge.json"))
-    assert info["method"] == "task_arithmetic" and info["algorithm"] == "r3h.methods.task_arithmetic.TaskArithmetic"
+    assert info["method"] == "r3h_task_arithmetic" and info["algorithm"] == "r3h.methods.task_arithmetic.TaskArithmetic"
 
 
 def test_fusion_bench_causal_lm_pool_of_local_models(tmp_path):

@@ -20,7 +20,7 @@ DOCS = os.path.join(ROOT, "docs")
 CONFIG = os.path.join(ROOT, "config")
 
 # the methods with a page docs/methods/<name>.md (r3h.methods.METHODS)
-METHOD_PAGES = ["weight_average", "rewarded_soup", "task_arithmetic", "ties", "dare", "dare_ties", "della",
+METHOD_PAGES = ["weight_average", "rewarded_soup", "r3h_task_arithmetic", "ties", "dare", "dare_ties", "della",
                 "della_ties", "breadcrumbs", "breadcrumbs_ties", "model_stock", "tsvm", "r_tsvm"]
 
 

@@ -13,7 +13,7 @@ from r3h.io import Checkpoint, ShardWriter, atomic_output_dir, parse_size
 from r3h.methods import (
     DareMerging,
     DellaMerging,
-    ModelStock,
+    ModelStockMerging,
     RewardedSoup,
     TaskArithmetic,
     TiesMerging,
@@ -107,7 +107,7 @@ def test_different_architecture(tmp_path, count_reads):
 def test_pool_without_base(pool_factory):
     base = rand_sd(0)
     pool = pool_factory(None, experts_of(base))
-    for method in (TaskArithmetic, TiesMerging, ModelStock, DareMerging):
+    for method in (TaskArithmetic, TiesMerging, ModelStockMerging, DareMerging):
         with pytest.raises(ValueError, match=r"needs a base model: the model pool has no '_pretrained_'"):
             method(progress=False).run(pool)
 
@@ -162,7 +162,7 @@ def test_model_stock_needs_two_experts(pool_factory):
     base = rand_sd(0)
     pool = pool_factory(base, experts_of(base, n=1))
     with pytest.raises(ValueError, match=r"at least 2 experts"):
-        ModelStock(progress=False).run(pool)
+        ModelStockMerging(progress=False).run(pool)
 
 
 # -- vocabulary growth -------------------------------------------------------------------------

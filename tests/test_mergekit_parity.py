@@ -74,10 +74,10 @@ from r3h.methods import (  # noqa: E402
     BreadcrumbsMerging,
     BreadcrumbsTiesMerging,
     DareMerging,
-    DareTiesMerging,
+    DareTies,
     DellaMerging,
     DellaTiesMerging,
-    ModelStock,
+    ModelStockMerging,
     RewardedSoup,
     TaskArithmetic,
     TiesMerging,
@@ -346,7 +346,7 @@ def test_breadcrumbs_gamma0_intentional_difference():
 @pytest.mark.parametrize("shape", SHAPES, ids=_shape_id)
 def test_model_stock(shape, n, shared):
     base, experts, _ = make_case(shape, n, seed=4 + hash((shape, n)) % 10_000, shared=shared)
-    ours = r3h_merge(ModelStock, base, experts)
+    ours = r3h_merge(ModelStockMerging, base, experts)
     theirs = mk_model_stock(base, experts)
     # r3h takes the cosines in float64, MergeKit in float32
     assert_same(ours, theirs, rtol=1e-5, atol=1e-6)
@@ -358,7 +358,7 @@ def test_model_stock_zero_tau_counts_as_cosine_zero():
     clamp of the norm product)."""
     base, experts, _ = make_case((40, 12), 4, seed=8, shared=2.0)
     experts[2] = base.clone()
-    assert_same(r3h_merge(ModelStock, base, experts), mk_model_stock(base, experts), rtol=1e-5, atol=1e-6)
+    assert_same(r3h_merge(ModelStockMerging, base, experts), mk_model_stock(base, experts), rtol=1e-5, atol=1e-6)
 
 
 def test_model_stock_negative_c_intentional_difference():
@@ -367,7 +367,7 @@ def test_model_stock_negative_c_intentional_difference():
     base = torch.randn(50, generator=g)
     d = torch.randn(50, generator=g)
     experts = [base + d + 0.1 * torch.randn(50, generator=g), base - d + 0.1 * torch.randn(50, generator=g)]
-    ours = r3h_merge(ModelStock, base, experts)
+    ours = r3h_merge(ModelStockMerging, base, experts)
     theirs = mk_model_stock(base, experts)
     assert torch.equal(ours, base)
     assert not torch.allclose(theirs, base)
@@ -380,7 +380,7 @@ def test_model_stock_negative_c_intentional_difference():
     "another draw gave 0.749 vs 0.681)"))
 def test_model_stock_small_tau_norms():
     base, experts, _ = make_case((4096,), 3, seed=10, scale=3e-6, shared=1.0)
-    assert_same(r3h_merge(ModelStock, base, experts), mk_model_stock(base, experts), rtol=1e-5, atol=1e-7)
+    assert_same(r3h_merge(ModelStockMerging, base, experts), mk_model_stock(base, experts), rtol=1e-5, atol=1e-7)
 
 
 # =========================================================================== linear
@@ -418,7 +418,7 @@ def test_dare_density_one_is_task_arithmetic_or_ties(shape, n, ties):
     base, experts, w = make_case(shape, n, seed=13 + hash((shape, n)) % 10_000)
     for rescale in ("inverse", "l1", "none"):
         if ties:
-            ours = r3h_merge(DareTiesMerging, base, experts, density=1.0, rescale=rescale, weights=w, scaling_factor=0.9)
+            ours = r3h_merge(DareTies, base, experts, density=1.0, rescale=rescale, weights=w, scaling_factor=0.9)
             theirs = mk_gta("dare_ties", base, experts, w, params={"lambda": 0.9}, tparams={"density": 1.0})
         else:
             ours = r3h_merge(DareMerging, base, experts, density=1.0, rescale=rescale, weights=w, scaling_factor=0.9)
@@ -428,8 +428,8 @@ def test_dare_density_one_is_task_arithmetic_or_ties(shape, n, ties):
 
 @pytest.mark.parametrize("mk_name,cls,normalize", [
     ("dare_linear", DareMerging, None),
-    ("dare_ties", DareTiesMerging, None),
-    ("dare_ties", DareTiesMerging, True),
+    ("dare_ties", DareTies, None),
+    ("dare_ties", DareTies, True),
 ])
 @pytest.mark.parametrize("density", [0.2, 0.5, 0.9])
 @pytest.mark.parametrize("n", N_EXPERTS)

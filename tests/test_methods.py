@@ -18,10 +18,10 @@ from r3h.methods import (
     BreadcrumbsMerging,
     BreadcrumbsTiesMerging,
     DareMerging,
-    DareTiesMerging,
+    DareTies,
     DellaMerging,
     DellaTiesMerging,
-    ModelStock,
+    ModelStockMerging,
     RewardedSoup,
     TaskArithmetic,
     TiesMerging,
@@ -39,7 +39,7 @@ RTOL, ATOL = 1e-5, 5e-6
 DEFAULTS = {
     "weight_average": {},
     "rewarded_soup": {},
-    "task_arithmetic": dict(scaling_factor=0.2),
+    "r3h_task_arithmetic": dict(scaling_factor=0.2),
     "ties": dict(density=0.2, consensus="sum", normalize=True, scaling_factor=0.7),
     "dare": dict(density=0.5, rescale="inverse", seed=42, scaling_factor=0.2),
     "dare_ties": dict(density=0.5, rescale="inverse", seed=42, consensus="sum", normalize=False, scaling_factor=0.2),
@@ -54,15 +54,15 @@ DEFAULTS = {
 CLASSES = {
     "weight_average": WeightAverage,
     "rewarded_soup": RewardedSoup,
-    "task_arithmetic": TaskArithmetic,
+    "r3h_task_arithmetic": TaskArithmetic,
     "ties": TiesMerging,
     "dare": DareMerging,
-    "dare_ties": DareTiesMerging,
+    "dare_ties": DareTies,
     "della": DellaMerging,
     "della_ties": DellaTiesMerging,
     "breadcrumbs": BreadcrumbsMerging,
     "breadcrumbs_ties": BreadcrumbsTiesMerging,
-    "model_stock": ModelStock,
+    "model_stock": ModelStockMerging,
 }
 
 
@@ -198,7 +198,7 @@ def reference(method: str, kwargs: dict, name: str, base, experts):
     taus = [e - base for e in experts]
     sparse = []
     for i, tau in enumerate(taus):
-        if method == "task_arithmetic":
+        if method == "r3h_task_arithmetic":
             s = tau
         elif method == "ties":
             s = torch.where(ref_topk_mask(tau, hp["density"]), tau, torch.zeros_like(tau))
@@ -296,8 +296,8 @@ CASES = [
     ("rewarded_soup", {}),
     ("rewarded_soup", {"preference": "P"}),
     ("rewarded_soup", {"preference": "PS"}),
-    ("task_arithmetic", {}),
-    ("task_arithmetic", {"scaling_factor": 0.6, "weights": "W"}),
+    ("r3h_task_arithmetic", {}),
+    ("r3h_task_arithmetic", {"scaling_factor": 0.6, "weights": "W"}),
     ("ties", {}),
     ("ties", {"density": 0.5, "scaling_factor": 0.8, "weights": "W"}),
     ("ties", {"density": 0.35, "consensus": "count", "normalize": False}),
@@ -393,7 +393,7 @@ def test_one_expert_closed_forms(scaling):
     assert_ref(merge("weight_average", {"weights": [0.3]}, name, base, [theta]), theta.double())
     assert_ref(merge("rewarded_soup", {}, name, base, [theta])[0], theta.double())
     kw = {"scaling_factor": scaling, "weights": [0.5]}
-    assert_ref(merge("task_arithmetic", kw, name, base, [theta]), b + scaling * 0.5 * tau)
+    assert_ref(merge("r3h_task_arithmetic", kw, name, base, [theta]), b + scaling * 0.5 * tau)
     # ties with normalize: the disjoint mean of one expert is τ̃ itself, whatever its weight
     topk = torch.where(ref_topk_mask(tau, 0.25), tau, torch.zeros_like(tau))
     assert_ref(merge("ties", {**kw, "density": 0.25}, name, base, [theta]), b + scaling * topk)
@@ -405,8 +405,8 @@ def test_one_expert_closed_forms(scaling):
 def test_density_one_is_task_arithmetic_or_ties_without_trim(n, name):
     base, experts = make_case(SHAPES[name], n, seed=7 + n)
     common = {"weights": WEIGHTS[:n], "scaling_factor": 0.8}
-    ta = merge("task_arithmetic", common, name, base, experts)
-    assert_ref(ta, reference("task_arithmetic", common, name, base, experts))
+    ta = merge("r3h_task_arithmetic", common, name, base, experts)
+    assert_ref(ta, reference("r3h_task_arithmetic", common, name, base, experts))
     for method, extra in [("dare", {}), ("dare", {"rescale": "l1"}), ("della", {"epsilon": 0.3}),
                           ("breadcrumbs", {"gamma": 0.2}), ("breadcrumbs", {"gamma": 0.0})]:
         out = merge(method, {**common, **extra, "density": 1.0}, name, base, experts)
@@ -454,10 +454,10 @@ def test_identical_experts(n):
         assert_ref(o, th)
     w = [1.0 / n] * n
     s1 = {"scaling_factor": 1.0}
-    assert_ref(merge("task_arithmetic", {"weights": w, **s1}, name, base, experts), th)
-    assert_ref(merge("task_arithmetic", s1, name, base, experts), b + n * tau)
+    assert_ref(merge("r3h_task_arithmetic", {"weights": w, **s1}, name, base, experts), th)
+    assert_ref(merge("r3h_task_arithmetic", s1, name, base, experts), b + n * tau)
     # at the default s = 0.2, task arithmetic of n copies of τ is θ0 + 0.2 n τ
-    assert_ref(merge("task_arithmetic", {}, name, base, experts), b + 0.2 * n * tau)
+    assert_ref(merge("r3h_task_arithmetic", {}, name, base, experts), b + 0.2 * n * tau)
     # TIES with normalize: the disjoint mean of n copies of τ̃ is τ̃
     assert_ref(merge("ties", {"density": 1.0, "weights": WEIGHTS[:n], **s1}, name, base, experts), th)
     topk = torch.where(ref_topk_mask(tau, 0.3), tau, torch.zeros_like(tau))
@@ -491,7 +491,7 @@ def test_zero_task_vectors_give_the_base(case, n):
     ("rewarded_soup", {"preference": [[0.5, 0.5], [0.9, 0.2]]}),
     ("weight_average", {"weights": [1.0, -1.0]}),
     ("weight_average", {"weights": [0.0, 0.0]}),
-    ("task_arithmetic", {"weights": [1.0, 2.0, 3.0]}),
+    ("r3h_task_arithmetic", {"weights": [1.0, 2.0, 3.0]}),
     ("ties", {"density": 0.0}),
     ("ties", {"density": 1.5}),
     ("ties", {"consensus": "max"}),

@@ -61,10 +61,10 @@ def test_fusion_bench_causal_lm_pool_writes_a_complete_folder(tmp_path, bare_poo
         f"  {k}: {v}\n" for k, v in models.items()) + f"tokenizer: {tok}\n"
     (tmp_path / "config" / "modelpool" / "mine.yaml").write_text(yaml)
     out = tmp_path / "merged"
-    r = cli(["method=task_arithmetic", "modelpool=mine", "method.scaling_factor=0.4",
+    r = cli(["method=r3h_task_arithmetic", "modelpool=mine", "method.scaling_factor=0.4",
              f"merged_model_save_path={out}"], tmp_path, tmp_path)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    assert_complete(out, tok, "task_arithmetic")
+    assert_complete(out, tok, "r3h_task_arithmetic")
     pool = CausalLMPool(models=models, tokenizer=tok)
     assert_same_model(out, TaskArithmetic(scaling_factor=0.4, progress=False).run(pool))
 

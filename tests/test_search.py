@@ -219,7 +219,7 @@ def test_weights_pick_the_member_and_multi_objective_front(paths, tmp_path, task
 def test_every_search_preset_builds():
     names = sorted(p.stem for p in SEARCH_CONFIGS.glob("*.yaml"))
     merges = ["breadcrumbs", "breadcrumbs_ties", "dare", "dare_ties", "della", "della_ties", "model_stock",
-              "r_tsvm", "rewarded_soup", "task_arithmetic", "ties", "tsvm", "weight_average"]
+              "r3h_task_arithmetic", "r_tsvm", "rewarded_soup", "ties", "tsvm", "weight_average"]
     assert names == sorted(merges + ["all"])
     for name in names:
         cfg = OmegaConf.load(SEARCH_CONFIGS / f"{name}.yaml")

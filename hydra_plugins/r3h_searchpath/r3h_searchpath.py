@@ -1,7 +1,9 @@
 """Hydra search-path plugin: makes r3h's configs visible to the `fusion_bench` CLI.
 
-r3h's configs (`r3h.config`, the repo's `config/`) go first, so that names
-fusion_bench also uses (`method=task_arithmetic`) mean r3h's method. fusion_bench
+r3h's configs (`r3h.config`, the repo's `config/`) go first. They only add names
+(tests/test_fusion_bench_configs.py): every config fusion_bench ships resolves to the
+same class with or without r3h, so `method=task_arithmetic` stays fusion_bench's and
+r3h's is `method=r3h_task_arithmetic`. fusion_bench
 uses `$CWD/config` as its primary config folder when that folder exists, which
 hides its own configs (and `fabric_model_fusion`) when the command runs from a
 folder such as r3h's repo root; appending fusion_bench's config package keeps

@@ -1,10 +1,10 @@
 """r3h's merging methods, each a fusion_bench `BaseAlgorithm` (config name → class):
 
 weight_average → WeightAverage, rewarded_soup → RewardedSoup,
-task_arithmetic → TaskArithmetic, ties → TiesMerging, dare → DareMerging,
-dare_ties → DareTiesMerging, della → DellaMerging, della_ties → DellaTiesMerging,
+r3h_task_arithmetic → TaskArithmetic, ties → TiesMerging, dare → DareMerging,
+dare_ties → DareTies, della → DellaMerging, della_ties → DellaTiesMerging,
 breadcrumbs → BreadcrumbsMerging, breadcrumbs_ties → BreadcrumbsTiesMerging,
-model_stock → ModelStock, tsvm → TaskSingularVectorMerging, r_tsvm → RTSVM.
+model_stock → ModelStockMerging, tsvm → TaskSingularVectorMerging, r_tsvm → RTSVM.
 
 `RESM` is `RTSVM` under the name arXiv 2502.06876v3 gives it ("Reweighting Enhanced task
 Singular Merging"); its configs `resm`, `resm_no_outlier`, `resm_no_rank` are those of
@@ -13,9 +13,9 @@ Singular Merging"); its configs `resm`, `resm_no_outlier`, `resm_no_rank` are th
 
 from r3h.methods.base import MergeAlgorithm
 from r3h.methods.breadcrumbs import BreadcrumbsMerging, BreadcrumbsTiesMerging
-from r3h.methods.dare import DareMerging, DareTiesMerging
+from r3h.methods.dare import DareMerging, DareTies
 from r3h.methods.della import DellaMerging, DellaTiesMerging
-from r3h.methods.model_stock import ModelStock
+from r3h.methods.model_stock import ModelStockMerging
 from r3h.methods.rewarded_soup import RewardedSoup
 from r3h.methods.task_arithmetic import TaskArithmetic
 from r3h.methods.ties import TiesMerging
@@ -25,15 +25,15 @@ from r3h.methods.weight_average import WeightAverage
 METHODS = {
     "weight_average": WeightAverage,
     "rewarded_soup": RewardedSoup,
-    "task_arithmetic": TaskArithmetic,
+    "r3h_task_arithmetic": TaskArithmetic,
     "ties": TiesMerging,
     "dare": DareMerging,
-    "dare_ties": DareTiesMerging,
+    "dare_ties": DareTies,
     "della": DellaMerging,
     "della_ties": DellaTiesMerging,
     "breadcrumbs": BreadcrumbsMerging,
     "breadcrumbs_ties": BreadcrumbsTiesMerging,
-    "model_stock": ModelStock,
+    "model_stock": ModelStockMerging,
     "tsvm": TaskSingularVectorMerging,
     "r_tsvm": RTSVM,
 }

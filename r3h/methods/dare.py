@@ -44,7 +44,7 @@ class DareMerging(TaskArithmetic):
 
 
 @auto_register_config
-class DareTiesMerging(ConsensusMixin, DareMerging):
+class DareTies(ConsensusMixin, DareMerging):
     """DARE-TIES: DARE's random drop and rescale, then TIES's sign election.
     `normalize: false` by default (the sum of the agreeing entries), as MergeKit's `dare_ties`.
 

@@ -8,7 +8,7 @@ from r3h.ops import model_stock_ratio
 
 
 @auto_register_config
-class ModelStock(MergeAlgorithm):
+class ModelStockMerging(MergeAlgorithm):
     """Model Stock: per tensor c = mean over pairs i<j of cos(τi, τj),
     t = n·c / (1 + (n−1)·c), θ = t · mean(θi) + (1 − t) · θ0 (as MergeKit; t not clamped
     for c > 0). Degenerate tensors: a zero τ has cosine 0 with every other τ, and

@@ -32,7 +32,7 @@ class TaskArithmetic(MergeAlgorithm):
         weights: wi ≥ 0 per expert (list in pool order or mapping by name); default 1.
     """
 
-    _method_name = "task_arithmetic"
+    _method_name = "r3h_task_arithmetic"
 
     def __init__(self, scaling_factor: float = 0.2, weights=None, **kwargs):
         super().__init__(**kwargs)

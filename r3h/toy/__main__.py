@@ -30,7 +30,7 @@ import shutil
 import statistics
 from typing import Dict, List
 
-MERGES = ["weight_average", "task_arithmetic", "ties", "dare", "dare_ties", "della", "della_ties", "breadcrumbs",
+MERGES = ["weight_average", "r3h_task_arithmetic", "ties", "dare", "dare_ties", "della", "della_ties", "breadcrumbs",
           "breadcrumbs_ties", "model_stock", "tsvm", "r_tsvm"]
 SVD_MERGES = ["tsvm", "r_tsvm"]
 DIMS = ("Helpful_Avg", "Honest_Avg", "Harmless_Avg")
