@@ -4,7 +4,8 @@
   bars of Helpful_Avg, Honest_Avg and Harmless_Avg.
 - `radar`: one polygon per model over the three dimension averages (or given columns).
 - `pareto_front`: a sweep's points (e.g. Rewarded Soup's λ grid) on two scores, the
-  non-dominated ones (`pareto_mask`) connected.
+  non-dominated ones (`pareto_mask`) connected; `pareto_table` marks a sweep's members
+  Pareto-optimal or dominated (a `ParetoTable`). r3h's Pareto code lives here only.
 - `layer_heatmap`, `analysis_heatmaps`: per-layer heatmaps from a TSVM / R-TSVM report
   (`r3h_merge.json`: Ω, αi, kept rank, STI) or from `method=analysis/alignment_vectors`
   (`alignment_vectors.json`: Ω, kurtosis, outlier share, pairwise cosine and sign conflicts).
@@ -21,9 +22,11 @@ of such a JSON or CSV file.
 from __future__ import annotations
 
 import json
+import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -211,6 +214,100 @@ def pareto_front(points, out_path: PathLike, x: str, y: str, maximize: Union[boo
     if title:
         ax.set_title(title)
     return save_figure(fig, out_path)
+
+
+@dataclass
+class ParetoTable:
+    """Members on two scores, each marked Pareto-optimal or dominated (see `pareto_table`)."""
+
+    x: str
+    y: str
+    maximize: Tuple[bool, bool]
+    rows: List[Dict[str, Any]]
+
+    @property
+    def front(self) -> List[str]:
+        """The non-dominated members, in order of x."""
+        sign = 1.0 if self.maximize[0] else -1.0
+        return [r["name"] for r in sorted((r for r in self.rows if r["pareto"]), key=lambda r: sign * r[self.x])]
+
+    @property
+    def dominated(self) -> List[str]:
+        return [r["name"] for r in self.rows if not r["pareto"]]
+
+    def to_markdown(self) -> str:
+        lines = [f"| member | {self.x} | {self.y} | Pareto | dominated by |", "|---|---:|---:|:---:|---|"]
+        for r in self.rows:
+            lines.append(f"| {r['name']} | {r[self.x]:.4g} | {r[self.y]:.4g} | {'yes' if r['pareto'] else 'no'} | "
+                         f"{', '.join(r['dominated_by'])} |")
+        return "\n".join(lines)
+
+    def plot(self, out_path, title: Optional[str] = None, annotate: Union[bool, str] = "front") -> List[str]:
+        """`pareto_front` of the members: writes `<out_path>.png` and `.pdf`."""
+        points = [{"label": r["name"], "scores": {self.x: r[self.x], self.y: r[self.y]}} for r in self.rows]
+        return pareto_front(points, out_path, self.x, self.y, list(self.maximize), title=title, annotate=annotate)
+
+
+def _sweep_rows(report: Mapping[str, Any]) -> List[Tuple[str, Dict[str, Any], Dict[str, Any]]]:
+    """(member, scores and averages, options) from a 3H task pool report of a sweep."""
+    sweep = report.get("sweep") or {}
+    out = []
+    for name in report["members"]:
+        values = dict((report.get("scores") or {}).get(name) or {})
+        values.update({k: v for k, v in ((report.get("averages") or {}).get(name) or {}).items() if v is not None})
+        opts = sweep.get(name) if isinstance(sweep, Mapping) else None
+        out.append((str(name), values, dict(opts) if isinstance(opts, Mapping) else {}))
+    return out
+
+
+def pareto_table(report_or_rows, x: str = "Helpful_Avg", y: str = "Harmless_Avg",
+                 maximize: Union[bool, Sequence[bool]] = True) -> ParetoTable:
+    """Mark the members of a sweep that no other member dominates on (`x`, `y`).
+
+    `report_or_rows`: the 3H task pool's report of a `ModelSweep` (the dict `evaluate`
+    returns, or the path of its `3h_report.json` / fusion_bench's `program_report.json`),
+    or any score form `score_rows` accepts (`{name: {column: value}}`, rows with a
+    `method`/`label` key, a results table). Member j dominates i when it is at least as
+    good on both scores and better on one (`maximize` per score, default both); equal
+    points do not dominate each other. Each row: `name`, x, y, `pareto`, `dominated_by`
+    and, from a sweep report, the member's `options`.
+    """
+    data = report_or_rows
+    if isinstance(data, (str, os.PathLike)) and not str(data).endswith(".csv"):
+        with open(data) as f:
+            data = json.load(f)
+    if isinstance(data, Mapping) and isinstance(data.get("members"), list) and "averages" in data:
+        items = _sweep_rows(data)
+    else:
+        items = [(name, values, {}) for name, values in score_rows(data)]
+    if not items:
+        raise ValueError("pareto_table: no members")
+    signs = np.where(np.broadcast_to(np.asarray(maximize, dtype=bool), (2,)), 1.0, -1.0)
+    xy = np.empty((len(items), 2))
+    for i, (name, values, _) in enumerate(items):
+        for j, col in enumerate((x, y)):
+            v = values.get(col)
+            if v is None:
+                raise ValueError(f"pareto_table: member {name!r} has no {col!r} (it has: "
+                                 f"{', '.join(sorted(map(str, values))) or 'nothing'})")
+            try:
+                xy[i, j] = float(v)
+            except (TypeError, ValueError):
+                raise ValueError(f"pareto_table: member {name!r}: {col!r} is not a number: {v!r}") from None
+            if not math.isfinite(xy[i, j]):
+                raise ValueError(f"pareto_table: member {name!r}: {col!r} is {v!r}")
+    mask = pareto_mask(xy, [bool(s > 0) for s in signs])
+    v = xy * signs
+    rows = []
+    for i, (name, values, opts) in enumerate(items):
+        by = [items[j][0] for j in range(len(items))
+              if j != i and (v[j] >= v[i]).all() and (v[j] > v[i]).any()]
+        row = {"name": name, x: float(xy[i, 0]), y: float(xy[i, 1]), "pareto": bool(mask[i]), "dominated_by": by}
+        if opts:
+            row["options"] = opts
+        rows.append(row)
+        assert row["pareto"] == (not by)
+    return ParetoTable(x, y, (bool(signs[0] > 0), bool(signs[1] > 0)), rows)
 
 
 # -- per-layer heatmaps -------------------------------------------------------------------

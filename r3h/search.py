@@ -9,7 +9,7 @@ user's 3H preference, S = Σ w_d · d_avg / Σ w_d over d ∈ {Helpful_Avg, Hone
 Harmless_Avg} (`objective: weighted`, default), or the three averages themselves
 (`objective: multi`, Optuna's multi-objective TPE). At the end the search writes every
 trial and the Pareto front of the three averages (table, and the pairwise fronts as plots
-with `r3h.sweeps.pareto_table`), picks the front's member with the highest S, scores it on
+with `r3h.plots.pareto_table`), picks the front's member with the highest S, scores it on
 the `test` split and returns it, so `merged_model_save_path=` saves it.
 
 - **Space.** `methods: {<method>: {<option>: <range>}}`, a range being `{low, high}` (with

@@ -6,8 +6,8 @@ algorithm that runs one merging method once per grid point and returns a
 `taskpool=3h_tiny` / `3h` score member by member into one table. For `tsvm` / `r_tsvm` it
 turns the SVD cache (`r3h.core.svd_cache`) on, so the whole grid does one SVD pass; for
 `rewarded_soup` with a grid over `preference` alone it runs Rewarded Soup once with the list
-of λ (one streaming pass for all members). `pareto_table` marks the members no other
-member beats on two scores and plots them (`r3h.plots.pareto_front`).
+of λ (one streaming pass for all members). `r3h.plots.pareto_table` marks the members no
+other member beats on two scores and plots them (`r3h.plots.pareto_front`).
 
 See docs/sweeps.md.
 """
@@ -18,15 +18,13 @@ import importlib
 import itertools
 import json
 import logging
-import math
 import os
 import re
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from omegaconf import OmegaConf
 
@@ -39,8 +37,7 @@ from r3h.modelpool.sweep import ModelSweep
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MergeSweep", "NamedModelSweep", "ParetoTable", "pareto_table", "grid_points", "member_name",
-           "load_method_config"]
+__all__ = ["MergeSweep", "NamedModelSweep", "grid_points", "member_name", "load_method_config"]
 
 #: options a grid point or `options` may not set: the sweep decides them
 SWEEP_OWNED = ("out_dir", "svd_cache")
@@ -447,107 +444,3 @@ def _write_json_atomic(path: str, obj) -> None:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
-
-
-# ---------------------------------------------------------------------------------------
-# Pareto
-# ---------------------------------------------------------------------------------------
-
-@dataclass
-class ParetoTable:
-    """Members on two scores, each marked Pareto-optimal or dominated (see `pareto_table`)."""
-
-    x: str
-    y: str
-    maximize: Tuple[bool, bool]
-    rows: List[Dict[str, Any]]
-
-    @property
-    def front(self) -> List[str]:
-        """The non-dominated members, in order of x."""
-        sign = 1.0 if self.maximize[0] else -1.0
-        return [r["name"] for r in sorted((r for r in self.rows if r["pareto"]), key=lambda r: sign * r[self.x])]
-
-    @property
-    def dominated(self) -> List[str]:
-        return [r["name"] for r in self.rows if not r["pareto"]]
-
-    def to_markdown(self) -> str:
-        lines = [f"| member | {self.x} | {self.y} | Pareto | dominated by |", "|---|---:|---:|:---:|---|"]
-        for r in self.rows:
-            lines.append(f"| {r['name']} | {r[self.x]:.4g} | {r[self.y]:.4g} | {'yes' if r['pareto'] else 'no'} | "
-                         f"{', '.join(r['dominated_by'])} |")
-        return "\n".join(lines)
-
-    def plot(self, out_path, title: Optional[str] = None, annotate: Union[bool, str] = "front") -> List[str]:
-        """`r3h.plots.pareto_front` of the members: writes `<out_path>.png` and `.pdf`."""
-        from r3h.plots import pareto_front
-
-        points = [{"label": r["name"], "scores": {self.x: r[self.x], self.y: r[self.y]}} for r in self.rows]
-        return pareto_front(points, out_path, self.x, self.y, list(self.maximize), title=title, annotate=annotate)
-
-
-def _sweep_rows(report: Mapping[str, Any]) -> List[Tuple[str, Dict[str, Any], Dict[str, Any]]]:
-    """(member, scores and averages, options) from a 3H task pool report of a sweep."""
-    sweep = report.get("sweep") or {}
-    out = []
-    for name in report["members"]:
-        values = dict((report.get("scores") or {}).get(name) or {})
-        values.update({k: v for k, v in ((report.get("averages") or {}).get(name) or {}).items() if v is not None})
-        opts = sweep.get(name) if isinstance(sweep, Mapping) else None
-        out.append((str(name), values, dict(opts) if isinstance(opts, Mapping) else {}))
-    return out
-
-
-def pareto_table(report_or_rows, x: str = "Helpful_Avg", y: str = "Harmless_Avg",
-                 maximize: Union[bool, Sequence[bool]] = True) -> ParetoTable:
-    """Mark the members of a sweep that no other member dominates on (`x`, `y`).
-
-    `report_or_rows`: the 3H task pool's report of a `ModelSweep` (the dict `evaluate`
-    returns, or the path of its `3h_report.json` / fusion_bench's `program_report.json`),
-    or any score form `r3h.plots.score_rows` accepts (`{name: {column: value}}`, rows with a
-    `method`/`label` key, a results table). Member j dominates i when it is at least as
-    good on both scores and better on one (`maximize` per score, default both); equal
-    points do not dominate each other. Each row: `name`, x, y, `pareto`, `dominated_by`
-    and, from a sweep report, the member's `options`.
-    """
-    import numpy as np
-
-    from r3h.plots import pareto_mask, score_rows
-
-    data = report_or_rows
-    if isinstance(data, (str, os.PathLike)) and not str(data).endswith(".csv"):
-        with open(data) as f:
-            data = json.load(f)
-    if isinstance(data, Mapping) and isinstance(data.get("members"), list) and "averages" in data:
-        items = _sweep_rows(data)
-    else:
-        items = [(name, values, {}) for name, values in score_rows(data)]
-    if not items:
-        raise ValueError("pareto_table: no members")
-    signs = np.where(np.broadcast_to(np.asarray(maximize, dtype=bool), (2,)), 1.0, -1.0)
-    xy = np.empty((len(items), 2))
-    for i, (name, values, _) in enumerate(items):
-        for j, col in enumerate((x, y)):
-            v = values.get(col)
-            if v is None:
-                raise ValueError(f"pareto_table: member {name!r} has no {col!r} (it has: "
-                                 f"{', '.join(sorted(map(str, values))) or 'nothing'})")
-            try:
-                xy[i, j] = float(v)
-            except (TypeError, ValueError):
-                raise ValueError(f"pareto_table: member {name!r}: {col!r} is not a number: {v!r}") from None
-            if not math.isfinite(xy[i, j]):
-                raise ValueError(f"pareto_table: member {name!r}: {col!r} is {v!r}")
-    mask = pareto_mask(xy, [bool(s > 0) for s in signs])
-    v = xy * signs
-    rows = []
-    for i, (name, values, opts) in enumerate(items):
-        by = [items[j][0] for j in range(len(items))
-              if j != i and (v[j] >= v[i]).all() and (v[j] > v[i]).any()]
-        row = {"name": name, x: float(xy[i, 0]), y: float(xy[i, 1]), "pareto": bool(mask[i]), "dominated_by": by}
-        if opts:
-            row["options"] = opts
-        rows.append(row)
-        assert row["pareto"] == (not by)
-    return ParetoTable(x, y, (bool(signs[0] > 0), bool(signs[1] > 0)), rows)

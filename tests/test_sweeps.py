@@ -18,7 +18,8 @@ from omegaconf import OmegaConf
 from r3h.evaluation.benchmark import Benchmark, BenchmarkResult
 from r3h.methods import DareMerging, DellaMerging, RewardedSoup, RTSVM, TaskSingularVectorMerging, TiesMerging
 from r3h.modelpool import AlignedCausalLMPool, ModelSweep
-from r3h.sweeps import MergeSweep, NamedModelSweep, grid_points, member_name, pareto_table
+from r3h.plots import pareto_table
+from r3h.sweeps import MergeSweep, NamedModelSweep, grid_points, member_name
 from tests.conftest import read_folder
 from tests.test_svd_cache import assert_identical, pool_of, state, write_pool
 

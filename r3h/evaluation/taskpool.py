@@ -130,7 +130,7 @@ PARETO_PAIRS = (("Helpful_Avg", "Harmless_Avg"), ("Helpful_Avg", "Honest_Avg"), 
 def write_pareto_plots(report: Mapping[str, Any], out_dir: str) -> Dict[str, Any]:
     """For a sweep's report: the Pareto front of each pair of dimension averages that all
     members have, as `pareto_<x>_<y>.{png,pdf}` plus the table `pareto_<x>_<y>.md`."""
-    from r3h.sweeps import pareto_table
+    from r3h.plots import pareto_table
 
     out: Dict[str, Any] = {}
     averages = report.get("averages") or {}
