@@ -72,7 +72,7 @@ def main(argv=None) -> int:
 
     import torch
 
-    from r3h.modelpool import Tiny3HPool
+    from r3h.toy import Tiny3HPool
     from r3h.search import preset_space
 
     space = preset_space("r_tsvm")

@@ -116,7 +116,7 @@ def print_weights(title, rows):
 
 def toy_pool():
     from r3h.io import Checkpoint
-    from r3h.modelpool import build_tiny_3h
+    from r3h.toy.build import build_tiny_3h
 
     paths = build_tiny_3h()
     names = [k for k in paths if k != "_pretrained_"]

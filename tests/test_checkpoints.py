@@ -17,7 +17,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @pytest.fixture()
 def tiny(tmp_path):
-    from r3h.modelpool import build_tiny_3h
+    from r3h.toy.build import build_tiny_3h
 
     return build_tiny_3h(os.environ["R3H_CACHE"], ["helpfulness", "honesty"])
 

@@ -33,7 +33,7 @@ def assert_same_model(folder, model):
 
 def test_tiny_3h_from_any_folder(tmp_path):
     from r3h.methods import TiesMerging
-    from r3h.modelpool import Tiny3HPool
+    from r3h.toy import Tiny3HPool
 
     out = tmp_path / "ties"
     r = cli(["method=ties", "modelpool=tiny_3h", "method.density=0.3", f"merged_model_save_path={out}"], tmp_path, tmp_path)
@@ -60,7 +60,7 @@ def test_fusion_bench_causal_lm_pool_of_local_models(tmp_path):
     from fusion_bench.modelpool.causal_lm.causal_lm import CausalLMPool
 
     from r3h.methods import DareMerging
-    from r3h.modelpool import build_tiny_3h
+    from r3h.toy.build import build_tiny_3h
 
     paths = build_tiny_3h(os.environ["R3H_CACHE"])
     (tmp_path / "config" / "modelpool").mkdir(parents=True)
@@ -152,7 +152,7 @@ def test_tsvm_streams_with_two_processes(tmp_path):
     index = json.load(open(out / "model.safetensors.index.json"))
     assert len(index["weight_map"]) == 21
     from r3h.methods import TaskSingularVectorMerging
-    from r3h.modelpool import Tiny3HPool
+    from r3h.toy import Tiny3HPool
 
     assert_same_model(out, TaskSingularVectorMerging(progress=False, cpu_threads=1).run(Tiny3HPool()))
 

@@ -10,7 +10,8 @@ import pytest
 
 from r3h.data import REGISTRY, load_preference_data, normalize_record, validate_pairs
 from r3h.data.preference import parse_transcript, split_conversations
-from r3h.data.registry import convert_records, get_source, list_sources
+from r3h.data.registry import convert_records, get_source, list_sources, register_source
+import r3h.toy  # noqa: F401,E402  registers the toy datasets (r3h.toy.data)
 
 
 def U(text):
@@ -343,3 +344,24 @@ def test_toy_datasets_load_through_the_registry(name):
     assert len({p["id"] for p in pairs}) == len(pairs)
     other, _ = load_preference_data({"name": name, "seed": 1})
     assert other != pairs
+
+
+def test_register_source_adds_and_refuses_built_ins():
+    import dataclasses
+    toy = REGISTRY["toy_truthy"]
+    mine = dataclasses.replace(toy, name="my_truthy", title="my_truthy")
+    try:
+        assert register_source(mine) is mine and get_source("my_truthy") is mine and list_sources()[-1] == "my_truthy"
+        mine_pairs = load_preference_data({"name": "my_truthy", "limit": 3})[0]
+        toy_pairs = load_preference_data({"name": "toy_truthy", "limit": 3})[0]
+        assert [p["source"] for p in mine_pairs] == ["my_truthy"] * 3
+        drop = ("source", "id")
+        assert [{k: v for k, v in p.items() if k not in drop} for p in mine_pairs] == \
+            [{k: v for k, v in p.items() if k not in drop} for p in toy_pairs]
+    finally:
+        REGISTRY.pop("my_truthy", None)
+    with pytest.raises(ValueError, match="'truthy_dpo' is a built-in source"):
+        register_source(dataclasses.replace(toy, name="truthy_dpo"))
+    with pytest.raises(TypeError, match="expected a PreferenceSource"):
+        register_source({"name": "x"})
+

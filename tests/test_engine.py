@@ -332,7 +332,7 @@ def test_checkpoint_errors(tmp_path):
 
 def test_in_memory_model_is_usable(tmp_path):
     """The returned model is a working transformers model with the merged weights."""
-    from r3h.modelpool import Tiny3HPool
+    from r3h.toy import Tiny3HPool
 
     pool = Tiny3HPool()
     model = TaskArithmetic(progress=False, scaling_factor=0.3).run(pool)

@@ -18,7 +18,7 @@ WEIGHTS_ONLY = ("config.json", "generation_config.json", "model.safetensors")
 def bare_pool(tmp_path):
     """Three local checkpoints with weights and config only (no tokenizer files), and
     the tokenizer in a folder of its own: the layout of a user's own fine-tunes."""
-    from r3h.modelpool import build_tiny_3h
+    from r3h.toy.build import build_tiny_3h
 
     paths = build_tiny_3h(os.environ["R3H_CACHE"], ["helpfulness", "honesty"])
     models = {}
@@ -95,7 +95,7 @@ def test_pool_without_tokenizer_takes_the_base_folder(tmp_path):
     from fusion_bench.modelpool.causal_lm.causal_lm import CausalLMPool
 
     from r3h.methods import WeightAverage
-    from r3h.modelpool import build_tiny_3h
+    from r3h.toy.build import build_tiny_3h
 
     paths = build_tiny_3h(os.environ["R3H_CACHE"], ["helpfulness", "honesty"])
     pool = CausalLMPool(models={k: paths[k] for k in ("_pretrained_", "helpfulness", "honesty")}, tokenizer=None)

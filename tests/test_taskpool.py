@@ -40,7 +40,7 @@ FUSION_BENCH = str(Path(sys.executable).with_name("fusion_bench"))
 def tiny():
     from transformers import AutoModelForCausalLM
 
-    from r3h.modelpool import build_tiny_3h
+    from r3h.toy.build import build_tiny_3h
 
     paths = build_tiny_3h(os.environ["R3H_CACHE"])
     model = AutoModelForCausalLM.from_pretrained(paths["_pretrained_"])

@@ -521,7 +521,7 @@ def test_tiny_pool_subsets_and_errors():
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    from r3h.modelpool import Tiny3HPool
+    from r3h.toy import Tiny3HPool
 
     paths = build.build_tiny_3h()
     pool = Tiny3HPool(experts=["harmlessness", "helpfulness"])

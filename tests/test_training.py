@@ -437,7 +437,7 @@ def _no_training(monkeypatch):
 
 def test_dpo_training_algorithm(tmp_path):
     from r3h.data import read_mixture
-    from r3h.modelpool import Tiny3HPool
+    from r3h.toy import Tiny3HPool
     from r3h.training.algorithms import DPOTraining
 
     pool = Tiny3HPool(experts=["honesty"])
@@ -459,7 +459,7 @@ def test_dpo_training_algorithm(tmp_path):
 
 
 def test_dpo_training_errors_before_training(tmp_path, monkeypatch):
-    from r3h.modelpool import Tiny3HPool
+    from r3h.toy import Tiny3HPool
     from r3h.training.algorithms import DPOTraining
 
     _no_training(monkeypatch)
@@ -474,7 +474,7 @@ def test_dpo_training_errors_before_training(tmp_path, monkeypatch):
 
 def test_continual_dpo(tmp_path, monkeypatch):
     import r3h.training.algorithms as algorithms
-    from r3h.modelpool import Tiny3HPool
+    from r3h.toy import Tiny3HPool
     from r3h.training.algorithms import ContinualDPO
 
     pool = Tiny3HPool(experts=["honesty"])
@@ -518,7 +518,7 @@ def test_continual_dpo(tmp_path, monkeypatch):
     ([{"name": "a", "data": {"datasets": []}}], r"data.datasets is empty"),
 ])
 def test_continual_dpo_stage_errors(tmp_path, monkeypatch, stages, pattern):
-    from r3h.modelpool import Tiny3HPool
+    from r3h.toy import Tiny3HPool
     from r3h.training.algorithms import ContinualDPO
 
     _no_training(monkeypatch)
@@ -556,7 +556,7 @@ def test_every_train_config_composes(name):
     m = cfg.method
     want = "ContinualDPO" if name.startswith("continual") else "DPOTraining"
     assert m._target_ == f"r3h.training.algorithms.{want}"
-    assert cfg.modelpool._target_ == "r3h.modelpool.Tiny3HPool"
+    assert cfg.modelpool._target_ == "r3h.toy.Tiny3HPool"
     toy = name.endswith("_toy")
     values = {k: (list(m[k]) if k == "loss_type" else m[k]) for k in build.TOY_DPO}
     if toy:  # the toy recipe is the one the pool's experts were trained with
@@ -623,7 +623,7 @@ def test_cli_trains_and_saves_and_cfg_job(tmp_path):
     assert cfg["method"]["_target_"] == "r3h.training.algorithms.ContinualDPO"
     assert cfg["method"]["learning_rate"] == build.TOY_DPO["learning_rate"]
     assert [s["name"] for s in cfg["method"]["stages"]] == [n for n, _ in build.CONTINUAL]
-    assert cfg["modelpool"]["_target_"] == "r3h.modelpool.Tiny3HPool"
+    assert cfg["modelpool"]["_target_"] == "r3h.toy.Tiny3HPool"
     assert os.listdir(tmp_path / "job") == []  # --cfg job runs nothing
 
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from r3h.modelpool import build_tiny_3h
+from r3h.toy.build import build_tiny_3h
 
 FUSION_BENCH = str(Path(sys.executable).with_name("fusion_bench"))
 TORCHRUN = str(Path(sys.executable).with_name("torchrun"))

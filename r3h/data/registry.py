@@ -1,5 +1,6 @@
-"""The preference datasets of the paper's Table 1 (Yang et al., arXiv 2502.06876) and the
-toy 3H datasets, loaded and normalised into pairs (see :mod:`r3h.data.preference`).
+"""The preference datasets of the paper's Table 1 (Yang et al., arXiv 2502.06876) and those
+registered with :func:`register_source` (the toy 3H datasets register at ``import r3h.toy``),
+loaded and normalised into pairs (see :mod:`r3h.data.preference`).
 
 Each :class:`PreferenceSource` names a dataset on the Hugging Face hub (id, config,
 split), the 3H dimension(s) it serves, and how its records become pairs: a field mapping
@@ -22,7 +23,6 @@ available, so ``paper_size`` is None everywhere and the dimensions follow the da
 from __future__ import annotations
 
 import difflib
-import functools
 import os
 import random
 from collections import Counter, defaultdict
@@ -37,13 +37,14 @@ from r3h.data.preference import (
     require_fields,
     validate_pairs,
 )
-from r3h.toy import world as toy_world
+from r3h.io.datasets import load_records
 
 __all__ = [
     "PreferenceSource",
     "ConvertContext",
     "REGISTRY",
     "get_source",
+    "register_source",
     "list_sources",
     "read_raw_records",
     "convert_records",
@@ -278,12 +279,6 @@ def convert_nectar(records: List[dict], ctx: ConvertContext) -> Tuple[List[dict]
     return pairs, dict(drops)
 
 
-def convert_toy(records: List[dict], ctx: ConvertContext) -> Tuple[List[dict], Dict[str, int]]:
-    """Toy pairs are already normalised: keep each pair's own dimension tags."""
-    return [normalize_record(r, None, ctx.source, r.get("dimensions") or ctx.dimensions, i)
-            for i, r in enumerate(records)], {}
-
-
 def _orca_recommended(records: List[dict]) -> Tuple[List[dict], int]:
     """The filter the Distilabel-Orca card recommends: no ties, chosen_score >= 8, not in
     GSM8K's train split."""
@@ -327,15 +322,6 @@ def convert_lions(records: List[dict], ctx: ConvertContext) -> Tuple[List[dict],
 
 _UNCONFIRMED = ("The paper's Table 1 size and dimension assignment could not be checked offline; "
                 "dimensions follow the dataset card.")
-
-
-def _toy_sources() -> Dict[str, PreferenceSource]:
-    """The toy 3H world's datasets (r3h.toy.world.DATASETS), built in memory."""
-    return {name: PreferenceSource(name=name, dimensions=tuple(spec["dimensions"]),
-                                   builder=functools.partial(toy_world.preference_dataset, name),
-                                   converter=convert_toy, required=("prompt", "chosen", "rejected"),
-                                   title=name, note="Synthetic toy 3H data (r3h.toy.world); built in memory.")
-            for name, spec in toy_world.DATASETS.items()}
 
 
 _LIONS_CARD = ("LIONS' reformatting (Yu et al. 2024b, arXiv 2407.06542), which the paper's Table 1 cites for this "
@@ -452,12 +438,27 @@ PAPER_SOURCES = ("helpsteer", "py_dpo", "distilabel_orca", "distilabel_capybara"
 _ALL = {s.name: s for s in LIONS_SOURCES + _OTHER_SOURCES}
 REGISTRY: Dict[str, PreferenceSource] = {n: _ALL[n] for n in PAPER_SOURCES}
 REGISTRY.update({n: s for n, s in _ALL.items() if n not in REGISTRY})  # the raw upstream alternatives
-REGISTRY.update(_toy_sources())
+
+
+_BUILT_IN = frozenset(REGISTRY)
+
+
+def register_source(source: PreferenceSource) -> PreferenceSource:
+    """Add a dataset to the registry under ``source.name`` (a package registers its own:
+    ``import r3h.toy`` registers the toy datasets). Registering a name again replaces that
+    registration; the built-in sources cannot be replaced (ValueError)."""
+    if not isinstance(source, PreferenceSource):
+        raise TypeError(f"register_source: expected a PreferenceSource, got {type(source).__name__}")
+    if source.name in _BUILT_IN:
+        raise ValueError(f"register_source: {source.name!r} is a built-in source and cannot be replaced")
+    REGISTRY[source.name] = source
+    return source
 
 
 def list_sources() -> List[str]:
     """Every registered name: the ten datasets of Table 1 (PAPER_SOURCES), the raw upstream
-    alternatives (``*_upstream``), then the toy datasets."""
+    alternatives (``*_upstream``), then the registered ones (the toy datasets after
+    ``import r3h.toy``)."""
     return list(REGISTRY)
 
 
@@ -477,7 +478,8 @@ def get_source(name: str) -> PreferenceSource:
         return REGISTRY[aliases[key]]
     close = difflib.get_close_matches(key, known + list(aliases), n=1, cutoff=0.6)
     hint = f"; did you mean {aliases.get(close[0], close[0])!r}?" if close else ""
-    raise ValueError(f"unknown preference dataset {name!r}{hint} Known: {', '.join(known)}")
+    toy = "" if "toy_helpsteer" in REGISTRY else " (the toy datasets toy_* register with `import r3h.toy`)"
+    raise ValueError(f"unknown preference dataset {name!r}{hint} Known: {', '.join(known)}{toy}")
 
 
 # --------------------------------------------------------------------------- loading
@@ -499,8 +501,6 @@ def read_raw_records(source: str, *, path: Optional[str] = None, hub_id: Optiona
     (json/jsonl/parquet/csv; its one split), a local folder in the hub layout (its
     README configs and split names, as ``datasets.load_dataset(folder, config, split=)``)
     or the hub."""
-    from r3h.evaluation.generative import load_records
-
     if path is not None:
         path = os.path.expanduser(str(path))
         if os.path.isfile(path):
@@ -593,7 +593,7 @@ def load_preference_data(spec: Union[str, Mapping], *, path: Optional[str] = Non
     arguments win over the mapping). A name outside the registry is accepted only with a
     `path` (or `hub_id`) and `dimensions`, as a plain prompt/chosen/rejected dataset.
 
-    The records are read (:func:`read_raw_records`; the toy datasets are built), the
+    The records are read (:func:`read_raw_records`; a source with a builder, such as the toy's, is built), the
     first one is checked for the fields the layout needs before anything else, then
     every record is converted (the source's converter) and validated
     (:func:`~r3h.data.preference.validate_pairs`). `limit` keeps the first `limit` valid

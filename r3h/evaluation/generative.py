@@ -35,18 +35,17 @@ the tiny data. Its numbers measure nothing about a model's quality; ``3h`` never
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import logging
 import os
 import random
 from collections import Counter, defaultdict
-from importlib import resources
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from r3h.core.plain import to_container
-from r3h.io.records import read_records, resume_records
+from r3h.io.datasets import is_local_file, load_records
+from r3h.io.records import resume_records
 from r3h.evaluation.benchmark import Benchmark, BenchmarkResult, EvalContext
 from r3h.evaluation.generation import generate_jsonl
 from r3h.evaluation.judges import (
@@ -62,8 +61,6 @@ from r3h.evaluation.judges import (
 
 __all__ = [
     "DatasetFieldError",
-    "load_records",
-    "resolve_data_path",
     "judge_jsonl",
     "JudgedBenchmark",
     "MTBench",
@@ -82,74 +79,6 @@ class DatasetFieldError(ValueError):
 
 
 # ------------------------------------------------------------------------------- data
-
-
-def resolve_data_path(path: str) -> str:
-    """A local path; ``pkg://<package>/<file>`` resolves inside an installed package."""
-    if path.startswith("pkg://"):
-        package, _, rel = path[len("pkg://"):].partition("/")
-        if not package or not rel:
-            raise ValueError(f"{path!r}: a package path reads pkg://<package>/<file>")
-        return str(resources.files(package).joinpath(rel))
-    return os.path.expanduser(path)
-
-
-def _is_local(path: str) -> bool:
-    """A single local file (read here). A local *folder* is a dataset repository laid out as on
-    the hub (README configs and data files) and goes through ``datasets``, like the hub copy."""
-    if os.path.isdir(os.path.expanduser(path)):
-        return False
-    return path.startswith("pkg://") or os.path.exists(os.path.expanduser(path)) or \
-        path.lower().endswith((".json", ".jsonl", ".csv")) or path.startswith((".", "/", "~"))
-
-
-def _read_local(dataset: str, path: str, split: Optional[str]) -> List[dict]:
-    file = resolve_data_path(path)
-    if not os.path.isfile(file):
-        raise FileNotFoundError(f"{dataset}: data file {file} does not exist")
-    lower = file.lower()
-    try:
-        if lower.endswith(".csv"):
-            with open(file, newline="", encoding="utf-8") as f:
-                return [dict(r) for r in csv.DictReader(f)]
-        if lower.endswith(".jsonl"):
-            return read_records(file, strict=True)
-        with open(file, encoding="utf-8") as f:
-            data = json.load(f)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise ValueError(f"{dataset}: cannot parse {file}: {e}") from None
-    if isinstance(data, Mapping):  # {"data": [...]} or {"<split>": [...]}
-        for key in ((split,) if split else ()) + ("data", "train", "test"):
-            if key in data and isinstance(data[key], list):
-                data = data[key]
-                break
-    if not isinstance(data, list) or not all(isinstance(r, Mapping) for r in data):
-        raise ValueError(f"{dataset}: {file} must hold a list of records (JSON objects)")
-    return [dict(r) for r in data]
-
-
-def load_records(dataset: str, path: str, *, name: Optional[str] = None, split: Optional[str] = None,
-                 revision: Optional[str] = None, data_files=None) -> List[dict]:
-    """The records of a benchmark's data: a local JSON/JSONL/CSV file (or ``pkg://``), or
-    ``datasets.load_dataset(path, name, split=..., revision=..., data_files=...)`` (a hub id, a
-    builder such as ``json`` with ``data_files`` (local files or URLs), or a local folder laid out
-    as the hub repository)."""
-    if data_files is None and _is_local(path):
-        return _read_local(dataset, path, split)
-    if os.path.isdir(os.path.expanduser(path)):
-        path = os.path.expanduser(path)
-    try:
-        import datasets
-    except ImportError:  # pragma: no cover - datasets comes with fusion_bench
-        raise ImportError(f"{dataset}: loading {path!r} from the hub needs the `datasets` package") from None
-    where = f"{path!r}" + "".join(f", {k}={v!r}" for k, v in
-                                  (("name", name), ("split", split), ("revision", revision),
-                                   ("data_files", data_files)) if v is not None)
-    try:
-        ds = datasets.load_dataset(path, name, split=split or "train", revision=revision, data_files=data_files)
-    except Exception as e:
-        raise RuntimeError(f"{dataset}: cannot load the dataset {where}: {type(e).__name__}: {e}") from e
-    return [dict(r) for r in ds]
 
 
 # ------------------------------------------------------------------------- verdicts
@@ -299,7 +228,7 @@ class JudgedBenchmark(Benchmark):
         parts = [self.path]
         for k in ("name", "split", "revision"):
             v = getattr(self, k)
-            if v is not None and not (k == "split" and _is_local(self.path) and self.data_files is None):
+            if v is not None and not (k == "split" and is_local_file(self.path) and self.data_files is None):
                 parts.append(f"{k}={v}")
         if self.data_files is not None:
             parts.append(f"data_files={self.data_files}")

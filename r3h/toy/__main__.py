@@ -62,7 +62,7 @@ def run_seed(seed: int, out: str, methods: List[str], trials: int, baselines: bo
     """name -> {column scores, dimension averages, AVG} on the test split, for one toy seed."""
     from transformers import AutoModelForCausalLM
 
-    from r3h.modelpool import Tiny3HPool
+    from r3h.toy import Tiny3HPool
     from r3h.search import MergeSearch
     from r3h.toy import build
 

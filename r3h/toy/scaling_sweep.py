@@ -30,7 +30,7 @@ def sweep(methods, values, out: str, seed: int = 0, cache_dir=None) -> Dict[str,
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    from r3h.modelpool import Tiny3HPool
+    from r3h.toy import Tiny3HPool
     from r3h.sweeps import CONFIG_ROOT, MergeSweep, load_method_config
 
     pool = Tiny3HPool(cache_dir=cache_dir, seed=seed)

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from fusion_bench.mixins.serialization import auto_register_config
 from r3h.modelpool.pool import AlignedCausalLMPool
-from r3h.toy.build import EXPERTS, build_tiny_3h, default_cache_dir
+from r3h.toy.build import EXPERTS, build_tiny_3h
 
-__all__ = ["Tiny3HPool", "build_tiny_3h", "default_cache_dir", "EXPERTS"]
+__all__ = ["Tiny3HPool"]
 
 
 @auto_register_config
