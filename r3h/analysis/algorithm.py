@@ -29,7 +29,7 @@ import r3h
 from fusion_bench.method.base_algorithm import BaseAlgorithm
 from fusion_bench.mixins.serialization import auto_register_config
 from r3h.analysis.alignment_vectors import layer_summaries, summarize, tensor_stats
-from r3h.core.engine import ExpertTensors, MergePlan, _read, plan_merge
+from r3h.core.engine import MergePlan, iter_tensors, plan_merge
 from r3h.core.memory import peak_accelerator_bytes, peak_rss_bytes
 from r3h.io.writer import atomic_output_dir
 from r3h.core.paths import run_output_dir
@@ -148,9 +148,10 @@ class AlignmentVectorAnalysis(BaseAlgorithm):
         skip = set(excluded) | set(non_float) | set(empty)
         names = [n for n in plan.names if n not in skip]
         records, pairs = [], []
-        for name in tqdm(names, desc="alignment vectors", unit="tensor", disable=not self.progress):
-            theta0 = _read(plan.base, name, device)
-            taus = [e.sub_(theta0) for e in ExpertTensors(plan.experts, name, device, plan.grown.get(name))]
+        walk = iter_tensors(plan, names, device)
+        for name, theta0, experts_t in tqdm(walk, total=len(names), desc="alignment vectors", unit="tensor",
+                                            disable=not self.progress):
+            taus = [e.sub_(theta0) for e in experts_t]
             svd = self.wants_svd(theta0.shape)
             rec, prs = tensor_stats(name, theta0, taus, experts, float(self.epsilon), float(self.epsilon_relative),
                                     svd=svd, svd_threads=self.cpu_threads)

@@ -23,7 +23,7 @@ import re
 import time
 from dataclasses import dataclass, field
 from collections.abc import Sequence
-from typing import Callable, Dict, List, Optional, Tuple, Union
+from typing import Callable, Dict, Iterator, List, Optional, Tuple, Union
 
 import torch
 from tqdm.auto import tqdm
@@ -141,6 +141,16 @@ class ExpertTensors(Sequence):
             return [self[j] for j in range(*i.indices(len(self)))]
         t = _read(self.checkpoints[i], self.name, self.device)
         return t[: self.rows] if self.rows is not None else t
+
+
+def iter_tensors(plan: MergePlan, names: Optional[Sequence[str]] = None,
+                 device="cpu") -> Iterator[Tuple[str, Optional[torch.Tensor], ExpertTensors]]:
+    """For each name (default: the plan's, in order): the name, the base tensor θ0 (float32
+    on `device`, checked for NaN/Inf; None without a base) and the experts' `ExpertTensors`.
+    Each tensor is read when it is reached: the public way to walk a plan's tensors."""
+    for name in plan.names if names is None else names:
+        theta0 = _read(plan.base, name, device) if plan.base is not None else None
+        yield name, theta0, ExpertTensors(plan.experts, name, device, plan.grown.get(name))
 
 
 def stream_merge(
