@@ -60,7 +60,7 @@ def test_registry_lists_the_ten_datasets_and_the_toys():
         assert not REGISTRY[f"{n}_upstream"].hub_id.startswith("Columbia-NLP/")
     for name in ten:
         src = REGISTRY[name]
-        assert src.hub_id and src.dimensions and src.note and src.paper_size is None
+        assert src.hub_id and src.dimensions and src.note
     toy = REGISTRY["toy_truthy"]
     assert toy.hub_id is None and toy.builder is not None and toy.dimensions == ("honesty",)
     assert get_source("Truthy-DPO").name == "truthy_dpo" and get_source("PKU-SafeRLHF").name == "pku_saferlhf"

@@ -17,7 +17,7 @@ a downloaded file exactly as the hub copy.
 
 What could not be confirmed offline is said in each entry's ``note`` (and in
 docs/data.md): the paper's Table 1 sizes and its exact dimension assignment were not
-available, so ``paper_size`` is None everywhere and the dimensions follow the dataset cards.
+available, so no size is recorded and the dimensions follow the dataset cards.
 """
 
 from __future__ import annotations
@@ -76,8 +76,7 @@ class PreferenceSource:
     converter; ``converter`` replaces it for rating/ranking layouts; ``options`` are the
     converter's defaults. ``required`` are the raw fields checked on the first record
     before anything else is done, as pair keys mapped through the fields (``"prompt"``
-    means the raw field ``fields["prompt"]``) or raw names. ``paper_size`` is the size in the paper's Table 1
-    when confirmed (None otherwise).
+    means the raw field ``fields["prompt"]``) or raw names.
     """
 
     name: str
@@ -92,7 +91,6 @@ class PreferenceSource:
     options: Mapping = field(default_factory=dict)
     title: str = ""
     note: str = ""
-    paper_size: Optional[int] = None
 
 
 # --------------------------------------------------------------------------- converters
