@@ -3,7 +3,7 @@
 `MergeSearch` (config `method=search`, presets `method=search/<method>` and
 `method=search/all`) is a fusion_bench algorithm. Each trial picks a method (when several
 are searched) and values for the options the user named, merges the pool
-(`r3h.sweeps.load_method_config` builds the method exactly as `method=<name>` would) and
+(`r3h.methods.configs` builds the method exactly as `method=<name>` would) and
 scores the merge with a 3H taskpool on its `validation` split. The objective is either the
 user's 3H preference, S = Σ w_d · d_avg / Σ w_d over d ∈ {Helpful_Avg, Honest_Avg,
 Harmless_Avg} (`objective: weighted`, default), or the three averages themselves
@@ -50,7 +50,8 @@ from fusion_bench.method.base_algorithm import BaseAlgorithm
 from fusion_bench.mixins.lightning_fabric import LightningFabricMixin
 from fusion_bench.mixins.serialization import auto_register_config
 from r3h.core.plain import to_container
-from r3h.sweeps import CONFIG_ROOT, _import, _instantiate, _option_names, _write_json_atomic, load_method_config
+from r3h.methods.configs import build_method, declares, load_config, load_method_config, method_class, option_names
+from r3h.sweeps import _write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -155,14 +156,14 @@ def parse_param(where: str, option: str, spec) -> Optional[Param]:
 
 def preset_space(method: str) -> Dict[str, Any]:
     """The space of `config/method/search/<method>.yaml` (its `methods.<method>`)."""
-    path = CONFIG_ROOT / "method" / "search" / f"{method}.yaml"
-    if not path.is_file():
-        raise ValueError(f"methods: no search preset for {method!r} ({path}); give its space explicitly, "
-                         f"e.g. methods: {{{method}: {{scaling_factor: {{low: 0.1, high: 1.0}}}}}}")
-    cfg = to_container(OmegaConf.load(path))
-    space = ((cfg or {}).get("methods") or {})
+    try:
+        cfg = load_config("method/search", method)
+    except ValueError as exc:
+        raise ValueError(f"methods: no search preset for {method!r} ({exc}); give its space explicitly, "
+                         f"e.g. methods: {{{method}: {{scaling_factor: {{low: 0.1, high: 1.0}}}}}}") from None
+    space = cfg.get("methods") or {}
     if not isinstance(space, Mapping) or method not in space:
-        raise ValueError(f"{path}: `methods` has no space for {method!r}")
+        raise ValueError(f"method/search/{method}.yaml: `methods` has no space for {method!r}")
     return dict(space[method] or {})
 
 
@@ -295,9 +296,9 @@ class MergeSearch(LightningFabricMixin, BaseAlgorithm):
                 raise ValueError(f"methods.{name}: {exc}") from None
             if str(cfg["_target_"]).endswith(".MergeSearch"):
                 raise ValueError(f"methods.{name}: a search cannot search a search")
-            cls = _import(cfg["_target_"])
-            probe = _instantiate(cls, {**cfg, "progress": False} if "progress" in cfg else cfg)
-            known = _option_names(probe)
+            cls = method_class(cfg)
+            probe = build_method(cfg, **({"progress": False} if "progress" in cfg else {}))
+            known = option_names(probe)
             for option in params:
                 if option not in known:
                     raise ValueError(f"methods.{name}.{option}: '{option}' is not an option of {cfg['_target_']} "
@@ -333,10 +334,7 @@ class MergeSearch(LightningFabricMixin, BaseAlgorithm):
         if tp is None:
             tp = "3h_tiny"
         if isinstance(tp, str):
-            path = CONFIG_ROOT / "taskpool" / f"{tp.removesuffix('.yaml')}.yaml"
-            if not path.is_file():
-                raise ValueError(f"taskpool: no config {tp!r} in {path.parent}")
-            tp = to_container(OmegaConf.load(path))
+            tp = load_config("taskpool", tp)
         if not isinstance(tp, Mapping) or not tp.get("_target_"):
             raise ValueError(f"taskpool: a taskpool config name or a config with _target_, got {tp!r}")
         tp = dict(tp)
@@ -372,9 +370,7 @@ class MergeSearch(LightningFabricMixin, BaseAlgorithm):
         return cfg
 
     def _uses_svd(self, method: str) -> bool:
-        from r3h.methods.tsvm import TaskSingularVectorMerging
-
-        return issubclass(self._classes[method], TaskSingularVectorMerging) and self.svd_cache is not False
+        return declares(self._classes[method], "uses_svd_cache") and self.svd_cache is not False
 
     def defaults_of(self, method: str) -> Dict[str, Any]:
         """The method's default value of every searched option (its config's)."""
@@ -455,7 +451,7 @@ class MergeSearch(LightningFabricMixin, BaseAlgorithm):
                             value = {e: x / total for e, x in value.items()}
                     cfg = self.member_config(method, {option: value}, None, None)
                     try:
-                        m = _instantiate(self._classes[method], cfg)
+                        m = build_method(cfg)
                         if hasattr(m, "prepare"):
                             m.prepare(modelpool)
                     except (ValueError, TypeError) as exc:
@@ -467,7 +463,7 @@ class MergeSearch(LightningFabricMixin, BaseAlgorithm):
         """(model, svds): the merged model (loaded back from `out_dir` when streaming) and the
         SVDs this merge ran (None when the method does none)."""
         cfg = self.member_config(method, values, cache, out_dir)
-        m = _instantiate(self._classes[method], cfg)
+        m = build_method(cfg)
         fabric = self._fabric_instance
         if fabric is not None and hasattr(m, "_fabric_instance"):
             m._fabric_instance = fabric
@@ -488,9 +484,7 @@ class MergeSearch(LightningFabricMixin, BaseAlgorithm):
         return model, svds
 
     def _is_svd_method(self, method: str) -> bool:
-        from r3h.methods.tsvm import TaskSingularVectorMerging
-
-        return issubclass(self._classes[method], TaskSingularVectorMerging)
+        return declares(self._classes[method], "uses_svd_cache")
 
     def run(self, modelpool):
         import optuna

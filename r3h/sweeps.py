@@ -14,7 +14,6 @@ See docs/sweeps.md.
 
 from __future__ import annotations
 
-import importlib
 import itertools
 import json
 import logging
@@ -23,27 +22,22 @@ import re
 import shutil
 import tempfile
 import time
-from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple
-
-from omegaconf import OmegaConf
 
 from fusion_bench.method.base_algorithm import BaseAlgorithm
 from fusion_bench.mixins.lightning_fabric import LightningFabricMixin
 from fusion_bench.mixins.serialization import auto_register_config
 from r3h.core.paths import run_log_dir
 from r3h.core.plain import jsonable, to_container
+from r3h.methods.configs import META_KEYS, build_method, declares, load_method_config, method_class, option_names
 from r3h.modelpool.sweep import ModelSweep
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MergeSweep", "NamedModelSweep", "grid_points", "member_name", "load_method_config"]
+__all__ = ["MergeSweep", "NamedModelSweep", "grid_points", "member_name"]
 
 #: options a grid point or `options` may not set: the sweep decides them
 SWEEP_OWNED = ("out_dir", "svd_cache")
-_META_KEYS = ("_target_", "_recursive_", "_usage_", "_version_")
-CONFIG_ROOT = Path(__file__).resolve().parent / "config"
-
 
 
 # ---------------------------------------------------------------------------------------
@@ -99,62 +93,6 @@ def grid_points(grid) -> List[Dict[str, Any]]:
             points.append({str(k): v for k, v in p.items()})
         return points
     raise ValueError(f"grid: expected a mapping option -> list of values or a list of points, got {grid!r}")
-
-
-def load_method_config(method) -> Dict[str, Any]:
-    """The method config as a plain dict with `_target_`: a config name (`r_tsvm`,
-    `sweep`-free names under r3h's `config/method/` or `./config/method/`) or a mapping."""
-    method = to_container(method)
-    if isinstance(method, Mapping):
-        cfg = dict(method)
-        where = "method"
-    elif isinstance(method, str) and method.strip():
-        name = method.strip().removesuffix(".yaml")
-        folders = [CONFIG_ROOT / "method", Path.cwd() / "config" / "method"]
-        files = [f / f"{name}.yaml" for f in folders if (f / f"{name}.yaml").is_file()]
-        if not files:
-            raise ValueError(f"method: no config '{name}' in {', '.join(str(f) for f in folders)}")
-        cfg = to_container(OmegaConf.load(files[0]))
-        where = str(files[0])
-        if not isinstance(cfg, Mapping):
-            raise ValueError(f"method: {where} is not a mapping")
-        if "defaults" in cfg:
-            raise ValueError(f"method: {where} composes other configs (Hydra `defaults`); pass the method "
-                             "as a config with _target_ instead of its name")
-    else:
-        raise ValueError(f"method: expected a method config name or a config with _target_, got {method!r}")
-    if not cfg.get("_target_"):
-        raise ValueError(f"method: {where} has no _target_ (the class to run)")
-    if str(cfg["_target_"]).endswith(".MergeSweep"):
-        raise ValueError("method: a sweep cannot sweep a sweep")
-    return cfg
-
-
-def _import(target: str):
-    module, _, attr = str(target).rpartition(".")
-    try:
-        return getattr(importlib.import_module(module), attr)
-    except (ImportError, AttributeError, ValueError) as exc:
-        raise ValueError(f"method: cannot import _target_ {target!r} ({exc})") from exc
-
-
-def _instantiate(cls, cfg: Mapping[str, Any]):
-    kwargs = {k: v for k, v in cfg.items() if k not in ("_target_", "_recursive_")}
-    return cls(**kwargs)
-
-
-def _option_names(obj) -> List[str]:
-    cfg = getattr(obj, "config", None)
-    if cfg is None:
-        import inspect
-
-        names = []
-        for klass in type(obj).__mro__:
-            init = klass.__dict__.get("__init__")
-            if init is not None:
-                names += [p for p in inspect.signature(init).parameters if p not in ("self", "args", "kwargs")]
-        return sorted(set(names))
-    return sorted(k for k in cfg.keys() if k not in _META_KEYS)
 
 
 # ---------------------------------------------------------------------------------------
@@ -236,7 +174,7 @@ class MergeSweep(LightningFabricMixin, BaseAlgorithm):
         if grid is None:
             raise ValueError("grid: give the options to sweep, e.g. {alpha: [0.5, 1.0]}")
         self._method_cfg = load_method_config(method)
-        self._cls = _import(self._method_cfg["_target_"])
+        self._cls = method_class(self._method_cfg)
         self._options = dict(to_container(options) or {})
         self._points = grid_points(grid)
         if svd_cache is not None and svd_cache is not False and not isinstance(svd_cache, (str, os.PathLike)):
@@ -246,9 +184,9 @@ class MergeSweep(LightningFabricMixin, BaseAlgorithm):
             owned = [k for k in keys if k in SWEEP_OWNED]
             if owned:
                 raise ValueError(f"{where}: '{owned[0]}' is set by the sweep itself (its own `{owned[0]}` option)")
-        probe = _instantiate(self._cls, {**self._method_cfg, **self._options, "progress": False}
-                             if "progress" in self._method_cfg else {**self._method_cfg, **self._options})
-        known = _option_names(probe)
+        probe = build_method({**self._method_cfg, **self._options},
+                             **({"progress": False} if "progress" in self._method_cfg else {}))
+        known = option_names(probe)
         for where, keys in [("options", list(self._options))] + [("grid", list(p)) for p in self._points]:
             unknown = [k for k in keys if k not in known]
             if unknown:
@@ -275,14 +213,10 @@ class MergeSweep(LightningFabricMixin, BaseAlgorithm):
         return {n: dict(p) for n, p in zip(self._names, self._points)}
 
     def uses_svd_cache(self) -> bool:
-        from r3h.methods.tsvm import TaskSingularVectorMerging
-
-        return issubclass(self._cls, TaskSingularVectorMerging) and self.svd_cache is not False
+        return declares(self._cls, "uses_svd_cache") and self.svd_cache is not False
 
     def _soup_in_one_pass(self) -> bool:
-        from r3h.methods.rewarded_soup import RewardedSoup
-
-        return issubclass(self._cls, RewardedSoup) and all(list(p) == ["preference"] for p in self._points)
+        return declares(self._cls, "multi_preference") and all(list(p) == ["preference"] for p in self._points)
 
     def member_config(self, i: int, svd_cache: Optional[str] = None) -> Dict[str, Any]:
         cfg = {**self._method_cfg, **self._options, **self._points[i]}
@@ -294,7 +228,7 @@ class MergeSweep(LightningFabricMixin, BaseAlgorithm):
 
     # -- the run ------------------------------------------------------------------------
     def _fabric_or_none(self):
-        if issubclass(self._cls, LightningFabricMixin) or self._fabric_instance is not None:
+        if declares(self._cls, "distributed") or self._fabric_instance is not None:
             return self.fabric
         return None
 
@@ -363,7 +297,7 @@ class MergeSweep(LightningFabricMixin, BaseAlgorithm):
             if self._soup_in_one_pass():
                 cfg.pop("out_dir", None)
             try:
-                m = _instantiate(self._cls, cfg)
+                m = build_method(cfg)
                 if fabric is not None and hasattr(m, "_fabric_instance"):
                     m._fabric_instance = fabric
                 if hasattr(m, "prepare"):
@@ -394,12 +328,9 @@ class MergeSweep(LightningFabricMixin, BaseAlgorithm):
         """Rewarded Soup over a λ grid: one streaming pass gives every member."""
         vectors = [p["preference"] for p in self._points]
         cfg = {**self._method_cfg, **self._options, "preference": vectors}
-        soup = _instantiate(self._cls, cfg if out_dir is None else {**cfg, "out_dir": out_dir})
-        if out_dir is not None:
-            # write the members under the sweep's names, with the sweep's manifest
-            names, manifest = list(self._names), self.manifest
-            soup.output_names = lambda: names
-            soup.sweep_manifest = lambda: manifest
+        soup = build_method(cfg if out_dir is None else {**cfg, "out_dir": out_dir})
+        if out_dir is not None:  # write the members under the sweep's names, with the sweep's manifest
+            soup.name_outputs(list(self._names), self.manifest)
         result = soup.run(modelpool)
         for m in members:
             m.last_report = soup.last_report
@@ -419,7 +350,7 @@ class MergeSweep(LightningFabricMixin, BaseAlgorithm):
             per[name] = entry
         return {
             "method": self._method_cfg["_target_"],
-            "method_config": {k: v for k, v in self._method_cfg.items() if k not in _META_KEYS},
+            "method_config": {k: v for k, v in self._method_cfg.items() if k not in META_KEYS},
             "options": self._options,
             "members": per,
             "svd_cache": None if cache is None else {"folder": cache, "temporary": temporary},

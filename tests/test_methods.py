@@ -756,3 +756,30 @@ def test_exclude_keys_is_a_full_match(llama, tmp_path):
     kwargs = {"density": 0.3}
     model = make_method("ties", exclude_keys=["embed_tokens", "lm_head"], **kwargs).run(pool)
     check_against_reference(model_tensors(model), "ties", kwargs, base_sd, experts)
+
+
+def test_declared_capabilities_are_what_the_methods_do():
+    """What a sweep or a search does differently for a method comes from the method's class:
+    `uses_svd_cache` iff it takes an `svd_cache` option, `multi_preference` iff a list of λ
+    gives one model per λ, `distributed` iff it runs on Fabric."""
+    import inspect
+
+    from fusion_bench.mixins.lightning_fabric import LightningFabricMixin
+
+    from r3h.methods import METHODS
+    from r3h.methods.configs import build_method, declares, load_method_config
+
+    for name, cls in METHODS.items():
+        takes_cache = any("svd_cache" in inspect.signature(k.__init__).parameters for k in cls.__mro__
+                          if "__init__" in k.__dict__)
+        assert declares(cls, "uses_svd_cache") == takes_cache, name
+        assert declares(cls, "distributed") == issubclass(cls, LightningFabricMixin), name
+        m = build_method(load_method_config(name), progress=False)
+        assert type(m) is cls
+        if "preference" in inspect.signature(cls.__init__).parameters:
+            m = build_method(load_method_config(name), preference=[[1.0, 0.0], [0.5, 0.5]])
+            m.setup(["a", "b"])
+            assert declares(cls, "multi_preference") == (m.output_names() is not None and len(m.output_names()) == 2)
+        else:
+            assert not declares(cls, "multi_preference"), name
+    assert [n for n, c in METHODS.items() if declares(c, "multi_preference")] == ["rewarded_soup"]

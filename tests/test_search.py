@@ -18,7 +18,7 @@ from omegaconf import OmegaConf
 
 from r3h.evaluation.benchmark import Benchmark, BenchmarkResult
 from r3h.search import DIMENSIONS, MergeSearch, parse_space, weighted_score
-from r3h.sweeps import load_method_config
+from r3h.methods.configs import load_method_config
 from tests.test_svd_cache import pool_of, write_pool
 
 REPO = Path(__file__).resolve().parents[1]

@@ -83,6 +83,10 @@ class MergeAlgorithm(BaseAlgorithm):
 
     needs_base: bool = True
     min_experts: int = 1
+    # capabilities a sweep or a search reads (r3h.methods.configs.declares)
+    uses_svd_cache: bool = False  # takes `svd_cache`: one SVD pass serves every member
+    multi_preference: bool = False  # a list of preference vectors gives one model per vector, one pass
+    distributed: bool = False  # runs over the Fabric ranks
 
     def __init__(
         self,

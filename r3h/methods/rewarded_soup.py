@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import List, Mapping
+from typing import Any, Dict, List, Mapping
 
 from fusion_bench.mixins.serialization import auto_register_config
 from r3h.methods.base import MergeAlgorithm, per_expert, to_container
@@ -47,10 +47,17 @@ class RewardedSoup(MergeAlgorithm):
     """
 
     needs_base = False
+    multi_preference = True
     _method_name = "rewarded_soup"
 
     def __init__(self, preference=None, **kwargs):
         super().__init__(**kwargs)
+        self._output_names = self._manifest = None
+
+    def name_outputs(self, names: List[str], manifest: Dict[str, Any]) -> None:
+        """Name the models of a list of λ (instead of `preference_00`, …) and give the
+        manifest written beside them (`sweep.json`): how a merge sweep over λ names its members."""
+        self._output_names, self._manifest = list(names), dict(manifest)
 
     def setup(self, names):
         self._names = names
@@ -63,9 +70,13 @@ class RewardedSoup(MergeAlgorithm):
     def output_names(self):
         if not self._is_sweep():
             return None
+        if self._output_names is not None:
+            return list(self._output_names)
         return [f"preference_{i:02d}" for i in range(len(self._vectors))]
 
     def sweep_manifest(self):
+        if self._manifest is not None:
+            return dict(self._manifest)
         return {n: dict(zip(self._names, v)) for n, v in zip(self.output_names(), self._vectors)}
 
     def merge_tensor(self, name, base, experts):

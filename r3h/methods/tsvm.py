@@ -87,6 +87,7 @@ class TaskSingularVectorMerging(LightningFabricMixin, MergeAlgorithm):
     """
 
     _method_name = "tsvm"
+    uses_svd_cache = distributed = True  # capabilities (r3h.methods.configs)
     min_experts = 2
     reweight = False
 

@@ -30,19 +30,17 @@ import shutil
 import statistics
 from typing import Dict, List
 
-MERGES = ["weight_average", "r3h_task_arithmetic", "ties", "dare", "dare_ties", "della", "della_ties", "breadcrumbs",
-          "breadcrumbs_ties", "model_stock", "tsvm", "r_tsvm"]
-SVD_MERGES = ["tsvm", "r_tsvm"]
+from r3h.methods import METHODS
+from omegaconf import OmegaConf
+
+from r3h.methods.configs import declares, load_config
+
+#: every registered merge that gives one model (Rewarded Soup's list of λ is a sweep, not one merge)
+MERGES = [name for name, cls in METHODS.items() if not declares(cls, "multi_preference")]
+#: the SVD merges (TSVM, R-TSVM): those that take an SVD cache
+SVD_MERGES = [name for name in MERGES if declares(METHODS[name], "uses_svd_cache")]
 DIMS = ("Helpful_Avg", "Honest_Avg", "Harmless_Avg")
 TUNED = " (tuned)"
-
-
-def _config(group: str, name: str):
-    from omegaconf import OmegaConf
-
-    import r3h
-
-    return OmegaConf.load(os.path.join(os.path.dirname(r3h.__file__), "config", group, f"{name}.yaml"))
 
 
 def _score(tp_cfg, out: str, name: str, model) -> dict:
@@ -75,7 +73,7 @@ def run_seed(seed: int, out: str, methods: List[str], trials: int, baselines: bo
         if saved.get("options") == options and saved.get("fingerprint") == build.fingerprint(seed):
             logging.getLogger(__name__).info("toy seed %d: reusing %s", seed, path)
             return saved["rows"]
-    tp_cfg = _config("taskpool", "3h_tiny")
+    tp_cfg = OmegaConf.create(load_config("taskpool", "3h_tiny"))
     tp_cfg.print_table = False
     tp_cfg.split = "test"
     pool_paths = build.build_tiny_3h(cache_dir, seed=seed)

@@ -31,10 +31,11 @@ def sweep(methods, values, out: str, seed: int = 0, cache_dir=None) -> Dict[str,
     from omegaconf import OmegaConf
 
     from r3h.toy import Tiny3HPool
-    from r3h.sweeps import CONFIG_ROOT, MergeSweep, load_method_config
+    from r3h.methods.configs import load_config, load_method_config
+    from r3h.sweeps import MergeSweep
 
     pool = Tiny3HPool(cache_dir=cache_dir, seed=seed)
-    tp_cfg = OmegaConf.load(CONFIG_ROOT / "taskpool" / "3h_tiny.yaml")
+    tp_cfg = OmegaConf.create(load_config("taskpool", "3h_tiny"))
     tp_cfg.split = "validation"
     tp_cfg.print_table = False
     results: Dict[str, Dict[float, dict]] = {}
@@ -56,7 +57,7 @@ def sweep(methods, values, out: str, seed: int = 0, cache_dir=None) -> Dict[str,
 def to_markdown(results: Dict[str, Dict[float, dict]], values) -> str:
     """AVG per method (rows) and value (columns): the method's configured default in bold,
     the best AVG marked `*`."""
-    from r3h.sweeps import load_method_config
+    from r3h.methods.configs import load_method_config
 
     lines = ["| method (option) | " + " | ".join(str(v) for v in values) + " | default |",
              "|---|" + "---:|" * len(values) + "---:|"]
