@@ -14,19 +14,7 @@ from typing import Dict, List, Optional
 import pytest
 import torch
 
-from r3h.methods import (
-    BreadcrumbsMerging,
-    BreadcrumbsTiesMerging,
-    DareMerging,
-    DareTies,
-    DellaMerging,
-    DellaTiesMerging,
-    ModelStockMerging,
-    RewardedSoup,
-    TaskArithmetic,
-    TiesMerging,
-    WeightAverage,
-)
+from r3h.methods import METHODS
 from r3h.ops import tensor_generator
 from tests.conftest import make_pool, read_folder
 
@@ -50,21 +38,6 @@ DEFAULTS = {
     "breadcrumbs_ties": dict(density=0.9, gamma=0.01, consensus="sum", normalize=False, scaling_factor=0.2),
     "model_stock": {},
 }
-
-CLASSES = {
-    "weight_average": WeightAverage,
-    "rewarded_soup": RewardedSoup,
-    "r3h_task_arithmetic": TaskArithmetic,
-    "ties": TiesMerging,
-    "dare": DareMerging,
-    "dare_ties": DareTies,
-    "della": DellaMerging,
-    "della_ties": DellaTiesMerging,
-    "breadcrumbs": BreadcrumbsMerging,
-    "breadcrumbs_ties": BreadcrumbsTiesMerging,
-    "model_stock": ModelStockMerging,
-}
-
 
 def _desc_order(t: torch.Tensor) -> List[int]:
     """Flat indices of `t` from the largest |t| to the smallest (Python sort, no torch.topk)."""
@@ -239,7 +212,7 @@ def resolve(kwargs: dict, n: int) -> dict:
 
 
 def make_method(method: str, **kwargs):
-    m = CLASSES[method](progress=False, **kwargs)
+    m = METHODS[method](progress=False, **kwargs)
     return m
 
 
@@ -766,7 +739,6 @@ def test_declared_capabilities_are_what_the_methods_do():
 
     from fusion_bench.mixins.lightning_fabric import LightningFabricMixin
 
-    from r3h.methods import METHODS
     from r3h.methods.configs import build_method, declares, load_method_config
 
     for name, cls in METHODS.items():

@@ -18,6 +18,7 @@ from omegaconf import OmegaConf
 
 from r3h.evaluation.benchmark import Benchmark, BenchmarkResult
 from r3h.search import DIMENSIONS, MergeSearch, parse_space, weighted_score
+from r3h.methods import METHODS
 from r3h.methods.configs import load_method_config
 from tests.test_svd_cache import pool_of, write_pool
 
@@ -218,17 +219,15 @@ def test_weights_pick_the_member_and_multi_objective_front(paths, tmp_path, task
 
 def test_every_search_preset_builds():
     names = sorted(p.stem for p in SEARCH_CONFIGS.glob("*.yaml"))
-    merges = ["breadcrumbs", "breadcrumbs_ties", "dare", "dare_ties", "della", "della_ties", "model_stock",
-              "r3h_task_arithmetic", "r_tsvm", "rewarded_soup", "ties", "tsvm", "weight_average"]
-    assert names == sorted(merges + ["all"])
+    assert names == sorted([*METHODS, "all"])  # one preset per registered method
     for name in names:
         cfg = OmegaConf.load(SEARCH_CONFIGS / f"{name}.yaml")
         assert cfg._target_ == "r3h.search.MergeSearch"
         kwargs = {k: v for k, v in OmegaConf.to_container(cfg).items() if k != "_target_"}
         s = MergeSearch(**kwargs)
         if name == "all":
-            assert list(s._space) == list(cfg.methods) and sorted(s._space) == merges
-            assert s.n_trials >= 3 * len(merges)
+            assert list(s._space) == list(cfg.methods) and sorted(s._space) == sorted(METHODS)
+            assert s.n_trials >= 3 * len(METHODS)
         else:
             assert list(s._space) == [name]
             # the method's default lies inside its space (the search starts from it)
