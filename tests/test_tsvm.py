@@ -976,10 +976,13 @@ def test_resm_configs_are_r_tsvm(alias):
 
     assert methods.RESM is RTSVM and methods.ALIASES[alias] == alias.replace("resm", "r_tsvm")
     folder = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "config", "method")
+    from r3h.methods.configs import load_config
+
     with open(os.path.join(folder, f"{alias}.yaml")) as f:
-        cfg = yaml.safe_load(f)
+        assert yaml.safe_load(f) == {"defaults": [methods.ALIASES[alias], "_self_"]}  # composes, copies nothing
+    cfg = load_config("method", alias)
     with open(os.path.join(folder, f"{methods.ALIASES[alias]}.yaml")) as f:
-        assert cfg == yaml.safe_load(f)
+        assert cfg == yaml.safe_load(f) == load_config("method", methods.ALIASES[alias])
     module, _, cls = cfg["_target_"].rpartition(".")
     assert getattr(importlib.import_module(module), cls) is RTSVM
     # fusion_bench has no method of that name for it to shadow

@@ -8,7 +8,7 @@ model_stock → ModelStockMerging, tsvm → TaskSingularVectorMerging, r_tsvm �
 
 `RESM` is `RTSVM` under the name arXiv 2502.06876v3 gives it ("Reweighting Enhanced task
 Singular Merging"); its configs `resm`, `resm_no_outlier`, `resm_no_rank` are those of
-`r_tsvm` (ALIASES: alias config name → config name).
+`r_tsvm`, composed through Hydra `defaults` (ALIASES: alias config name → config name).
 """
 
 from r3h.methods.base import MergeAlgorithm

@@ -1,7 +1,8 @@
 """One way to find a method's config and build the method from it.
 
-`load_config(group, name)` reads `config/<group>/<name>.yaml` (r3h's configs, then the
-project's `./config`, as the `fusion_bench` CLI finds them); `load_method_config` adds the
+`load_config(group, name)` composes `config/<group>/<name>.yaml` with Hydra, through the
+search path the `fusion_bench` CLI uses (r3h's configs, the project's `./config`, then
+fusion_bench's), so `defaults:` work as on the command line; `load_method_config` adds the
 checks a method config needs; `build_method` instantiates it with Hydra's `instantiate`,
 exactly as `fusion_bench method=<name>` does. The merge sweep (`r3h.sweeps`), the merge
 search (`r3h.search`) and the toy (`r3h.toy`) build every method here.
@@ -18,7 +19,7 @@ import inspect
 from pathlib import Path
 from typing import Any, Dict, List, Mapping
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from r3h.core.plain import to_container
 
@@ -31,20 +32,30 @@ META_KEYS = ("_target_", "_recursive_", "_usage_", "_version_")
 
 
 def load_config(group: str, name: str) -> Dict[str, Any]:
-    """`config/<group>/<name>.yaml` as a plain dict: r3h's config folder first, then `./config`.
-    A config that composes others (Hydra `defaults`) is refused: pass the composed config."""
+    """The config `<group>=<name>` as a plain dict, composed by Hydra as `fusion_bench
+    <group>=<name>` composes it (its `defaults` applied): inside a running Hydra app (the
+    `fusion_bench` CLI) through the app's own search path, otherwise through the one the
+    CLI would build from this folder (`./config` when there is one)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import MissingConfigException
+
     name = str(name).strip().removesuffix(".yaml")
-    folders = [CONFIG_ROOT / group, Path.cwd() / "config" / group]
-    files = [f / f"{name}.yaml" for f in folders if (f / f"{name}.yaml").is_file()]
-    if not files:
-        raise ValueError(f"{group}: no config '{name}' in {', '.join(str(f) for f in folders)}")
-    cfg = to_container(OmegaConf.load(files[0]))
-    if not isinstance(cfg, Mapping):
-        raise ValueError(f"{group}: {files[0]} is not a mapping")
-    if "defaults" in cfg:
-        raise ValueError(f"{group}: {files[0]} composes other configs (Hydra `defaults`); pass the "
-                         f"{group} as a config with _target_ instead of its name")
-    return dict(cfg)
+    override = f"+{group}={name}"
+    try:
+        if GlobalHydra.instance().is_initialized():
+            cfg = compose(overrides=[override])
+        else:
+            primary = Path.cwd() / "config"
+            with initialize_config_dir(config_dir=str(primary if primary.is_dir() else CONFIG_ROOT), version_base=None):
+                cfg = compose(overrides=[override])
+    except MissingConfigException:
+        folders = [CONFIG_ROOT / group, Path.cwd() / "config" / group]
+        raise ValueError(f"{group}: no config '{name}' in {', '.join(str(f) for f in folders)}") from None
+    got = OmegaConf.select(cfg, group.replace("/", "."))
+    if not isinstance(got, DictConfig):
+        raise ValueError(f"{group}: the config '{name}' is not a mapping")
+    return dict(to_container(got))
 
 
 def load_method_config(method) -> Dict[str, Any]:
