@@ -35,7 +35,7 @@ Runs, each in a fresh process (the parent imports no torch until every run is ov
 - ``fb_tsvm``          fusion_bench ``TaskSingularVectorMerging(alpha=1.0, exclude_keys=[])`` on
                        fusion_bench's ``CausalLMPool`` (torch threads = ``--threads``, default
                        all cores, as a user gets it)
-- ``r3h_tsvm``         r3h ``TaskSingularVectorMerging(alpha=1.0)`` on ``AlignedCausalLMPool``,
+- ``r3h_tsvm``         r3h ``TSVM(alpha=1.0)`` on ``AlignedCausalLMPool``,
                        in memory, one process (r3h's defaults: ``svd_solver=auto``, all threads)
 - ``r3h_tsvm_stream``  the same with ``out_dir`` and ``max_shard_size`` ``--stream-shard-size``
                        (default 100MB); its time includes the write
@@ -164,7 +164,7 @@ def child_main(args) -> None:
     from safetensors.torch import save_file
     from fusion_bench.method.task_singular_vector.TSVM import TaskSingularVectorMerging as FBTSVM
     from fusion_bench.modelpool.causal_lm.causal_lm import CausalLMPool
-    from r3h.methods.tsvm import RTSVM, TaskSingularVectorMerging
+    from r3h.methods.tsvm import RTSVM, TSVM
     from r3h.modelpool import AlignedCausalLMPool
     from transformers import LlamaForCausalLM  # noqa: F401
 
@@ -181,11 +181,11 @@ def child_main(args) -> None:
             return pool, FBTSVM(alpha=1.0, exclude_keys=[])
         pool = AlignedCausalLMPool(models=dict(models), tokenizer=None)
         methods = {
-            "r3h_tsvm": lambda: TaskSingularVectorMerging(alpha=1.0, progress=False),
-            "r3h_tsvm_stream": lambda: TaskSingularVectorMerging(alpha=1.0, progress=False, out_dir=args.save_path,
+            "r3h_tsvm": lambda: TSVM(alpha=1.0, progress=False),
+            "r3h_tsvm_stream": lambda: TSVM(alpha=1.0, progress=False, out_dir=args.save_path,
                                                                  max_shard_size=args.stream_shard_size),
-            "r3h_tsvm_rand": lambda: TaskSingularVectorMerging(alpha=1.0, progress=False, svd_solver="randomized"),
-            "r3h_tsvm_full": lambda: TaskSingularVectorMerging(alpha=1.0, progress=False, svd_solver="full"),
+            "r3h_tsvm_rand": lambda: TSVM(alpha=1.0, progress=False, svd_solver="randomized"),
+            "r3h_tsvm_full": lambda: TSVM(alpha=1.0, progress=False, svd_solver="full"),
             "r3h_r_tsvm": lambda: RTSVM(progress=False),
             "r3h_r_tsvm_rel": lambda: RTSVM(progress=False, epsilon_mode="relative"),
         }
@@ -760,7 +760,7 @@ def shape_main(args) -> None:
     import torch
 
     from fusion_bench.method.task_singular_vector.utils import TSVM_utils
-    from r3h.methods.tsvm import TaskSingularVectorMerging
+    from r3h.methods.tsvm import TSVM
 
     dev = torch.device(args.device)
     name = args.shape
@@ -785,7 +785,7 @@ def shape_main(args) -> None:
             experts.append(base + 2e-4 * low / 16 + 5e-5 * torch.randn(shape, generator=g, device=dev))
         return base, experts
 
-    method = TaskSingularVectorMerging(progress=False, device=str(dev), svd_solver=args.svd_solver)
+    method = TSVM(progress=False, device=str(dev), svd_solver=args.svd_solver)
     method.setup([f"e{i}" for i in range(n)])
     rows = []
     print(f"shape {name} ({sh}), base + {n} experts, float32, device {dev}"

@@ -23,7 +23,7 @@ import torch
 from r3h.analysis import AlignmentVectorAnalysis, excess_kurtosis, layer_index, module_name, pair_stats
 from r3h.analysis.alignment_vectors import tsvm_interference
 from r3h.io import Checkpoint
-from r3h.methods.tsvm import RTSVM, TaskSingularVectorMerging
+from r3h.methods.tsvm import RTSVM, TSVM
 from tests.conftest import make_pool, write_checkpoint
 from tests.test_cli import cli
 from tests.test_tsvm import add_spikes, gen, lowrank_tau, ref_factors, ref_sti
@@ -216,7 +216,7 @@ def test_sti_matches_float64_and_the_tsvm_report(pool_data, report):
         q = min(SHAPES[name]) // len(taus)
         assert r["sti_rule"] == "svd" and r["q"] == q
         assert r["sti"] == approx(ref_sti(ref_factors(active, q)), rel=1e-4)
-        rep = tsvm_report(TaskSingularVectorMerging(progress=False, device="cpu", svd_solver="full"), name)
+        rep = tsvm_report(TSVM(progress=False, device="cpu", svd_solver="full"), name)
         assert r["sti"] == rep["sti"] and r["q"] == rep["q"]
         assert r.get("zero_experts") == rep.get("zero_experts")
         for mode, eps, key in (("absolute", EPS, "omega_abs"), ("relative", EPS_REL, "omega_rel")):

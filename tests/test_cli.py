@@ -151,10 +151,10 @@ def test_tsvm_streams_with_two_processes(tmp_path):
     assert "model.safetensors.index.json" in files and not any(f.startswith(".") for f in files)
     index = json.load(open(out / "model.safetensors.index.json"))
     assert len(index["weight_map"]) == 21
-    from r3h.methods import TaskSingularVectorMerging
+    from r3h.methods import TSVM
     from r3h.toy import Tiny3HPool
 
-    assert_same_model(out, TaskSingularVectorMerging(progress=False, cpu_threads=1).run(Tiny3HPool()))
+    assert_same_model(out, TSVM(progress=False, cpu_threads=1).run(Tiny3HPool()))
 
 
 def test_error_on_one_rank_stops_every_rank(tmp_path):

@@ -74,9 +74,6 @@ def test_whole_commands_resolve_fusion_bench_classes_with_r3h_installed():
     assert compose_target("method", "ties") == "r3h.methods.TiesMerging"  # a name fusion_bench has not
 
 
-# r3h classes still named like a fusion_bench class: the lead renames TaskSingularVectorMerging
-# after merging issue 12 (r3h/methods/tsvm.py), then empties this set.
-PENDING_RENAMES = {"TaskSingularVectorMerging"}
 
 
 def fusion_bench_class_names() -> set[str]:
@@ -105,4 +102,4 @@ def test_no_r3h_class_takes_a_fusion_bench_class_name():
             module = importlib.import_module(info.name)
             ours |= {n for n, o in vars(module).items() if inspect.isclass(o) and o.__module__ == module.__name__}
     assert "RTSVM" in ours and "TaskArithmetic" in ours
-    assert (ours & fb) - PENDING_RENAMES == set()
+    assert ours & fb == set()

@@ -74,11 +74,11 @@ def test_program_save_of_a_sweep_and_of_tsvm(tmp_path, bare_pool):
     on a TSVM merge (its own build path) and on a Rewarded-Soup sweep (one folder per λ)."""
     from fusion_bench.modelpool.causal_lm.causal_lm import CausalLMPool
 
-    from r3h.methods import RewardedSoup, TaskSingularVectorMerging
+    from r3h.methods import RewardedSoup, TSVM
 
     models, tok = bare_pool
     pool = CausalLMPool(models=models, tokenizer=tok)
-    merged = TaskSingularVectorMerging(progress=False).run(pool)
+    merged = TSVM(progress=False).run(pool)
     pool.save_model(merged, str(tmp_path / "tsvm"))
     assert_complete(tmp_path / "tsvm", tok, merged.r3h_merge_info["method"])
     sweep = RewardedSoup(preference=[[0.25, 0.75], [0.75, 0.25]], progress=False).run(pool)

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from r3h.core import svd_cache as cache_mod
-from r3h.methods.tsvm import RTSVM, TaskSingularVectorMerging
+from r3h.methods.tsvm import RTSVM, TSVM
 from r3h.modelpool import AlignedCausalLMPool
 from tests.conftest import read_folder, write_checkpoint
 
@@ -111,8 +111,8 @@ def test_tsvm_warm_equals_cold_for_several_alphas(paths, tmp_path):
     folder = tmp_path / "cache"
     first = None
     for i, alpha in enumerate([1.0, 0.5, 1.3]):
-        cold, _ = run(TaskSingularVectorMerging, pool, alpha=alpha)
-        warm, m = run(TaskSingularVectorMerging, pool, alpha=alpha, svd_cache=str(folder))
+        cold, _ = run(TSVM, pool, alpha=alpha)
+        warm, m = run(TSVM, pool, alpha=alpha, svd_cache=str(folder))
         assert_identical(state(cold), state(warm))
         reports = cache_reports(m)
         assert len(reports) == 9  # every matrix of the Llama: 7 projections, embeddings, lm_head
@@ -169,11 +169,11 @@ def test_r_tsvm_warm_equals_cold_across_gamma_epsilon_and_switches(paths, tmp_pa
 def test_warm_tsvm_reads_no_expert_matrix(paths, tmp_path, count_reads):
     pool = pool_of(paths)
     folder = tmp_path / "cache"
-    run(TaskSingularVectorMerging, pool, svd_cache=str(folder))
+    run(TSVM, pool, svd_cache=str(folder))
     cold_reads = count_reads["n"]
     assert cold_reads == 12 * (1 + N_EXPERTS)  # 12 tensors: base + every expert
     count_reads["n"] = 0
-    run(TaskSingularVectorMerging, pool, svd_cache=str(folder), alpha=0.8)
+    run(TSVM, pool, svd_cache=str(folder), alpha=0.8)
     assert count_reads["n"] == 12 + 3 * N_EXPERTS  # base tensors + the experts' three norms
     count_reads["n"] = 0
     run(RTSVM, pool, svd_cache=str(folder))  # R-TSVM needs τ for Ω and the outlier weights
@@ -184,11 +184,11 @@ def test_zero_expert_is_cached_as_a_flag(tmp_path, count_reads):
     up = "model.layers.0.mlp.up_proj.weight"
     paths = write_pool(tmp_path / "pool", zero={1: (up,)})
     pool = pool_of(paths)
-    cold, _ = run(TaskSingularVectorMerging, pool)
+    cold, _ = run(TSVM, pool)
     folder = tmp_path / "cache"
-    run(TaskSingularVectorMerging, pool, svd_cache=str(folder))
+    run(TSVM, pool, svd_cache=str(folder))
     count_reads["n"] = 0
-    warm, m = run(TaskSingularVectorMerging, pool, svd_cache=str(folder))
+    warm, m = run(TSVM, pool, svd_cache=str(folder))
     assert_identical(state(cold), state(warm))
     rep = m.last_report["tensors"][up]
     assert rep["zero_experts"] == [1] and rep["k_i"][1] == 0
@@ -224,9 +224,9 @@ def test_changed_checkpoint_is_stale_and_recomputed(tmp_path):
 def test_other_thread_count_is_stale(paths, tmp_path):
     pool = pool_of(paths)
     folder = tmp_path / "cache"
-    run(TaskSingularVectorMerging, pool, svd_cache=str(folder), cpu_threads=1)
-    cold, _ = run(TaskSingularVectorMerging, pool, cpu_threads=2)
-    warm, m = run(TaskSingularVectorMerging, pool, svd_cache=str(folder), cpu_threads=2)
+    run(TSVM, pool, svd_cache=str(folder), cpu_threads=1)
+    cold, _ = run(TSVM, pool, cpu_threads=2)
+    warm, m = run(TSVM, pool, svd_cache=str(folder), cpu_threads=2)
     assert_identical(state(cold), state(warm))
     assert all(r["factors"] == ["stale"] * 3 and r["polar"] == "stale" for r in cache_reports(m).values())
 
@@ -275,16 +275,16 @@ def test_expert_subset_short_then_sliced(paths, tmp_path):
     (the exact solver `full`: its first q columns do not depend on q)."""
     folder = tmp_path / "cache"
     three, two = pool_of(paths), pool_of(paths, ["e0", "e1"])
-    run(TaskSingularVectorMerging, three, svd_cache=str(folder), svd_solver="full")  # q = r/3 stored
-    cold2, _ = run(TaskSingularVectorMerging, two, svd_solver="full")
-    warm2, m = run(TaskSingularVectorMerging, two, svd_cache=str(folder), svd_solver="full")
+    run(TSVM, three, svd_cache=str(folder), svd_solver="full")  # q = r/3 stored
+    cold2, _ = run(TSVM, two, svd_solver="full")
+    warm2, m = run(TSVM, two, svd_cache=str(folder), svd_solver="full")
     assert_identical(state(cold2), state(warm2))
     assert all(r["factors"] == ["short", "short"] and r["polar"] == "miss" for r in cache_reports(m).values())
     # now e0 and e1 hold q = r/2 ≥ r/3; a fresh folder's worth of polar entries is needed for e0, e1, e2
     folder2 = tmp_path / "cache2"
-    run(TaskSingularVectorMerging, two, svd_cache=str(folder2), svd_solver="full")
-    cold3, _ = run(TaskSingularVectorMerging, three, svd_solver="full")
-    warm3, m3 = run(TaskSingularVectorMerging, three, svd_cache=str(folder2), svd_solver="full")
+    run(TSVM, two, svd_cache=str(folder2), svd_solver="full")
+    cold3, _ = run(TSVM, three, svd_solver="full")
+    warm3, m3 = run(TSVM, three, svd_cache=str(folder2), svd_solver="full")
     assert_identical(state(cold3), state(warm3))
     for r in cache_reports(m3).values():
         assert r["factors"] == ["hit", "hit", "miss"] and r["polar"] == "miss" and r["svds"] == 1 + 2
@@ -295,14 +295,14 @@ def test_auto_solver_is_keyed_by_q_and_solver(paths, tmp_path):
     instead of slicing; a `full` entry is never served to `auto` (the solver is in the key)."""
     folder = tmp_path / "cache"
     three, two = pool_of(paths), pool_of(paths, ["e0", "e1"])
-    run(TaskSingularVectorMerging, three, svd_cache=str(folder))
-    cold2, _ = run(TaskSingularVectorMerging, two)
-    warm2, m = run(TaskSingularVectorMerging, two, svd_cache=str(folder))
+    run(TSVM, three, svd_cache=str(folder))
+    cold2, _ = run(TSVM, two)
+    warm2, m = run(TSVM, two, svd_cache=str(folder))
     assert_identical(state(cold2), state(warm2))
     assert all(r["factors"] == ["miss", "miss"] for r in cache_reports(m).values())
-    _, m2 = run(TaskSingularVectorMerging, three, svd_cache=str(folder), svd_solver="full")
+    _, m2 = run(TSVM, three, svd_cache=str(folder), svd_solver="full")
     assert all(r["factors"] == ["miss"] * 3 for r in cache_reports(m2).values())
-    _, m3 = run(TaskSingularVectorMerging, three, svd_cache=str(folder), alpha=0.5)
+    _, m3 = run(TSVM, three, svd_cache=str(folder), alpha=0.5)
     assert m3.last_report["svd_cache"]["svds"] == 0
     routes = [r.get("routes") for r in m2.last_report["tensors"].values() if r.get("rule") == "svd"]
     assert routes and all(set(v.values()) == {"svd"} for v in routes)
@@ -312,16 +312,16 @@ def test_randomized_solver_is_keyed_by_q_and_position(paths, tmp_path):
     folder = tmp_path / "cache"
     three, two = pool_of(paths), pool_of(paths, ["e0", "e2"])
     opts = dict(svd_solver="randomized", seed=5)
-    run(TaskSingularVectorMerging, three, svd_cache=str(folder), **opts)
-    cold, _ = run(TaskSingularVectorMerging, three, alpha=0.6, **opts)
-    warm, m = run(TaskSingularVectorMerging, three, svd_cache=str(folder), alpha=0.6, **opts)
+    run(TSVM, three, svd_cache=str(folder), **opts)
+    cold, _ = run(TSVM, three, alpha=0.6, **opts)
+    warm, m = run(TSVM, three, svd_cache=str(folder), alpha=0.6, **opts)
     assert_identical(state(cold), state(warm))
     assert m.last_report["svd_cache"]["svds"] == 0
-    cold2, _ = run(TaskSingularVectorMerging, two, **opts)
-    warm2, m2 = run(TaskSingularVectorMerging, two, svd_cache=str(folder), **opts)
+    cold2, _ = run(TSVM, two, **opts)
+    warm2, m2 = run(TSVM, two, svd_cache=str(folder), **opts)
     assert_identical(state(cold2), state(warm2))
     assert m2.last_report["svd_cache"]["factors"]["hit"] == 0  # other q, other position: other keys
-    _, m3 = run(TaskSingularVectorMerging, three, svd_cache=str(folder), **{**opts, "seed": 6})
+    _, m3 = run(TSVM, three, svd_cache=str(folder), **{**opts, "seed": 6})
     assert m3.last_report["svd_cache"]["factors"]["hit"] == 0  # the seed is part of the key
 
 

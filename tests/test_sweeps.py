@@ -16,7 +16,7 @@ import torch
 from omegaconf import OmegaConf
 
 from r3h.evaluation.benchmark import Benchmark, BenchmarkResult
-from r3h.methods import DareMerging, DellaMerging, RewardedSoup, RTSVM, TaskSingularVectorMerging, TiesMerging
+from r3h.methods import DareMerging, DellaMerging, RewardedSoup, RTSVM, TSVM, TiesMerging
 from r3h.modelpool import AlignedCausalLMPool, ModelSweep
 from r3h.plots import pareto_table
 from r3h.sweeps import MergeSweep, NamedModelSweep, grid_points, member_name
@@ -103,7 +103,7 @@ def test_kept_cache_is_reused_and_false_turns_it_off(paths, tmp_path):
     sw2 = sweep(method="tsvm", grid={"alpha": [0.7, 1.3]}, svd_cache=str(folder))
     res = sw2.run(pool)
     assert cache_svds(sw2.last_report) == {"alpha=0.7": 0, "alpha=1.3": 0}
-    assert_identical(direct(TaskSingularVectorMerging, pool, alpha=1.3), state(res["alpha=1.3"]))
+    assert_identical(direct(TSVM, pool, alpha=1.3), state(res["alpha=1.3"]))
     off = sweep(method="tsvm", grid={"alpha": [0.5, 1.0]}, svd_cache=False)
     res = off.run(pool)
     assert off.last_report["svd_cache"] is None

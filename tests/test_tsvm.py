@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from r3h.io import Checkpoint
-from r3h.methods.tsvm import RTSVM, TaskSingularVectorMerging
+from r3h.methods.tsvm import RTSVM, TSVM
 from tests.conftest import make_pool, read_folder
 
 F64 = torch.float64
@@ -205,8 +205,8 @@ def ref_rtsvm(base, experts, outlier_weighting=True, rank_selection=True, outlie
 # helpers
 # ---------------------------------------------------------------------------------------
 
-def tsvm(**kw) -> TaskSingularVectorMerging:
-    return TaskSingularVectorMerging(progress=False, device="cpu", **kw)
+def tsvm(**kw) -> TSVM:
+    return TSVM(progress=False, device="cpu", **kw)
 
 
 def rtsvm(**kw) -> RTSVM:
@@ -806,7 +806,7 @@ def simple_pool(tmp_path, n=3):
     return make_pool(tmp_path, base, experts)
 
 
-@pytest.mark.parametrize("cls", [TaskSingularVectorMerging, RTSVM])
+@pytest.mark.parametrize("cls", [TSVM, RTSVM])
 def test_fewer_than_two_experts(cls, tmp_path, count_reads):
     pool = simple_pool(tmp_path, n=1)
     with pytest.raises(ValueError, match="at least 2 experts"):
@@ -827,7 +827,7 @@ BAD_OPTIONS = [
     (RTSVM, dict(outlier_min_share=float("nan")), "outlier_min_share"),
     (RTSVM, dict(outlier_min_share="high"), "outlier_min_share"),
     (RTSVM, dict(svd_solver="lanczos"), "svd_solver"),
-    (TaskSingularVectorMerging, dict(svd_solver="lanczos"), "svd_solver"),
+    (TSVM, dict(svd_solver="lanczos"), "svd_solver"),
 ]
 
 
@@ -843,7 +843,7 @@ def test_bad_options_fail_before_reading(cls, opts, word, tmp_path, count_reads)
 
 @pytest.mark.parametrize("solver", ["full", "auto"])
 @pytest.mark.parametrize("mode", ["nan", "linalg_error"])
-@pytest.mark.parametrize("cls", [TaskSingularVectorMerging, RTSVM])
+@pytest.mark.parametrize("cls", [TSVM, RTSVM])
 def test_nonfinite_svd_names_the_tensor(cls, mode, solver, tmp_path, monkeypatch):
     """A failing or non-finite decomposition (LAPACK's SVD, or eigh on the Gram route) is an
     error naming the tensor."""

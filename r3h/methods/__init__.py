@@ -4,7 +4,7 @@ weight_average → WeightAverage, rewarded_soup → RewardedSoup,
 r3h_task_arithmetic → TaskArithmetic, ties → TiesMerging, dare → DareMerging,
 dare_ties → DareTies, della → DellaMerging, della_ties → DellaTiesMerging,
 breadcrumbs → BreadcrumbsMerging, breadcrumbs_ties → BreadcrumbsTiesMerging,
-model_stock → ModelStockMerging, tsvm → TaskSingularVectorMerging, r_tsvm → RTSVM.
+model_stock → ModelStockMerging, tsvm → TSVM, r_tsvm → RTSVM.
 
 `RESM` is `RTSVM` under the name arXiv 2502.06876v3 gives it ("Reweighting Enhanced task
 Singular Merging"); its configs `resm`, `resm_no_outlier`, `resm_no_rank` are those of
@@ -19,7 +19,7 @@ from r3h.methods.model_stock import ModelStockMerging
 from r3h.methods.rewarded_soup import RewardedSoup
 from r3h.methods.task_arithmetic import TaskArithmetic
 from r3h.methods.ties import TiesMerging
-from r3h.methods.tsvm import RTSVM, TaskSingularVectorMerging
+from r3h.methods.tsvm import RTSVM, TSVM
 from r3h.methods.weight_average import WeightAverage
 
 METHODS = {
@@ -34,7 +34,7 @@ METHODS = {
     "breadcrumbs": BreadcrumbsMerging,
     "breadcrumbs_ties": BreadcrumbsTiesMerging,
     "model_stock": ModelStockMerging,
-    "tsvm": TaskSingularVectorMerging,
+    "tsvm": TSVM,
     "r_tsvm": RTSVM,
 }
 

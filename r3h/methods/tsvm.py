@@ -53,7 +53,7 @@ log = logging.getLogger(__name__)
 
 
 @auto_register_config
-class TaskSingularVectorMerging(LightningFabricMixin, MergeAlgorithm):
+class TSVM(LightningFabricMixin, MergeAlgorithm):
     """TSVM: θ = θ0 + α · U⊥ diag(ŝ) V⊥ᵀ per matrix (see module docstring).
 
     Args:
@@ -83,7 +83,7 @@ class TaskSingularVectorMerging(LightningFabricMixin, MergeAlgorithm):
             cold run's model bit for bit. Each tensor's report records hits and misses.
             With several ranks it must be a folder every rank sees.
     Needs a base and at least two experts. Equals fusion_bench's
-    `TaskSingularVectorMerging` to float32 round-off on the same pool.
+    `TSVM` to float32 round-off on the same pool.
     """
 
     _method_name = "tsvm"
@@ -414,7 +414,7 @@ class TaskSingularVectorMerging(LightningFabricMixin, MergeAlgorithm):
 
 
 @auto_register_config
-class RTSVM(TaskSingularVectorMerging):
+class RTSVM(TSVM):
     """R-TSVM: TSVM with outlier-aware expert weights and sparsity-adaptive rank.
 
     Args:
