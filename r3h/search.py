@@ -51,7 +51,7 @@ from fusion_bench.mixins.lightning_fabric import LightningFabricMixin
 from fusion_bench.mixins.serialization import auto_register_config
 from r3h.core.plain import to_container
 from r3h.methods.configs import build_method, declares, load_config, load_method_config, method_class, option_names
-from r3h.sweeps import _write_json_atomic
+from r3h.core.plain import write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -583,7 +583,7 @@ class MergeSearch(LightningFabricMixin, BaseAlgorithm):
             "files": files, "seconds": round(time.perf_counter() - t0, 3),
         }
         self.last_report = report
-        _write_json_atomic(os.path.join(out, "search_report.json"), report)
+        write_json_atomic(os.path.join(out, "search_report.json"), report)
         log.info("search: chosen trial %d (%s %s): validation %s, %s %s", chosen["trial"], chosen["method"],
                  chosen["options"], {d: round(chosen[d], 2) for d in DIMENSIONS}, self.test_split, test)
         if stream is not None:
@@ -626,7 +626,7 @@ class MergeSearch(LightningFabricMixin, BaseAlgorithm):
         (`pareto_<x>_<y>.{md,png,pdf}`, `r3h.evaluation.taskpool.write_pareto_plots`)."""
         from r3h.evaluation.taskpool import write_pareto_plots
 
-        _write_json_atomic(os.path.join(out, "trials.json"), rows)
+        write_json_atomic(os.path.join(out, "trials.json"), rows)
         lines = ["| trial | method | options | " + " | ".join(DIMENSIONS) + " | AVG | score | Pareto |",
                  "|---:|---|---|" + "---:|" * (len(DIMENSIONS) + 2) + ":---:|"]
         for r in sorted(rows, key=lambda r: -r["score"]):

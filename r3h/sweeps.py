@@ -28,7 +28,7 @@ from fusion_bench.method.base_algorithm import BaseAlgorithm
 from fusion_bench.mixins.lightning_fabric import LightningFabricMixin
 from fusion_bench.mixins.serialization import auto_register_config
 from r3h.core.paths import run_log_dir
-from r3h.core.plain import jsonable, to_container
+from r3h.core.plain import to_container, write_json_atomic
 from r3h.methods.configs import META_KEYS, build_method, declares, load_method_config, method_class, option_names
 from r3h.modelpool.sweep import ModelSweep
 
@@ -281,8 +281,8 @@ class MergeSweep(LightningFabricMixin, BaseAlgorithm):
         self._write_program_report(report)
         if out_dir is not None:
             if not self._soup_in_one_pass():
-                _write_json_atomic(os.path.join(out_dir, "sweep.json"), self.manifest)
-            _write_json_atomic(os.path.join(out_dir, "r3h_sweep.json"), report)
+                write_json_atomic(os.path.join(out_dir, "sweep.json"), self.manifest)
+            write_json_atomic(os.path.join(out_dir, "r3h_sweep.json"), report)
             log.info("sweep of %d members written to %s", len(self._names), out_dir)
             return None
         sweep = NamedModelSweep(dict(zip(self._names, models)), manifest=self.manifest)
@@ -362,16 +362,6 @@ class MergeSweep(LightningFabricMixin, BaseAlgorithm):
         log_dir = run_log_dir(self)
         if log_dir:
             os.makedirs(log_dir, exist_ok=True)
-            _write_json_atomic(os.path.join(log_dir, "r3h_sweep_report.json"), report)
+            write_json_atomic(os.path.join(log_dir, "r3h_sweep_report.json"), report)
 
 
-def _write_json_atomic(path: str, obj) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=os.path.dirname(path))
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(jsonable(obj), f, indent=2)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise

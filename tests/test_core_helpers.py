@@ -84,3 +84,16 @@ def test_jsonable():
     assert got["obj"] == str(object)
     json.dumps(got, allow_nan=False)  # strict JSON
     assert jsonable(torch.tensor(float("nan"))) is None and not math.isnan(jsonable(1.0))
+
+
+def test_write_json_atomic_replaces_whole_and_leaves_no_temp(tmp_path):
+    import json
+    import math
+
+    from r3h.core.plain import write_json_atomic
+
+    path = tmp_path / "r.json"
+    path.write_text("old")
+    write_json_atomic(str(path), {"a": 1, "nan": math.nan})
+    assert json.loads(path.read_text()) == {"a": 1, "nan": None}
+    assert [p.name for p in tmp_path.iterdir()] == ["r.json"]

@@ -38,3 +38,20 @@ def jsonable(x):
         return jsonable(float(x))  # numpy / torch scalars
     except (TypeError, ValueError):
         return str(x)
+
+
+def write_json_atomic(path: str, obj) -> None:
+    """Write `jsonable(obj)` to `path` through a temporary file and `os.replace`: a reader never
+    sees a half-written file."""
+    import json
+    import tempfile
+
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=os.path.dirname(os.path.abspath(path)))
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(jsonable(obj), f, indent=2)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
