@@ -12,6 +12,14 @@ trial and the Pareto front of the three averages (table, and the pairwise fronts
 with `r3h.plots.pareto_table`), picks the front's member with the highest S, scores it on
 the `test` split and returns it, so `merged_model_save_path=` saves it.
 
+- **Selection against noise.** A small validation split cannot tell a one-question gain
+  from chance. The best member replaces the best trial at the defaults only when its gain
+  in S exceeds `min_gain_se` standard errors of the difference,
+  S_best − S_def > z · √(SE_best² + SE_def²) (default z = 1: the one-standard-error rule,
+  Breiman et al. 1984; Hastie et al., ESL §7.10); else the search returns the defaults and
+  says so (`selection` in the report). SE(S) comes from each benchmark's standard error
+  (`r3h.evaluation.aggregate.score_stderr`: binomial for shares of n items).
+
 - **Space.** `methods: {<method>: {<option>: <range>}}`, a range being `{low, high}` (with
   `log: true`, `step`, `int: true`), `{choices: [...]}` or a list (categorical), a plain
   value (fixed), or `null` (removed: lets a command line drop an option of a preset).
@@ -49,9 +57,9 @@ from omegaconf import OmegaConf
 from fusion_bench.method.base_algorithm import BaseAlgorithm
 from fusion_bench.mixins.lightning_fabric import LightningFabricMixin
 from fusion_bench.mixins.serialization import auto_register_config
-from r3h.core.plain import to_container
+from r3h.core.plain import to_container, write_json_atomic
+from r3h.evaluation.aggregate import weighted_stderr
 from r3h.methods.configs import build_method, declares, load_config, load_method_config, method_class, option_names
-from r3h.core.plain import write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -265,6 +273,9 @@ class MergeSearch(LightningFabricMixin, BaseAlgorithm):
             (where they lie in the space), so the search starts from them.
         svd_cache: tsvm / r_tsvm: the SVD cache folder; default `<output_dir>/svd_cache`;
             false: none (every trial runs its SVDs).
+        min_gain_se: the best member replaces the best trial at the defaults only when its
+            validation gain in S exceeds this many standard errors of the difference
+            (default 1.0; 0: always the best member). See the module docstring.
         out_dir: stream: write each trial's merge there (one at a time, removed once scored)
             and the chosen one to `<out_dir>/chosen`; return None.
     """
@@ -273,8 +284,11 @@ class MergeSearch(LightningFabricMixin, BaseAlgorithm):
                  timeout: Optional[float] = None, taskpool=None, split: Optional[str] = "validation",
                  test_split: Optional[str] = "test", compare_defaults: bool = True, output_dir: Optional[str] = None,
                  storage: Optional[str] = None, study_name: str = "r3h_search", seed: int = 0,
-                 include_defaults: bool = True, svd_cache=None, out_dir: Optional[str] = None, **kwargs):
+                 include_defaults: bool = True, svd_cache=None, out_dir: Optional[str] = None,
+                 min_gain_se: float = 1.0, **kwargs):
         super().__init__(**kwargs)
+        if not (_number("min_gain_se", min_gain_se) >= 0):
+            raise ValueError(f"min_gain_se: expected a number of standard errors >= 0, got {min_gain_se!r}")
         if objective not in OBJECTIVES:
             raise ValueError(f"objective: {objective!r} is not one of {', '.join(OBJECTIVES)}")
         if n_trials is None and timeout is None:
@@ -537,6 +551,10 @@ class MergeSearch(LightningFabricMixin, BaseAlgorithm):
             avgs = {d: float(report["averages"][d]) for d in DIMENSIONS}
             trial.set_user_attr("averages", avgs)
             trial.set_user_attr("AVG", float(report["averages"].get("AVG") or sum(avgs.values()) / 3))
+            se, unknown = self.score_stderr(report)
+            trial.set_user_attr("stderr", se)
+            if unknown:
+                trial.set_user_attr("stderr_unknown", list(unknown))
             trial.set_user_attr("svds", svds)
             log.info("search trial %d: %s %s -> %s", trial.number, method, values, avgs)
             if self.objective == "multi":
@@ -552,7 +570,7 @@ class MergeSearch(LightningFabricMixin, BaseAlgorithm):
         if not trials:
             raise RuntimeError("search: no trial completed within the budget (raise n_trials or timeout)")
         rows = self._rows(trials)
-        chosen = max((r for r in rows if r["pareto"]), key=lambda r: (r["score"], -r["trial"]))
+        chosen, selection = self.select(rows)
         files = self._write_front(rows, out)
 
         result = None
@@ -578,7 +596,7 @@ class MergeSearch(LightningFabricMixin, BaseAlgorithm):
             "methods": list(self._space), "objective": self.objective, "weights": self._weights,
             "split": self.split, "test_split": self.test_split, "n_trials": len(trials),
             "storage": self.storage_url(out), "study_name": self.study_name, "output_dir": out,
-            "chosen": {**chosen, "test": test}, "defaults": defaults,
+            "chosen": {**chosen, "test": test}, "selection": selection, "defaults": defaults,
             "svds_per_trial": {r["trial"]: r["svds"] for r in rows if r["svds"] is not None},
             "files": files, "seconds": round(time.perf_counter() - t0, 3),
         }
@@ -590,11 +608,41 @@ class MergeSearch(LightningFabricMixin, BaseAlgorithm):
             log.info("search: the chosen merge is in %s", final_dir)
             return None
         info = dict(getattr(model, "r3h_merge_info", None) or {})
-        info["search"] = {k: report[k] for k in ("methods", "objective", "weights", "chosen", "n_trials")}
+        info["search"] = {k: report[k] for k in ("methods", "objective", "weights", "chosen", "selection", "n_trials")}
         model.r3h_merge_info = info
         model.r3h_search_info = report
         result = model
         return result
+
+    def score_stderr(self, report: Mapping[str, Any]) -> Tuple[float, Tuple[str, ...]]:
+        """(SE of the weighted score S of a taskpool report, columns of unknown SE)."""
+        stderrs, dims = report.get("stderr"), report.get("dimensions")
+        if not isinstance(stderrs, Mapping) or not isinstance(dims, Mapping):
+            return 0.0, tuple(report.get("scores", {}) or ())
+        return weighted_stderr(stderrs, dims, self._weights)
+
+    def select(self, rows: Sequence[Mapping[str, Any]]) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+        """(chosen row, how it was chosen): the Pareto member of highest S, unless its gain
+        over the best trial at the defaults is within `min_gain_se` standard errors of the
+        difference; then that defaults trial."""
+        best = max((r for r in rows if r["pareto"]), key=lambda r: (r["score"], -r["trial"]))
+        selection: Dict[str, Any] = {"rule": "best", "min_gain_se": float(self.min_gain_se),
+                                     "best_trial": best["trial"], "defaults_trial": None}
+        refs = [r for r in rows if r["defaults"]]
+        if not refs:
+            return dict(best), selection
+        ref = max(refs, key=lambda r: (r["score"], -r["trial"]))
+        gain = best["score"] - ref["score"]
+        se = math.sqrt(float(best.get("stderr") or 0.0) ** 2 + float(ref.get("stderr") or 0.0) ** 2)
+        selection.update(defaults_trial=ref["trial"], gain=gain, stderr=se,
+                         threshold=float(self.min_gain_se) * se)
+        if best["trial"] != ref["trial"] and self.min_gain_se > 0 and gain <= float(self.min_gain_se) * se:
+            selection["rule"] = "defaults kept: gain within noise"
+            log.info("search: trial %d beats the defaults (trial %d) by %.2f on %s, within %.1f SE (%.2f): "
+                     "the defaults are kept", best["trial"], ref["trial"], gain, self.split, self.min_gain_se, se)
+            return dict(ref), selection
+        selection["rule"] = "best" if best["trial"] != ref["trial"] else "best (the defaults)"
+        return dict(best), selection
 
     def _check_resumed(self, study, experts) -> None:
         prev = study.user_attrs.get("experts")
@@ -614,6 +662,7 @@ class MergeSearch(LightningFabricMixin, BaseAlgorithm):
                          "options": t.user_attrs["options"], **{d: float(avgs[d]) for d in DIMENSIONS},
                          "AVG": float(t.user_attrs.get("AVG", sum(avgs.values()) / 3)),
                          "score": weighted_score(avgs, self._weights), "svds": t.user_attrs.get("svds"),
+                         "stderr": t.user_attrs.get("stderr"),
                          "seconds": t.user_attrs.get("seconds"),
                          "defaults": bool(t.user_attrs.get("defaults", False))})
         mask = pareto_mask(np.array([[r[d] for d in DIMENSIONS] for r in rows]), True)

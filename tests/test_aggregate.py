@@ -633,3 +633,36 @@ def test_one_table_writer_for_columns_that_are_not_the_papers(tmp_path):
         build_table({"x": {"Other": 1.0}}, dimensions=dims)
     with pytest.raises(ValueError, match=r"dimensions: no 3H dimension for column\(s\) \{'Add-lite': 'helpfulness'\}"):
         build_table(runs, dimensions={**dims, "Add-lite": "helpfulness"})
+
+
+# --------------------------------------------------------------------------------------
+# standard errors (the search's noise rule reads them)
+
+
+def test_score_stderr_from_each_kind_of_details():
+    se = agg_mod.score_stderr
+    # a share of n items: binomial, 100 * sqrt(p (1 - p) / n)
+    assert se(25.0, {"n": 16, "correct": 4}) == pytest.approx(100 * math.sqrt(0.25 * 0.75 / 16))
+    assert se(100.0, {"n": 16, "correct": 16}) == 0.0
+    # a judge's share of a label over its parsed verdicts (not over the requests)
+    assert se(80.0, {"n": 50, "verdicts": {"label": "safe", "parsed": 40}}) == pytest.approx(
+        100 * math.sqrt(0.8 * 0.2 / 40))
+    # a rating (MT-Bench's mean, label None): unknown unless given
+    assert se(7.5, {"n": 80, "verdicts": {"label": None, "parsed": 80}}) is None
+    assert se(7.5, {"stderr": 0.12, "n": 80}) == 0.12
+    # lm-eval: its own <metric>_stderr,<filter>, on the score's % scale
+    assert se(61.0, {"metric": "acc_norm,none", "metrics": {"acc_norm,none": 0.61, "acc_norm_stderr,none": 0.014}}) \
+        == pytest.approx(1.4)
+    assert se(50.0, {"n": 10}) is None and se(50.0, None) is None
+
+
+def test_weighted_stderr_by_hand():
+    # two helpful columns (m = 2), one honest, one harmless; weights 2:1:1 (sum 4)
+    dims = {"A": "helpful", "B": "helpful", "C": "honest", "D": "harmless"}
+    ses = {"A": 3.0, "B": 4.0, "C": 5.0, "D": None}
+    got, unknown = agg_mod.weighted_stderr(ses, dims, {"Helpful_Avg": 2, "Honest_Avg": 1, "Harmless_Avg": 1})
+    want = math.sqrt((2 / (4 * 2)) ** 2 * (9 + 16) + (1 / 4) ** 2 * 25)
+    assert got == pytest.approx(want) and unknown == ("D",)
+    # a zero-weight dimension contributes nothing and is not reported unknown
+    got, unknown = agg_mod.weighted_stderr(ses, dims, {"helpful": 1, "honest": 1, "harmless": 0})
+    assert got == pytest.approx(math.sqrt((1 / 4) ** 2 * 25 + (1 / 2) ** 2 * 25)) and unknown == ()

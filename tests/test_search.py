@@ -32,14 +32,14 @@ class AlphaDimension(Benchmark):
 
     uses_generator = False
 
-    def __init__(self, column: str, dimension: str, best: float, split: str = "test"):
-        self.column, self.dimension, self.best, self.split = column, dimension, best, split
+    def __init__(self, column: str, dimension: str, best: float, split: str = "test", stderr=None):
+        self.column, self.dimension, self.best, self.split, self.stderr = column, dimension, best, split, stderr
 
     def run(self, ctx):
         hp = ctx.model.r3h_merge_info["hyperparameters"]
         alpha = float(hp.get("alpha", hp.get("scaling_factor", 0.0)))
-        return BenchmarkResult(self.column, 100 - 100 * abs(alpha - self.best) - (self.split == "test"),
-                               {"split": self.split})
+        details = {"split": self.split} if self.stderr is None else {"split": self.split, "stderr": self.stderr}
+        return BenchmarkResult(self.column, 100 - 100 * abs(alpha - self.best) - (self.split == "test"), details)
 
 
 BESTS = {"helpful": 0.8, "honest": 0.4, "harmless": 0.6}
@@ -198,6 +198,40 @@ def test_search_resumes_reuses_the_svd_cache_and_returns_the_test_scored_choice(
     assert "| Pareto |" in (out / "trials.md").read_text()
     assert (out / "pareto_Helpful_Avg_Honest_Avg.png").stat().st_size > 0
     assert json.load(open(out / "search_report.json"))["chosen"]["trial"] == chosen["trial"]
+
+
+@pytest.mark.parametrize("stderr, min_gain_se, kept", [
+    (40.0, 1.0, True),    # every gain of α ∈ [0, 1.2] is within one SE (40/√3 per trial, ×√2): defaults kept
+    (40.0, 0.0, False),   # min_gain_se 0: the best member, whatever its margin
+    (0.01, 1.0, False),   # a precise taskpool: the best member
+    (None, 1.0, False),   # no SE known: counted noiseless, the best member
+])
+def test_the_defaults_are_kept_when_the_validation_gain_is_within_noise(paths, tmp_path, taskpool, stderr,
+                                                                       min_gain_se, kept):
+    for b in taskpool["benchmarks"].values():
+        b["stderr"] = stderr
+    s = search(taskpool, tmp_path / "n", n_trials=4, min_gain_se=min_gain_se, compare_defaults=False)
+    model = s.run(pool_of(paths))
+    rows = json.load(open(tmp_path / "n" / "trials.json"))
+    best = max(rows, key=lambda r: (r["score"], -r["trial"]))
+    default = next(r for r in rows if r["defaults"])
+    assert best["trial"] != default["trial"] and best["score"] > default["score"]  # the search found a gain
+    se_trial = 0.0 if stderr is None else stderr / 3 ** 0.5  # three columns, one per dimension, equal weights
+    for r in rows:
+        assert r["stderr"] == pytest.approx(se_trial)
+    sel = s.last_report["selection"]
+    assert sel["defaults_trial"] == default["trial"] and sel["best_trial"] == best["trial"]
+    assert sel["gain"] == pytest.approx(best["score"] - default["score"])
+    assert sel["threshold"] == pytest.approx(min_gain_se * (2 ** 0.5) * se_trial)
+    chosen = s.last_report["chosen"]
+    assert chosen["trial"] == (default["trial"] if kept else best["trial"])
+    assert sel["rule"] == ("defaults kept: gain within noise" if kept else "best")
+    assert model.r3h_merge_info["hyperparameters"]["alpha"] == pytest.approx(chosen["options"]["alpha"])
+
+
+def test_min_gain_se_is_checked():
+    with pytest.raises(ValueError, match=r"min_gain_se: expected a number of standard errors >= 0"):
+        MergeSearch(methods={"tsvm": {"alpha": {"low": 0.1, "high": 1.0}}}, min_gain_se=-1)
 
 
 def test_weights_pick_the_member_and_multi_objective_front(paths, tmp_path, taskpool):

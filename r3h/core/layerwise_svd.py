@@ -332,13 +332,21 @@ def outlier_mass(tau: torch.Tensor) -> float:
     """Eq. 6–7: per row ρ, μρ = mean |τ|, σρ = sqrt(mean (|τ| − μρ)²) (= sqrt(mean τ² − μρ²));
     T = Σ |τ| over the entries with |τ| ≥ μρ + 3σρ.
 
-    σρ is computed in two passes: the one-pass form mean τ² − μρ² cancels catastrophically
+    σρ is not computed by the one-pass form mean τ² − μρ², which cancels catastrophically
     in float32 when |τ| is nearly constant along a row (Adam's first step, lr·sign(g)), and
     rounds to 0 on some rows, which then count half their entries as outliers."""
+    return _outlier_and_l1(tau)[0]
+
+
+def _outlier_and_l1(tau: torch.Tensor) -> Tuple[float, float]:
+    """(T, Σ|τ|) in one read of |τ|: torch.var_mean (a stable two-pass reduction) gives μρ
+    and σρ², the few outliers are summed in float64, Σ|τ| = Σρ d·μρ."""
     a = tau.abs()
-    mu = a.mean(dim=1, keepdim=True)
-    sigma = (a - mu).pow(2).mean(dim=1, keepdim=True).sqrt()
-    return float((a * (a >= mu + 3 * sigma)).sum())
+    var, mu = torch.var_mean(a, dim=1, keepdim=True, correction=0)
+    threshold = var.sqrt_().mul_(3).add_(mu)
+    T = float(a[a >= threshold].sum(dtype=torch.float64))
+    L = float(mu.to(torch.float64).sum()) * a.shape[1]
+    return T, L
 
 
 OUTLIER_READINGS = ("eq8", "inverse", "share")
@@ -359,9 +367,8 @@ def outlier_weights(
 ) -> OutlierWeights:
     """R-TSVM's expert weights from each expert's outlier mass Ti (Eq. 6–7) and L1 mass
     Li = Σ|τi|; see `weights_from_outliers` for the rules."""
-    T = [outlier_mass(t) for t in taus]
-    L = [float(t.abs().sum(dtype=torch.float64)) for t in taus]
-    return weights_from_outliers(T, L, norm, reading, min_share)
+    T, L = zip(*(_outlier_and_l1(t) for t in taus)) if len(taus) else ((), ())
+    return weights_from_outliers(list(T), list(L), norm, reading, min_share)
 
 
 def weights_from_outliers(
@@ -419,7 +426,7 @@ def sparsity(taus: Sequence[torch.Tensor], epsilon: float, mode: str = "absolute
         epsilon = epsilon * (total / count) ** 0.5
     elif mode != "absolute":
         raise ValueError(f"epsilon_mode must be 'absolute' or 'relative'; got {mode!r}")
-    small = sum(int((t.abs() < epsilon).sum()) for t in taus)
+    small = sum(int(torch.count_nonzero(t.abs() < epsilon)) for t in taus)
     return Fraction(small, sum(t.numel() for t in taus))
 
 

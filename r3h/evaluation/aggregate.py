@@ -58,6 +58,8 @@ __all__ = [
     "aggregate_3h",
     "aggregate_by_dimension",
     "benchmark_scores",
+    "score_stderr",
+    "weighted_stderr",
     "load_paper_results",
     "check_paper_averages",
     "AverageCheck",
@@ -168,6 +170,62 @@ def aggregate_by_dimension(scores: Mapping[str, Number], dimensions: Mapping[str
         partial[OVERALL] = tuple(c for miss in partial.values() for c in miss)
         result["partial"] = partial
     return result
+
+
+def score_stderr(score: Number, details: Optional[Mapping[str, object]]) -> Optional[float]:
+    """The standard error of one benchmark score, on the score's own scale, or None when its
+    details do not tell.
+
+    In order: ``details["stderr"]`` as given; a share of ``n`` items (``correct`` counts,
+    r3h's toy and 3h_lite) or of a judge's ``parsed`` categorical verdicts (SALAD's safe
+    share): the binomial SE 100·√(p(1−p)/n), p = score/100; lm-eval's ``<metric>_stderr``
+    (×100, as the score). A rating's mean (MT-Bench 1–10) gets None unless ``stderr`` is given.
+    """
+    if not isinstance(details, Mapping):
+        return None
+    given = details.get("stderr")
+    if isinstance(given, (int, float)) and not isinstance(given, bool) and math.isfinite(given):
+        return float(given)
+    n = None
+    if isinstance(details.get("n"), int) and "correct" in details:
+        n = details["n"]
+    verdicts = details.get("verdicts")
+    if n is None and isinstance(verdicts, Mapping) and verdicts.get("label") is not None:
+        n = verdicts.get("parsed")
+    if isinstance(n, int) and n > 0:
+        p = min(max(float(score) / 100.0, 0.0), 1.0)
+        return 100.0 * math.sqrt(p * (1.0 - p) / n)
+    metric, metrics = details.get("metric"), details.get("metrics")
+    if isinstance(metric, str) and isinstance(metrics, Mapping):
+        name, _, filt = metric.partition(",")
+        se = metrics.get(f"{name}_stderr,{filt}" if filt else f"{name}_stderr")
+        if isinstance(se, (int, float)) and not isinstance(se, bool) and math.isfinite(se):
+            return 100.0 * float(se)
+    return None
+
+
+def weighted_stderr(stderrs: Mapping[str, Optional[float]], dimensions: Mapping[str, object],
+                    weights: Mapping[str, float]) -> Tuple[float, Tuple[str, ...]]:
+    """(SE of S, columns whose SE is unknown) for S = Σ_d w_d · d_avg / Σ_d w_d, each d_avg the
+    plain mean of its m_d columns (``aggregate_by_dimension``), the columns independent:
+    SE(S)² = Σ_b (w_d / (Σw · m_d))² · SE_b². ``weights``: dimension (any of its names) ->
+    weight; a column of unknown SE adds nothing and is returned."""
+    dims = {c: dimension(str(d)) for c, d in dimensions.items() if c in stderrs}
+    w = {dimension(str(k)): float(v) for k, v in weights.items()}
+    present = {d for d in dims.values()}
+    total = sum(v for d, v in w.items() if d in present)
+    if total <= 0:
+        raise ValueError("weighted_stderr: no positive weight on a dimension with columns")
+    var, unknown = 0.0, []
+    for c, d in dims.items():
+        m = sum(1 for x in dims.values() if x is d)
+        se = stderrs[c]
+        if se is None:
+            if w.get(d, 0.0) > 0:
+                unknown.append(c)
+            continue
+        var += (w.get(d, 0.0) / (total * m)) ** 2 * float(se) ** 2
+    return math.sqrt(var), tuple(unknown)
 
 
 def aggregate_3h(scores: Mapping[str, Number], *, allow_partial: bool = False) -> Dict[str, object]:

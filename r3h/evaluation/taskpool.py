@@ -17,12 +17,14 @@ the returned dict into ``{log_dir}/program_report.json``. ``evaluate``
    rerun with the same ``output_dir`` resumes), aggregates with
    :func:`~r3h.evaluation.aggregate.aggregate_3h` and writes the table (JSON, CSV,
    Markdown, LaTeX) with :func:`~r3h.evaluation.tables.write_tables`;
-5. prints the Markdown table and returns ``{"scores", "averages", "partial", "details",
-   "files"}``, JSON-serialisable.
+5. prints the Markdown table and returns ``{"scores", "averages", "partial", "stderr",
+   "details", "dimensions", "files"}``, JSON-serialisable: ``stderr`` is each score's standard
+   error where its details tell (:func:`~r3h.evaluation.aggregate.score_stderr`, else None),
+   ``dimensions`` each column's 3H dimension.
 
 A :class:`~r3h.modelpool.ModelSweep` (e.g. a Rewarded Soup λ grid) is evaluated member by
 member, one table row each, in ``output_dir/<member>/``; the returned
-``scores``/``averages``/``partial``/``details`` are then keyed by member name (``members``
+``scores``/``averages``/``partial``/``stderr``/``details`` are then keyed by member name (``members``
 lists them, ``sweep`` holds the sweep's manifest).
 
 Configs: ``config/taskpool/3h.yaml`` (all eleven columns), ``3h/helpfulness``,
@@ -48,7 +50,8 @@ from fusion_bench.taskpool.base_pool import BaseTaskPool
 from r3h.core.dimensions import KEYS
 from r3h.core.paths import run_output_dir, slug
 from r3h.core.plain import jsonable, to_container
-from r3h.evaluation.aggregate import AVERAGES, BENCHMARKS, aggregate_3h, aggregate_by_dimension
+from r3h.evaluation.aggregate import (AVERAGES, BENCHMARKS, PAPER_DIMENSIONS, aggregate_3h, aggregate_by_dimension,
+                                      score_stderr)
 from r3h.evaluation.benchmark import Benchmark, EvalContext
 from r3h.evaluation.generation import ChatGenerator, GenerationConfig
 from r3h.evaluation.judges import Judge
@@ -378,12 +381,14 @@ class ThreeHTaskPool(BaseTaskPool):
                 "scores": {c: agg[c] for c in (BENCHMARKS if self._paper else benchmarks) if c in agg},
                 "averages": {c: agg.get(c) for c in AVERAGES},
                 "partial": {c: list(v) for c, v in dict(agg.get("partial", {})).items()},
+                "stderr": {c: score_stderr(rows[name][c], details[name].get(c)) for c in rows[name]},
                 "details": details[name],
             }
 
         if sweep:
             per = {name: one(name) for name, _ in contexts}
-            report = {k: {name: per[name][k] for name in per} for k in ("scores", "averages", "partial", "details")}
+            report = {k: {name: per[name][k] for name in per}
+                      for k in ("scores", "averages", "partial", "stderr", "details")}
             report["members"] = list(per)
             report["sweep"] = jsonable(getattr(model, "manifest", {}))
         else:
@@ -395,6 +400,7 @@ class ThreeHTaskPool(BaseTaskPool):
             files["benchmarks"] = files["benchmarks"][contexts[0][0]]
         if sweep and len(per) > 1:
             files["pareto"] = write_pareto_plots(report, out_root)
+        report["dimensions"] = {c: dims.get(c) or PAPER_DIMENSIONS.get(c) for c in benchmarks}
         report["files"] = files
         report["output_dir"] = out_root
         report = jsonable(report)

@@ -101,6 +101,7 @@ def run_seed(seed: int, out: str, methods: List[str], trials: int, baselines: bo
         rows[m] = _score(tp_cfg, folder, m, search._merge(m, {}, pool, None, None)[0])
         rows[m + TUNED] = _score(tp_cfg, folder, m + TUNED, tuned)
         rows[m + TUNED]["options"] = search.last_report["chosen"]["options"]
+        rows[m + TUNED]["selection"] = search.last_report["selection"]["rule"]
     os.makedirs(folder, exist_ok=True)
     with open(path, "w") as f:
         json.dump({"options": options, "fingerprint": build.fingerprint(seed), "rows": rows}, f, indent=2)
@@ -236,7 +237,7 @@ def main(argv=None) -> Dict[str, dict]:
     rows = per_seed[args.seeds[0]]
     columns = list(COLUMNS)
     dims = {c: KINDS[COLUMNS[c]] for c in columns}
-    table = {n: {k: v for k, v in r.items() if k != "options"} for n, r in rows.items()}
+    table = {n: {k: v for k, v in r.items() if k not in ("options", "selection")} for n, r in rows.items()}
     paths = write_tables(table, out, dimensions=dims, caption=f"The toy 3H world, test split, toy seed "
                          f"{args.seeds[0]}: models, mixtures and merges (defaults and tuned on validation)")
     try:
