@@ -28,7 +28,7 @@ from typing import Callable, Dict, Iterator, List, Optional, Tuple, Union
 import torch
 from tqdm.auto import tqdm
 
-from r3h.core.memory import peak_accelerator_bytes, peak_rss_bytes
+from r3h.core.memory import peak_accelerator_bytes, peak_rss_bytes, release_freed_memory
 from r3h.io.checkpoint import Checkpoint
 
 log = logging.getLogger(__name__)
@@ -199,6 +199,7 @@ def stream_merge(
         for sink, o in zip(sinks, outs):
             sink.put(name, o.to(dtype=dtype if o.is_floating_point() else o.dtype, device="cpu"))
         del theta0, outs
+        release_freed_memory()
     seconds = time.perf_counter() - t_start
     stats = {
         "tensors": len(names),
