@@ -1,4 +1,5 @@
-"""TSVM and R-TSVM on the shared `layerwise_svd` core, spread over Fabric ranks.
+"""TSVM and R-TSVM on the shared `layerwise_svd` core, spread over Fabric ranks
+(`MergeAlgorithm.run`).
 
 TSVM (Gargiulo et al., arXiv 2412.00081): θ = θ0 + α Δ with Δ = U⊥ diag(ŝ) V⊥ᵀ
 built from each expert's top ⌊r/n⌋ singular triplets, orthogonalised by polar
@@ -16,40 +17,19 @@ error naming the tensor.
 
 from __future__ import annotations
 
-import json
-import logging
 import os
 import re
 import time
 from typing import Any, Dict, List, Optional
 
 import torch
-from safetensors.torch import load_file
 
 from fusion_bench.mixins.lightning_fabric import LightningFabricMixin
 from fusion_bench.mixins.serialization import auto_register_config
 from r3h.core import layerwise_svd as svd
 from r3h.core import svd_cache as cache_mod
-from r3h.core.distributed import (
-    assign_tensors,
-    raise_first_error,
-    read_rank_results,
-    remove,
-    remove_rank_results,
-    run_share,
-    shared_tmp_dir,
-    write_rank_result,
-)
-from r3h.core.engine import stream_merge
-from r3h.core.paths import run_log_dir
-from r3h.core.plain import jsonable
-from r3h.io.model import build_model, parse_dtype
-from r3h.io.writer import ShardWriter, finalize_shards, move_into_place
 from r3h.methods.base import MergeAlgorithm, check_range
-from r3h.modelpool.sources import tokenizer_dir
 from r3h.ops import tensor_generator
-
-log = logging.getLogger(__name__)
 
 
 @auto_register_config
@@ -88,6 +68,7 @@ class TSVM(LightningFabricMixin, MergeAlgorithm):
 
     _method_name = "tsvm"
     uses_svd_cache = distributed = True  # capabilities (r3h.methods.configs)
+    log_report = True  # r3h_merge_report.json in the run's log folder
     min_experts = 2
     reweight = False
 
@@ -124,6 +105,7 @@ class TSVM(LightningFabricMixin, MergeAlgorithm):
     def prepare(self, modelpool):
         plan = super().prepare(modelpool)
         self._plan = plan
+        self.tensor_reports = {}
         self._cache = None
         if self.svd_cache is not None:
             self._cache = cache_mod.SVDCache(self.svd_cache, cache_mod.environment(self.torch_device, self.cpu_threads))
@@ -333,84 +315,11 @@ class TSVM(LightningFabricMixin, MergeAlgorithm):
                                  **cache_mod.summarize(info["tensors"])}
         return info
 
-    def run(self, modelpool):
-        self.tensor_reports = {}
-        fabric = self.fabric
-        if fabric.world_size == 1:
-            result = super().run(modelpool)
-        else:
-            result = self._run_distributed(modelpool, fabric)
-        self._write_program_report()
-        return result
+    def rank_state(self):
+        return {"tensor_reports": self.tensor_reports}
 
-    def _write_program_report(self):
-        log_dir = run_log_dir(self)
-        if log_dir and self.last_report and self.fabric.global_rank == 0:
-            os.makedirs(log_dir, exist_ok=True)
-            with open(os.path.join(log_dir, "r3h_merge_report.json"), "w") as f:
-                json.dump(jsonable(self.last_report), f, indent=2)
-
-    def _run_distributed(self, modelpool, fabric):
-        plan = self.prepare(modelpool)
-        rank, world = fabric.global_rank, fabric.world_size
-        share = assign_tensors(plan, world)[rank]
-        out_dtype = parse_dtype(self.out_dtype)
-        parent = os.path.dirname(os.path.abspath(os.path.expanduser(self.out_dir))) if self.out_dir else self.tmp_dir
-        folder = shared_tmp_dir(fabric, parent)
-        log.info("rank %d/%d merges %d of %d tensors", rank, world, len(share), len(plan.names))
-
-        def merge_share():
-            writer = ShardWriter(folder, self.max_shard_size, prefix=f"rank{rank:05d}-")
-            stats = stream_merge(plan, self.merge_tensor, [writer], names=share, out_dtype=out_dtype,
-                                 device=self.torch_device, progress=self.progress and rank == 0,
-                                 desc=f"{self.method_name} (rank {rank})")
-            return {"shards": writer.close(finalize=False), "reports": self.tensor_reports, "stats": stats}
-
-        write_rank_result(folder, rank, run_share(merge_share))
-        fabric.barrier()
-        results = read_rank_results(folder, world)
-        fabric.barrier()  # every rank has read the results before rank 0 moves the folder
-        try:
-            raise_first_error(results)
-        except Exception:
-            if rank == 0:
-                remove(folder)
-            raise
-        for res in results:
-            self.tensor_reports.update(res["reports"])
-        stats = {
-            "tensors": len(plan.names),
-            "seconds": max(r["stats"]["seconds"] for r in results),
-            "peak_rss_gb_per_rank": [r["stats"]["peak_rss_gb"] for r in results],
-            "peak_accelerator_gb_per_rank": [r["stats"]["peak_accelerator_gb"] for r in results],
-            "world_size": world,
-        }
-        info = self.merge_info(modelpool, plan, stats)
-        self.last_report = info
-        if rank != 0:
-            return None
-        remove_rank_results(folder, world)
-        shards = [s for r in results for s in r["shards"]]
-        if self.out_dir is not None:
-            try:
-                finalize_shards(folder, shards)
-                self._write_folder(folder, plan, out_dtype, tokenizer_dir(modelpool, plan.reference.path), info)
-                move_into_place(folder, self.out_dir)
-            except BaseException:
-                remove(folder)
-                raise
-            log.info("merged model written to %s", self.out_dir)
-            return None
-        try:
-            state = {}
-            for fn, _, _ in shards:
-                state.update(load_file(os.path.join(folder, fn)))
-        finally:
-            remove(folder)
-        model = build_model(plan.config, state, out_dtype)
-        model.r3h_merge_info = info
-        model.r3h_tokenizer_dir = tokenizer_dir(modelpool, plan.reference.path)
-        return model
+    def absorb_rank_state(self, state):
+        self.tensor_reports.update(state["tensor_reports"])
 
 
 @auto_register_config
