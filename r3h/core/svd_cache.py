@@ -27,8 +27,9 @@ which seeds its test matrix), so for it both are part of the key; so is q for `a
 route's U = τ V diag(1/σ) is one GEMM over the q columns, and whether it falls back to the SVD
 depends on σ1/σq).
 
-**Keys and fingerprints.** An entry's file is `<folder>/<tensor slug>/<kind>-<h>.safetensors`
-where h hashes its *stable key*: tensor name, kind, the real paths of the files holding the
+**Keys and fingerprints.** An entry's file is `<folder>/<tensor folder>/<kind>-<h>.safetensors`
+(`tensor_folder`: the name's `r3h.core.paths.slug` and a short hash; entries under the folder
+name of earlier versions, `legacy_tensor_folder`, are still read) where h hashes its *stable key*: tensor name, kind, the real paths of the files holding the
 base's and the expert's tensor, the solver `svd_solver` (and, for `auto`: q; for `randomized`:
 seed, oversample, n_iter, expert position, q). Its metadata holds the *fingerprint*: the stable key plus both
 files' size and mtime (ns), both tensors' safetensors header entries (dtype, shape, byte
@@ -60,6 +61,8 @@ from typing import Dict, Optional, Sequence, Tuple
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
+
+from r3h.core.paths import slug
 
 log = logging.getLogger(__name__)
 
@@ -116,8 +119,16 @@ def check_folder(folder) -> str:
     return path
 
 
-def slug(name: str) -> str:
-    """A folder name for a tensor name (plus a short hash: two names never share one)."""
+def tensor_folder(name: str) -> str:
+    """The folder of a tensor's entries: `r3h.core.paths.slug` of its name (at most 80
+    characters) plus a short hash of the name (two names never share one)."""
+    return slug(name)[:80] + "-" + hashlib.sha256(name.encode()).hexdigest()[:8]
+
+
+def legacy_tensor_folder(name: str) -> str:
+    """The folder earlier r3h versions gave a tensor's entries (a slug of their own). It
+    equals `tensor_folder` but for names with `=`, or that begin or end with `_` or a
+    character outside `[A-Za-z0-9._=-]`; entries found only there are still read."""
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name)[:80] + "-" + hashlib.sha256(name.encode()).hexdigest()[:8]
 
 
@@ -125,10 +136,12 @@ def slug(name: str) -> str:
 class Entry:
     """One cache entry: where it lives, what it must match, and what the lookup found."""
 
-    path: str
+    path: str  # where it is written
     stable: dict
     fingerprint: dict
     status: str = "miss"
+    legacy: str = ""  # where an earlier r3h wrote it, if another folder
+    found: str = ""  # the file the lookup read (`path` or `legacy`)
     zero: bool = False
     q_stored: int = 0
     meta: Dict[str, str] = field(default_factory=dict)
@@ -177,8 +190,13 @@ class SVDCache:
                 "shape": list(info.shape), "offsets": [int(info.start), int(info.end)]}
 
     # -- entries -----------------------------------------------------------------------
-    def _path(self, tensor: str, kind: str, stable: dict) -> str:
-        return os.path.join(self.folder, slug(tensor), f"{kind}-{digest(stable)[:32]}.safetensors")
+    def _entry(self, tensor: str, kind: str, stable: dict, fingerprint: dict) -> Entry:
+        """The entry and its status, from its file (or the file under the legacy folder name)."""
+        file = f"{kind}-{digest(stable)[:32]}.safetensors"
+        path, legacy = (os.path.join(self.folder, f(tensor), file) for f in (tensor_folder, legacy_tensor_folder))
+        entry = Entry(path, stable, fingerprint, legacy="" if legacy == path else legacy)
+        self._peek(entry, kind)
+        return entry
 
     def factor_entry(self, tensor: str, base, expert, index: int, q: int, solver: str, shape: Sequence[int],
                      seed: int, oversample: int, n_iter: int) -> Entry:
@@ -193,8 +211,7 @@ class SVDCache:
             stable.update(q=int(q))
         fingerprint = {**stable, "format": FORMAT, "base_tensor": base_id, "expert_tensor": expert_id,
                        "shape": [int(s) for s in shape], "env": self.env}
-        entry = Entry(self._path(tensor, "factors", stable), stable, fingerprint)
-        self._peek(entry, "factors")
+        entry = self._entry(tensor, "factors", stable, fingerprint)
         if entry.status == "hit" and not entry.zero and entry.q_stored < q:
             entry.status = "short"
         return entry
@@ -204,17 +221,16 @@ class SVDCache:
         stable = {"kind": "polar", "tensor": tensor, "q": int(q), "experts": [e.stable_digest for e in experts]}
         fingerprint = {**stable, "format": FORMAT, "expert_fingerprints": [e.digest for e in experts],
                        "env": self.env}
-        entry = Entry(self._path(tensor, "polar", stable), stable, fingerprint)
-        self._peek(entry, "polar")
-        return entry
+        return self._entry(tensor, "polar", stable, fingerprint)
 
     def _peek(self, entry: Entry, kind: str) -> None:
         """Status from the metadata alone (no tensor is read)."""
-        if not os.path.exists(entry.path):
+        entry.found = next((p for p in (entry.path, entry.legacy) if p and os.path.exists(p)), "")
+        if not entry.found:
             entry.status = "miss"
             return
         try:
-            with safe_open(entry.path, framework="pt", device="cpu") as f:
+            with safe_open(entry.found, framework="pt", device="cpu") as f:
                 meta = dict(f.metadata() or {})
             if meta.get("r3h_svd_cache") != FORMAT or meta.get("kind") != kind:
                 raise ValueError("not an r3h SVD cache entry of this kind")
@@ -222,7 +238,7 @@ class SVDCache:
             q_stored = int(meta.get("q", "0"))
             zero = meta.get("zero") == "1"
         except Exception as exc:  # unreadable, truncated, not ours
-            log.warning("SVD cache: %s is unreadable (%s); it will be rewritten", entry.path, exc)
+            log.warning("SVD cache: %s is unreadable (%s); it will be rewritten", entry.found, exc)
             entry.status = "corrupt"
             return
         if canonical(stored) != canonical(entry.fingerprint):
@@ -232,10 +248,10 @@ class SVDCache:
 
     def _read(self, entry: Entry, names: Sequence[str]) -> Optional[Dict[str, torch.Tensor]]:
         try:
-            with safe_open(entry.path, framework="pt", device="cpu") as f:
+            with safe_open(entry.found, framework="pt", device="cpu") as f:
                 return {k: f.get_tensor(k) for k in names}
         except Exception as exc:
-            log.warning("SVD cache: cannot read %s (%s); it will be rewritten", entry.path, exc)
+            log.warning("SVD cache: cannot read %s (%s); it will be rewritten", entry.found, exc)
             return None
 
     def load_factors(self, entry: Entry, q: int, m: int, d: int, device) -> Optional[Tuple[torch.Tensor, ...]]:
