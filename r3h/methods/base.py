@@ -242,14 +242,14 @@ class MergeAlgorithm(BaseAlgorithm):
             self.write_program_report()
         return result
 
-    def _stream(self, plan: MergePlan, out: "_Output", sinks, names=None, rank: Optional[int] = None) -> dict:
+    def _stream(self, plan: MergePlan, out: _Output, sinks, names=None, rank: Optional[int] = None) -> dict:
         """`stream_merge` of the plan's tensors (or `names`, this rank's share) into `sinks`."""
         return stream_merge(plan, self.merge_tensor, sinks, exclude_keys=self.engine_exclude_keys(),
                             out_dtype=out.dtype, device=self.torch_device, names=names,
                             progress=self.progress and rank in (None, 0),
                             desc=self.method_name if rank is None else f"{self.method_name} (rank {rank})")
 
-    def _merge_here(self, modelpool, plan: MergePlan, out: "_Output"):
+    def _merge_here(self, modelpool, plan: MergePlan, out: _Output):
         if self.out_dir is None:
             sinks = [StateDictSink() for _ in range(out.count)]
             stats = self._stream(plan, out, sinks)
@@ -267,7 +267,10 @@ class MergeAlgorithm(BaseAlgorithm):
         log.info("merged model written to %s", ", ".join(out.dirs(self.out_dir)))
         return None
 
-    def _merge_on_ranks(self, modelpool, plan: MergePlan, out: "_Output", fabric):
+    def _merge_on_ranks(self, modelpool, plan: MergePlan, out: _Output, fabric):
+        """This rank's share into shards of a folder every rank sees (beside `out_dir`, else
+        under the method's `tmp_dir` option if it has one, else the system temp); rank 0
+        then finishes the output from every rank's shards."""
         rank, world = fabric.global_rank, fabric.world_size
         share = assign_tensors(plan, world)[rank]
         parent = (os.path.dirname(os.path.abspath(os.path.expanduser(self.out_dir))) if self.out_dir
@@ -308,7 +311,7 @@ class MergeAlgorithm(BaseAlgorithm):
         return None
 
     # -- the one output path ----------------------------------------------------------
-    def _finish_folders(self, root: str, shards: List[list], plan: MergePlan, out: "_Output", info: dict) -> None:
+    def _finish_folders(self, root: str, shards: List[list], plan: MergePlan, out: _Output, info: dict) -> None:
         """Name each output's shards (`out.dirs(root)`, one shard list each) and write its
         config, tokenizer files, model card and `r3h_merge.json` (plus `sweep.json` for several)."""
         for d, s in zip(out.dirs(root), shards):
@@ -317,7 +320,7 @@ class MergeAlgorithm(BaseAlgorithm):
         if out.names is not None:
             write_sweep_manifest(root, self.sweep_manifest())
 
-    def _finish_models(self, states: List[Dict[str, torch.Tensor]], plan: MergePlan, out: "_Output", info: dict):
+    def _finish_models(self, states: List[Dict[str, torch.Tensor]], plan: MergePlan, out: _Output, info: dict):
         """The model (or the `ModelSweep` of several) built from the merged state dicts."""
         models = []
         for state in states:
