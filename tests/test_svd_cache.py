@@ -232,7 +232,7 @@ def test_other_thread_count_is_stale(paths, tmp_path):
 
 
 def _entry_files(folder, tensor, kind):
-    d = Path(folder) / cache_mod.slug(tensor)
+    d = Path(folder) / cache_mod.tensor_folder(tensor)
     return sorted(d.glob(f"{kind}-*.safetensors"))
 
 
@@ -366,6 +366,39 @@ def test_failed_cache_write_does_not_stop_the_merge(paths, tmp_path, monkeypatch
     assert_identical(state(cold), state(warm))
     assert m.last_report["svd_cache"]["unwritten"] == 9 * 4
     assert not list((tmp_path / "cache").rglob("*.safetensors"))
+
+
+def test_entries_under_the_old_folder_name_are_still_read(tmp_path):
+    """Entries an earlier r3h wrote under its own slug of the tensor name (which differs from
+    `r3h.core.paths.slug` for a name with '=') are still hits; rewrites go to the new folder."""
+    name = "block=0.weight"
+    assert cache_mod.tensor_folder(name) != cache_mod.legacy_tensor_folder(name)
+    assert cache_mod.tensor_folder("model.layers.0.mlp.down_proj.weight") == \
+        cache_mod.legacy_tensor_folder("model.layers.0.mlp.down_proj.weight")
+    g = torch.Generator().manual_seed(0)
+    base = torch.randn(8, 6, generator=g)
+    thetas = {"base": base, **{f"e{i}": base + 0.1 * torch.randn(8, 6, generator=g) for i in range(3)}}
+    paths = {"_pretrained_" if k == "base" else k: write_checkpoint(tmp_path / k, {name: t}) for k, t in thetas.items()}
+    folder = tmp_path / "cache"
+
+    def merge():
+        m = TSVM(progress=False, device="cpu", svd_cache=str(folder), alpha=1.0)
+        m.prepare(pool_of(paths))
+        out = m.merge_tensor(name, base.clone(), [thetas[f"e{i}"].clone() for i in range(3)])
+        return out, m.tensor_reports[name]["svd_cache"]
+
+    cold, rec = merge()
+    assert rec == {"factors": ["miss"] * 3, "polar": "miss", "svds": 5}
+    (folder / cache_mod.tensor_folder(name)).rename(folder / cache_mod.legacy_tensor_folder(name))
+    warm, rec = merge()
+    assert rec == {"factors": ["hit"] * 3, "polar": "hit", "svds": 0}
+    assert torch.equal(cold, warm)
+    for f in (folder / cache_mod.legacy_tensor_folder(name)).glob("polar-*.safetensors"):
+        f.unlink()  # the factors alone, from the old folder; the polar entry is rewritten in the new one
+    again, rec = merge()
+    assert rec == {"factors": ["hit"] * 3, "polar": "miss", "svds": 2}
+    assert torch.equal(cold, again)
+    assert len(_entry_files(folder, name, "polar")) == 1 and not _entry_files(folder, name, "factors")
 
 
 # ---------------------------------------------------------------------------------------

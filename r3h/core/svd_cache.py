@@ -27,10 +27,12 @@ which seeds its test matrix), so for it both are part of the key; so is q for `a
 route's U = τ V diag(1/σ) is one GEMM over the q columns, and whether it falls back to the SVD
 depends on σ1/σq).
 
-**Keys and fingerprints.** An entry's file is `<folder>/<tensor slug>/<kind>-<h>.safetensors`
-where h hashes its *stable key*: tensor name, kind, the real paths of the files holding the
-base's and the expert's tensor, the solver `svd_solver` (and, for `auto`: q; for `randomized`:
-seed, oversample, n_iter, expert position, q). Its metadata holds the *fingerprint*: the stable key plus both
+**Keys and fingerprints.** An entry's file is `<folder>/<tensor folder>/<kind>-<h>.safetensors`
+(`tensor_folder`: the name's `r3h.core.paths.slug` and a short hash; entries under the folder
+name of earlier versions, `legacy_tensor_folder`, are still read) where h hashes its *stable
+key*: tensor name, kind, the real paths of the files holding the base's and the expert's
+tensor, the solver `svd_solver` (and, for `auto`: q; for `randomized`: seed, oversample,
+n_iter, expert position, q). Its metadata holds the *fingerprint*: the stable key plus both
 files' size and mtime (ns), both tensors' safetensors header entries (dtype, shape, byte
 offsets), τ's shape, and the environment (torch version, compute dtype float32, device type,
 LAPACK threads and CPU model on CPU, CUDA version and GPU name on GPU). A lookup compares
@@ -43,6 +45,10 @@ sees the old entry or the new one, never half of one. A file that does not parse
 tensor, has a wrong shape or dtype, or holds a non-finite value is `corrupt`: ignored,
 recomputed and rewritten. A failed write (disk full) is logged and counted, and the merge
 goes on. Statuses: `hit`, `miss` (no file), `stale`, `corrupt`, `short`.
+
+`FactorSource` is what TSVM and R-TSVM ask for one matrix's factors: it serves them from
+an `SVDCache` where it holds them and computes (and stores) the rest, or, without a cache,
+computes them all; `TaskVectors` hands it each τi when, and only when, it is needed.
 """
 
 from __future__ import annotations
@@ -55,11 +61,15 @@ import platform
 import re
 import tempfile
 from dataclasses import dataclass, field
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
+
+from r3h.core import layerwise_svd as svd
+from r3h.core.paths import slug
+from r3h.ops import tensor_generator
 
 log = logging.getLogger(__name__)
 
@@ -116,8 +126,16 @@ def check_folder(folder) -> str:
     return path
 
 
-def slug(name: str) -> str:
-    """A folder name for a tensor name (plus a short hash: two names never share one)."""
+def tensor_folder(name: str) -> str:
+    """The folder of a tensor's entries: `r3h.core.paths.slug` of its name (at most 80
+    characters) plus a short hash of the name (two names never share one)."""
+    return slug(name)[:80] + "-" + hashlib.sha256(name.encode()).hexdigest()[:8]
+
+
+def legacy_tensor_folder(name: str) -> str:
+    """The folder earlier r3h versions gave a tensor's entries (a slug of their own). It
+    equals `tensor_folder` but for names with `=`, or that begin or end with `_` or a
+    character outside `[A-Za-z0-9._=-]`; entries found only there are still read."""
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name)[:80] + "-" + hashlib.sha256(name.encode()).hexdigest()[:8]
 
 
@@ -125,10 +143,12 @@ def slug(name: str) -> str:
 class Entry:
     """One cache entry: where it lives, what it must match, and what the lookup found."""
 
-    path: str
+    path: str  # where it is written
     stable: dict
     fingerprint: dict
     status: str = "miss"
+    legacy: str = ""  # where an earlier r3h wrote it, if another folder
+    found: str = ""  # the file the lookup read (`path` or `legacy`)
     zero: bool = False
     q_stored: int = 0
     meta: Dict[str, str] = field(default_factory=dict)
@@ -177,8 +197,13 @@ class SVDCache:
                 "shape": list(info.shape), "offsets": [int(info.start), int(info.end)]}
 
     # -- entries -----------------------------------------------------------------------
-    def _path(self, tensor: str, kind: str, stable: dict) -> str:
-        return os.path.join(self.folder, slug(tensor), f"{kind}-{digest(stable)[:32]}.safetensors")
+    def _entry(self, tensor: str, kind: str, stable: dict, fingerprint: dict) -> Entry:
+        """The entry and its status, from its file (or the file under the legacy folder name)."""
+        file = f"{kind}-{digest(stable)[:32]}.safetensors"
+        path, legacy = (os.path.join(self.folder, f(tensor), file) for f in (tensor_folder, legacy_tensor_folder))
+        entry = Entry(path, stable, fingerprint, legacy="" if legacy == path else legacy)
+        self._peek(entry, kind)
+        return entry
 
     def factor_entry(self, tensor: str, base, expert, index: int, q: int, solver: str, shape: Sequence[int],
                      seed: int, oversample: int, n_iter: int) -> Entry:
@@ -193,8 +218,7 @@ class SVDCache:
             stable.update(q=int(q))
         fingerprint = {**stable, "format": FORMAT, "base_tensor": base_id, "expert_tensor": expert_id,
                        "shape": [int(s) for s in shape], "env": self.env}
-        entry = Entry(self._path(tensor, "factors", stable), stable, fingerprint)
-        self._peek(entry, "factors")
+        entry = self._entry(tensor, "factors", stable, fingerprint)
         if entry.status == "hit" and not entry.zero and entry.q_stored < q:
             entry.status = "short"
         return entry
@@ -204,17 +228,16 @@ class SVDCache:
         stable = {"kind": "polar", "tensor": tensor, "q": int(q), "experts": [e.stable_digest for e in experts]}
         fingerprint = {**stable, "format": FORMAT, "expert_fingerprints": [e.digest for e in experts],
                        "env": self.env}
-        entry = Entry(self._path(tensor, "polar", stable), stable, fingerprint)
-        self._peek(entry, "polar")
-        return entry
+        return self._entry(tensor, "polar", stable, fingerprint)
 
     def _peek(self, entry: Entry, kind: str) -> None:
         """Status from the metadata alone (no tensor is read)."""
-        if not os.path.exists(entry.path):
+        entry.found = next((p for p in (entry.path, entry.legacy) if p and os.path.exists(p)), "")
+        if not entry.found:
             entry.status = "miss"
             return
         try:
-            with safe_open(entry.path, framework="pt", device="cpu") as f:
+            with safe_open(entry.found, framework="pt", device="cpu") as f:
                 meta = dict(f.metadata() or {})
             if meta.get("r3h_svd_cache") != FORMAT or meta.get("kind") != kind:
                 raise ValueError("not an r3h SVD cache entry of this kind")
@@ -222,7 +245,7 @@ class SVDCache:
             q_stored = int(meta.get("q", "0"))
             zero = meta.get("zero") == "1"
         except Exception as exc:  # unreadable, truncated, not ours
-            log.warning("SVD cache: %s is unreadable (%s); it will be rewritten", entry.path, exc)
+            log.warning("SVD cache: %s is unreadable (%s); it will be rewritten", entry.found, exc)
             entry.status = "corrupt"
             return
         if canonical(stored) != canonical(entry.fingerprint):
@@ -232,10 +255,10 @@ class SVDCache:
 
     def _read(self, entry: Entry, names: Sequence[str]) -> Optional[Dict[str, torch.Tensor]]:
         try:
-            with safe_open(entry.path, framework="pt", device="cpu") as f:
+            with safe_open(entry.found, framework="pt", device="cpu") as f:
                 return {k: f.get_tensor(k) for k in names}
         except Exception as exc:
-            log.warning("SVD cache: cannot read %s (%s); it will be rewritten", entry.path, exc)
+            log.warning("SVD cache: cannot read %s (%s); it will be rewritten", entry.found, exc)
             return None
 
     def load_factors(self, entry: Entry, q: int, m: int, d: int, device) -> Optional[Tuple[torch.Tensor, ...]]:
@@ -293,6 +316,201 @@ class SVDCache:
         finally:
             if tmp is not None and os.path.exists(tmp):
                 os.remove(tmp)
+
+
+class TaskVectors:
+    """τi = θi − θ0 of one tensor, for the engine's lazy `ExpertTensors`: each read when
+    first asked for (in place, in the expert's fresh buffer) and held only until it is
+    taken. `all()` reads and holds every one (R-TSVM's statistics); `take(i)` hands τi over
+    and forgets it; `drop(i)` and `clear()` forget."""
+
+    def __init__(self, base: torch.Tensor, experts: Sequence[torch.Tensor]):
+        self.base, self.experts = base, experts
+        self._held: List[Optional[torch.Tensor]] = [None] * len(experts)
+
+    def __len__(self) -> int:
+        return len(self._held)
+
+    def all(self) -> List[torch.Tensor]:
+        for i, t in enumerate(self._held):
+            if t is None:
+                self._held[i] = self.experts[i].sub_(self.base)
+        return list(self._held)
+
+    def take(self, i: int) -> torch.Tensor:
+        t, self._held[i] = self._held[i], None
+        return t if t is not None else self.experts[i].sub_(self.base)
+
+    def drop(self, i: int) -> None:
+        self._held[i] = None
+
+    def clear(self) -> None:
+        self._held = [None] * len(self._held)
+
+
+Polar = Tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]  # U⊥ (m × nq), V⊥ (d × nq), ŝ (nq), STI
+
+
+class FactorSource:
+    """One matrix's SVD factors for TSVM / R-TSVM: each expert's top-q triplets
+    (`layerwise_svd.top_triplets`) and the polar factors of their stacks
+    (`layerwise_svd.polar_factor`), served from `cache` where it holds them, else computed
+    (and stored when a cache is on; `cache=None`: always computed).
+
+    Experts whose τ is all zero add nothing and would only feed arbitrary singular vectors
+    into the polar factors: they are left out of the stacks (`active`: the others, in
+    order). Their zero flags come from the cache, from `note_zero`, or from τ when it is
+    read. `report()` gives the tensor's `routes` and, with a cache, its `svd_cache` record
+    (statuses, SVDs run, failed writes).
+
+    Args:
+        name: the tensor; shape: its (m, d); q: triplets per expert; n: the experts.
+        solver, seed, oversample, n_iter: as `top_triplets` (the randomized solver is
+            seeded per tensor and expert, `r3h.ops.tensor_generator(seed, name, i)`).
+        device: where the factors are put.
+        cache: an `SVDCache`, or None; base, experts: the base's and experts' `Checkpoint`s
+            (the cache's keys), with a cache.
+    """
+
+    def __init__(self, name: str, shape: Sequence[int], q: int, n: int, solver: str = "auto", seed: int = 42,
+                 oversample: int = 10, n_iter: int = 4, device="cpu", cache: Optional[SVDCache] = None,
+                 base=None, experts: Sequence = ()):
+        self.name, self.q, self.n = name, q, n
+        self.m, self.d = (int(s) for s in shape)
+        self.solver, self.seed, self.oversample, self.n_iter = solver, int(seed), int(oversample), int(n_iter)
+        self.device, self.cache = device, cache
+        self.entries: List[Optional[Entry]] = [None] * n
+        if cache is not None:
+            self.entries = [cache.factor_entry(name, base, experts[i], i, q, solver, shape, self.seed,
+                                               self.oversample, self.n_iter) for i in range(n)]
+        self.zero: List[Optional[bool]] = [e.zero if e is not None and e.usable else None for e in self.entries]
+        self.active: List[int] = []
+        self.svds = self.unwritten = 0
+        self.routes: List[Tuple[str, svd.Route]] = []
+        self._polar: Optional[Entry] = None
+
+    def note_zero(self, i: int, zero: bool) -> None:
+        """Record whether τi is all zero; a cached flag that τi contradicts is stale."""
+        e = self.entries[i]
+        if e is not None and e.usable and e.zero != zero:
+            e.status = "stale"
+        self.zero[i] = zero
+
+    # -- the polar factors ---------------------------------------------------------------
+    def cached_polar(self, taus: TaskVectors) -> Optional[Polar]:
+        """The polar factors from the cache, if every expert's zero flag is known and the
+        cache holds them (then every τ is released; zero experts' τ are released anyway)."""
+        if any(z is None for z in self.zero):
+            return None
+        for i in range(self.n):
+            if self.zero[i]:
+                taus.drop(i)
+        self.active = [i for i in range(self.n) if not self.zero[i]]
+        if not self.active or self.cache is None:
+            return None
+        entry = self._polar_entry()
+        got = self.cache.load_polar(entry, self.m, self.d, len(self.active) * self.q, self.device) \
+            if entry.usable else None
+        if got is not None:
+            taus.clear()
+        return got
+
+    def polar(self, f: svd.StackedFactors) -> Polar:
+        """Steps 3–4: the polar factors U⊥, V⊥ of the stacks (written over `f.U`, `f.V`
+        where the Gram route allows), ŝ and the STI; stored when a cache is on."""
+        try:
+            U_orth, GU, ru = svd.polar_factor(f.U, self.solver, inplace=True)
+            V_orth, GV, rv = svd.polar_factor(f.V, self.solver, inplace=True)
+        except RuntimeError as exc:  # torch.linalg.LinAlgError
+            raise ValueError(f"tensor '{self.name}': the polar factor of the stacked factors failed ({exc})") from exc
+        self.svds += 2
+        self.routes += [("polar U", ru), ("polar V", rv)]
+        sti, S_hat = svd.interference_from_grams(GU, GV, f.S), f.S
+        del f, GU, GV
+        if self.cache is not None:
+            self.unwritten += not self.cache.store_polar(self._polar_entry(), U_orth, V_orth, S_hat, sti)
+        return U_orth, V_orth, S_hat, sti
+
+    def _polar_entry(self) -> Entry:
+        """The polar entry of the stacks of `active` (looked up once per set of experts)."""
+        digests = [self.entries[i].stable_digest for i in self.active]
+        if self._polar is None or self._polar.stable["experts"] != digests:
+            self._polar = self.cache.polar_entry(self.name, [self.entries[i] for i in self.active], self.q)
+        return self._polar
+
+    # -- the experts' factors ------------------------------------------------------------
+    def factors(self, taus: TaskVectors) -> Optional[svd.StackedFactors]:
+        """Steps 1–2: the non-zero experts' top-q triplets side by side (and `active`),
+        loaded, or computed from τi = `taus.take(i)`, released once its triplets are taken;
+        None when every τi is zero. The stacks are filled in place, expert by expert (no
+        second copy for a concatenation)."""
+        m, d, q = self.m, self.d, self.q
+        U_all = torch.empty(m, self.n * q, dtype=torch.float32, device=self.device)
+        V_all = torch.empty(d, self.n * q, dtype=torch.float32, device=self.device)
+        Ss, self.active = [], []
+        for i in range(self.n):
+            got = None if self.zero[i] else self._load(i)
+            if got is None and not self.zero[i]:
+                got = self._compute(i, taus.take(i))
+            taus.drop(i)
+            if got is None:  # τi is all zero
+                continue
+            k = len(self.active)
+            U_all[:, k * q : (k + 1) * q] = got[0]
+            V_all[:, k * q : (k + 1) * q] = got[2]
+            Ss.append(got[1])
+            self.active.append(i)
+            del got
+        if not self.active:
+            return None
+        k = len(self.active) * q
+        if k < self.n * q:
+            U_all, V_all = U_all[:, :k].contiguous(), V_all[:, :k].contiguous()
+        return svd.StackedFactors(U_all, torch.cat(Ss), V_all, q, len(self.active))
+
+    def _load(self, i: int) -> Optional[Tuple[torch.Tensor, ...]]:
+        e = self.entries[i]
+        if e is None or not e.usable or e.zero:
+            return None
+        return self.cache.load_factors(e, self.q, self.m, self.d, self.device)
+
+    def _compute(self, i: int, tau: torch.Tensor) -> Optional[Tuple[torch.Tensor, ...]]:
+        """Expert i's top-q triplets of `tau` (None, and the flag stored, if τ is all zero)."""
+        e = self.entries[i]
+        if self.zero[i] is None:
+            self.note_zero(i, not bool(tau.any()))
+            if self.zero[i]:
+                if e is not None and not e.usable:
+                    self.unwritten += not self.cache.store_zero(e)
+                return None
+        gen = tensor_generator(self.seed, self.name, i) if self.solver == "randomized" else None
+        try:
+            got, route = svd.top_triplets(tau, self.q, self.solver, gen, self.oversample, self.n_iter)
+        except RuntimeError as exc:  # torch.linalg.LinAlgError
+            raise ValueError(f"tensor '{self.name}': the SVD of a task vector failed ({exc})") from exc
+        del tau
+        self.svds += 1
+        self.routes.append((f"expert {i}", route))
+        if not all(bool(torch.isfinite(t).all()) for t in got):
+            raise ValueError(f"tensor '{self.name}': the SVD of a task vector is not finite")
+        if e is not None:
+            self.unwritten += not self.cache.store_factors(e, *got)
+        return got
+
+    # -- the report ----------------------------------------------------------------------
+    def report(self) -> Dict[str, Any]:
+        """`routes` (how each decomposition ran, if any did) and, with a cache, `svd_cache`:
+        each expert's factor status, the polar status, the SVDs run and any failed writes."""
+        out: Dict[str, Any] = {}
+        if self.routes:
+            out["routes"] = {k: r.describe() for k, r in self.routes}
+        if self.cache is not None:
+            rec = {"factors": [e.status for e in self.entries],
+                   "polar": self._polar.status if self._polar is not None else None, "svds": self.svds}
+            if self.unwritten:
+                rec["unwritten"] = self.unwritten
+            out["svd_cache"] = rec
+        return out
 
 
 def _valid(t: torch.Tensor, shape: Tuple[int, ...]) -> bool:

@@ -3,16 +3,19 @@
 It turns a model pool into open checkpoints, validates hyperparameters and
 inputs before any tensor is read, streams the merge tensor by tensor and returns
 a Hugging Face model (or, with `out_dir`, writes the merged folder shard by shard
-and returns nothing to keep memory flat). Subclasses implement `merge_tensor`.
+and returns nothing to keep memory flat). A `distributed` method on a Fabric of several
+ranks merges each rank's share of the tensors there (`r3h.core.distributed`); the output
+takes the same path. Subclasses implement `merge_tensor`.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from abc import abstractmethod
 import os
 import re
+from abc import abstractmethod
+from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import torch
@@ -22,7 +25,17 @@ import r3h
 from fusion_bench.method.base_algorithm import BaseAlgorithm
 from fusion_bench.mixins.serialization import auto_register_config
 from r3h.core.engine import MergePlan, plan_merge, stream_merge
-from r3h.core.plain import to_container
+from r3h.core.distributed import (
+    assign_tensors,
+    gather_results,
+    load_shards,
+    rank_stats,
+    remove,
+    remove_rank_results,
+    shared_tmp_dir,
+)
+from r3h.core.paths import run_log_dir
+from r3h.core.plain import to_container, write_json_atomic
 from r3h.io.model import (
     build_model,
     copy_model_files,
@@ -30,7 +43,7 @@ from r3h.io.model import (
     parse_dtype,
     write_model_folder_extras,
 )
-from r3h.io.writer import ShardWriter, StateDictSink, atomic_output_dir
+from r3h.io.writer import ShardWriter, StateDictSink, atomic_output_dir, finalize_shards, move_into_place
 from r3h.modelpool.sweep import write_sweep_manifest
 from r3h.modelpool.sources import BASE, pool_checkpoints, pool_sources, tokenizer_dir
 
@@ -65,6 +78,24 @@ def check_range(option: str, value: float, lo: float, hi: float, lo_open=False, 
         raise ValueError(f"{option}={value} is outside {left}{lo}, {hi}{right}")
 
 
+@dataclass
+class _Output:
+    """What a run makes: the output dtype, the tokenizer folder, and the names of several
+    models (None: one)."""
+
+    dtype: Optional[torch.dtype]
+    tok_dir: str
+    names: Optional[List[str]]
+
+    @property
+    def count(self) -> int:
+        return 1 if self.names is None else len(self.names)
+
+    def dirs(self, root: str) -> List[str]:
+        """Each output's folder under `root`: `root` itself for one model."""
+        return [root] if self.names is None else [os.path.join(root, o) for o in self.names]
+
+
 @auto_register_config
 class MergeAlgorithm(BaseAlgorithm):
     """Base of r3h's merging methods.
@@ -86,7 +117,8 @@ class MergeAlgorithm(BaseAlgorithm):
     # capabilities a sweep or a search reads (r3h.methods.configs.declares)
     uses_svd_cache: bool = False  # takes `svd_cache`: one SVD pass serves every member
     multi_preference: bool = False  # a list of preference vectors gives one model per vector, one pass
-    distributed: bool = False  # runs over the Fabric ranks
+    distributed: bool = False  # runs over the Fabric ranks (`run_fabric`)
+    log_report: bool = False  # also writes its report into the run's log folder
 
     def __init__(
         self,
@@ -172,45 +204,143 @@ class MergeAlgorithm(BaseAlgorithm):
     def method_name(self) -> str:
         return getattr(self, "_method_name", type(self).__name__)
 
-    def run(self, modelpool):
-        plan = self.prepare(modelpool)
-        out_dtype = parse_dtype(self.out_dtype)
-        tok_dir = tokenizer_dir(modelpool, plan.reference.path)
-        kw = dict(exclude_keys=self.engine_exclude_keys(), out_dtype=out_dtype, device=self.torch_device,
-                  progress=self.progress, desc=self.method_name)
-        outs = self.output_names()
-        if self.out_dir is not None:
-            paths = [self.out_dir] if outs is None else [os.path.join(self.out_dir, o) for o in outs]
-            with atomic_output_dir(self.out_dir) as tmp:
-                dirs = [tmp] if outs is None else [os.path.join(tmp, o) for o in outs]
-                for d in dirs:
-                    os.makedirs(d, exist_ok=True)
-                writers = [ShardWriter(d, self.max_shard_size) for d in dirs]
-                stats = stream_merge(plan, self.merge_tensor, writers, **kw)
-                info = self.merge_info(modelpool, plan, stats)
-                for d, w in zip(dirs, writers):
-                    w.close()
-                    self._write_folder(d, plan, out_dtype, tok_dir, info)
-                if outs is not None:
-                    write_sweep_manifest(tmp, self.sweep_manifest())
-            self.last_report = info
-            log.info("merged model written to %s", ", ".join(paths))
+    # -- ranks (a `distributed` method on a Fabric of several processes) ----------------
+    def run_fabric(self):
+        """The Fabric whose ranks share this run, or None to merge in this process alone:
+        a `distributed` method's Fabric (fusion_bench's `LightningFabricMixin`) when it has
+        more than one rank."""
+        if not self.distributed:
             return None
-        sinks = [StateDictSink() for _ in range(1 if outs is None else len(outs))]
-        stats = stream_merge(plan, self.merge_tensor, sinks, **kw)
-        info = self.merge_info(modelpool, plan, stats)
+        fabric = getattr(self, "fabric", None)
+        return fabric if fabric is not None and fabric.world_size > 1 else None
+
+    def rank_state(self) -> Dict[str, Any]:
+        """What this rank's merge adds to the report besides its tensors (JSON-able; e.g.
+        TSVM's per-tensor records). Every rank hands every rank's to `absorb_rank_state`."""
+        return {}
+
+    def absorb_rank_state(self, state: Dict[str, Any]) -> None:
+        """Take in one rank's `rank_state` (on every rank, for every rank, in rank order)."""
+
+    # -- the run --------------------------------------------------------------------
+    def run(self, modelpool):
+        """Merge the pool: return the model, or with `out_dir` write the folder and return None.
+
+        In this process, or, for a `distributed` method on several Fabric ranks, each rank
+        its share of the tensors (`r3h.core.distributed`) and rank 0 the output (the other
+        ranks return None). Either way the output takes one path (`_finish_folders`,
+        `_finish_models`), and `log_report` methods also leave the report in the run's log
+        folder."""
+        fabric = self.run_fabric()
+        plan = self.prepare(modelpool)
+        out = _Output(parse_dtype(self.out_dtype), tokenizer_dir(modelpool, plan.reference.path), self.output_names())
+        if fabric is None:
+            result = self._merge_here(modelpool, plan, out)
+        else:
+            result = self._merge_on_ranks(modelpool, plan, out, fabric)
+        if fabric is None or fabric.global_rank == 0:
+            self.write_program_report()
+        return result
+
+    def _stream(self, plan: MergePlan, out: _Output, sinks, names=None, rank: Optional[int] = None) -> dict:
+        """`stream_merge` of the plan's tensors (or `names`, this rank's share) into `sinks`."""
+        return stream_merge(plan, self.merge_tensor, sinks, exclude_keys=self.engine_exclude_keys(),
+                            out_dtype=out.dtype, device=self.torch_device, names=names,
+                            progress=self.progress and rank in (None, 0),
+                            desc=self.method_name if rank is None else f"{self.method_name} (rank {rank})")
+
+    def _merge_here(self, modelpool, plan: MergePlan, out: _Output):
+        if self.out_dir is None:
+            sinks = [StateDictSink() for _ in range(out.count)]
+            stats = self._stream(plan, out, sinks)
+            self.last_report = info = self.merge_info(modelpool, plan, stats)
+            return self._finish_models(sinks, plan, out, info)
+        with atomic_output_dir(self.out_dir) as tmp:
+            dirs = out.dirs(tmp)
+            for d in dirs:
+                os.makedirs(d, exist_ok=True)
+            writers = [ShardWriter(d, self.max_shard_size) for d in dirs]
+            stats = self._stream(plan, out, writers)
+            info = self.merge_info(modelpool, plan, stats)
+            self._finish_folders(tmp, [w.close(finalize=False) for w in writers], plan, out, info)
         self.last_report = info
+        log.info("merged model written to %s", ", ".join(out.dirs(self.out_dir)))
+        return None
+
+    def _merge_on_ranks(self, modelpool, plan: MergePlan, out: _Output, fabric):
+        """This rank's share into shards of a folder every rank sees (beside `out_dir`, else
+        under the method's `tmp_dir` option if it has one, else the system temp); rank 0
+        then finishes the output from every rank's shards."""
+        rank, world = fabric.global_rank, fabric.world_size
+        share = assign_tensors(plan, world)[rank]
+        parent = (os.path.dirname(os.path.abspath(os.path.expanduser(self.out_dir))) if self.out_dir
+                  else getattr(self, "tmp_dir", None))
+        folder = shared_tmp_dir(fabric, parent)
+        dirs = out.dirs(folder)
+        log.info("rank %d/%d merges %d of %d tensors", rank, world, len(share), len(plan.names))
+
+        def merge_share():
+            for d in dirs:
+                os.makedirs(d, exist_ok=True)
+            writers = [ShardWriter(d, self.max_shard_size, prefix=f"rank{rank:05d}-") for d in dirs]
+            stats = self._stream(plan, out, writers, names=share, rank=rank)
+            return {"shards": [w.close(finalize=False) for w in writers], "state": self.rank_state(),
+                    "stats": stats}
+
+        results = gather_results(fabric, folder, merge_share)
+        for res in results:
+            self.absorb_rank_state(res["state"])
+        self.last_report = info = self.merge_info(modelpool, plan, rank_stats(results, len(plan.names)))
+        if rank != 0:
+            return None
+        remove_rank_results(folder, world)
+        shards = [[s for res in results for s in res["shards"][k]] for k in range(len(dirs))]
+        if self.out_dir is None:
+            try:
+                states = [load_shards(d, s) for d, s in zip(dirs, shards)]
+            finally:
+                remove(folder)
+            return self._finish_models(states, plan, out, info)
+        try:
+            self._finish_folders(folder, shards, plan, out, info)
+            move_into_place(folder, self.out_dir)
+        except BaseException:
+            remove(folder)
+            raise
+        log.info("merged model written to %s", ", ".join(out.dirs(self.out_dir)))
+        return None
+
+    # -- the one output path ----------------------------------------------------------
+    def _finish_folders(self, root: str, shards: List[list], plan: MergePlan, out: _Output, info: dict) -> None:
+        """Name each output's shards (`out.dirs(root)`, one shard list each) and write its
+        config, tokenizer files, model card and `r3h_merge.json` (plus `sweep.json` for several)."""
+        for d, s in zip(out.dirs(root), shards):
+            finalize_shards(d, s)
+            self._write_folder(d, plan, out.dtype, out.tok_dir, info)
+        if out.names is not None:
+            write_sweep_manifest(root, self.sweep_manifest())
+
+    def _finish_models(self, states: List[Dict[str, torch.Tensor]], plan: MergePlan, out: _Output, info: dict):
+        """The model (or the `ModelSweep` of several) built from the merged state dicts."""
         models = []
-        for sink in sinks:
-            model = build_model(plan.config, sink, out_dtype)
+        for state in states:
+            model = build_model(plan.config, state, out.dtype)
             model.r3h_merge_info = info
-            model.r3h_tokenizer_dir = tok_dir
+            model.r3h_tokenizer_dir = out.tok_dir
             models.append(model)
-        if outs is None:
+        if out.names is None:
             return models[0]
         from r3h.modelpool.sweep import ModelSweep
 
-        return ModelSweep(dict(zip(outs, models)), manifest=self.sweep_manifest())
+        return ModelSweep(dict(zip(out.names, models)), manifest=self.sweep_manifest())
+
+    def write_program_report(self) -> None:
+        """With `log_report`: the last report as `r3h_merge_report.json` in the fusion_bench
+        run's log folder (none outside a program)."""
+        log_dir = run_log_dir(self) if self.log_report else None
+        if log_dir and self.last_report:
+            os.makedirs(log_dir, exist_ok=True)
+            write_json_atomic(os.path.join(log_dir, "r3h_merge_report.json"), self.last_report)
 
     def _write_folder(self, folder: str, plan: MergePlan, out_dtype, tok_dir: str, info: dict) -> None:
         with open(os.path.join(folder, "config.json"), "w") as f:

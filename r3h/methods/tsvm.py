@@ -1,5 +1,10 @@
 """TSVM and R-TSVM on the shared `layerwise_svd` core, spread over Fabric ranks.
 
+Per matrix: τi = θi − θ0 → each expert's top-q triplets → the polar factors of their
+stacks → θ0 + α Δ (`layerwise_svd.combine`). The factors come from a
+`svd_cache.FactorSource` (the SVD cache, or the solver); the ranks and the output are
+`MergeAlgorithm.run`'s.
+
 TSVM (Gargiulo et al., arXiv 2412.00081): θ = θ0 + α Δ with Δ = U⊥ diag(ŝ) V⊥ᵀ
 built from each expert's top ⌊r/n⌋ singular triplets, orthogonalised by polar
 factors. R-TSVM (Yang et al., arXiv 2502.06876, Sec. 5, Algorithm 1, App. A.3)
@@ -16,40 +21,19 @@ error naming the tensor.
 
 from __future__ import annotations
 
-import json
-import logging
 import os
 import re
 import time
 from typing import Any, Dict, List, Optional
 
 import torch
-from safetensors.torch import load_file
 
 from fusion_bench.mixins.lightning_fabric import LightningFabricMixin
 from fusion_bench.mixins.serialization import auto_register_config
 from r3h.core import layerwise_svd as svd
 from r3h.core import svd_cache as cache_mod
-from r3h.core.distributed import (
-    assign_tensors,
-    raise_first_error,
-    read_rank_results,
-    remove,
-    remove_rank_results,
-    run_share,
-    shared_tmp_dir,
-    write_rank_result,
-)
-from r3h.core.engine import stream_merge
-from r3h.core.paths import run_log_dir
-from r3h.core.plain import jsonable
-from r3h.io.model import build_model, parse_dtype
-from r3h.io.writer import ShardWriter, finalize_shards, move_into_place
+from r3h.core.svd_cache import FactorSource, TaskVectors
 from r3h.methods.base import MergeAlgorithm, check_range
-from r3h.modelpool.sources import tokenizer_dir
-from r3h.ops import tensor_generator
-
-log = logging.getLogger(__name__)
 
 
 @auto_register_config
@@ -88,6 +72,7 @@ class TSVM(LightningFabricMixin, MergeAlgorithm):
 
     _method_name = "tsvm"
     uses_svd_cache = distributed = True  # capabilities (r3h.methods.configs)
+    log_report = True  # r3h_merge_report.json in the run's log folder
     min_experts = 2
     reweight = False
 
@@ -124,6 +109,7 @@ class TSVM(LightningFabricMixin, MergeAlgorithm):
     def prepare(self, modelpool):
         plan = super().prepare(modelpool)
         self._plan = plan
+        self.tensor_reports = {}
         self._cache = None
         if self.svd_cache is not None:
             self._cache = cache_mod.SVDCache(self.svd_cache, cache_mod.environment(self.torch_device, self.cpu_threads))
@@ -173,81 +159,33 @@ class TSVM(LightningFabricMixin, MergeAlgorithm):
         return out
 
     def _svd_rule(self, name, base, experts, alpha, report) -> torch.Tensor:
-        """θ0 + α Δ for a matrix, with the SVD work taken from the cache where it is there.
+        """θ0 + α Δ for a matrix: τ → factors → polar → combine.
 
-        Task vectors are read only when something needs them: all at once for R-TSVM's
-        statistics; for TSVM one at a time, each released once its triplets are taken (and
-        not at all where the cache holds the factors)."""
-        n = len(experts)
-        r = min(base.shape)
+        τ is read only where something needs it: every τi at once for R-TSVM's statistics;
+        for TSVM one at a time, each released once its triplets are taken, and none where
+        the cache holds the factors (`svd_cache.FactorSource`)."""
+        n, r = len(experts), min(base.shape)
         q = svd.top_q(r, n)
-        cache = self._cache if self._plan is not None else None
-        entries: List[Optional[cache_mod.Entry]] = [None] * n
-        if cache is not None:
-            plan = self._plan
-            entries = [cache.factor_entry(name, plan.base, plan.experts[i], i, q, self.svd_solver, base.shape,
-                                          self.seed, self.svd_oversample, self.svd_n_iter) for i in range(n)]
-        taus: List[Optional[torch.Tensor]] = [None] * n
-        zero: List[Optional[bool]] = [e.zero if e is not None and e.usable else None for e in entries]
+        taus = TaskVectors(base, experts)
+        src = self.factor_source(name, base, q, n)
+        rw: Dict[str, Any] = {"weights": None, "ranks": None}
         if self.reweight:
-            taus = [e.sub_(base) for e in experts]  # in place, in the experts' fresh buffers
-            for i, t in enumerate(taus):
-                self._note_zero(entries[i], zero, i, not bool(t.any()))
-        rw = self.reweighting(taus, r, q) if self.reweight else {"weights": None, "ranks": None}
-        ctx = {"svds": 0, "unwritten": 0, "routes": []}
-        out = self._svd_delta(name, base, experts, taus, zero, q, entries, ctx, rw, alpha, report)
-        if cache is not None:
-            report["svd_cache"] = {"factors": [e.status for e in entries], "polar": report.pop("_polar", None),
-                                   "svds": ctx["svds"]}
-            if ctx["unwritten"]:
-                report["svd_cache"]["unwritten"] = ctx["unwritten"]
-        return out
-
-    def _note_zero(self, entry, zero, i, z: bool) -> None:
-        """Record that τi is (not) all zero; a cached flag that τ contradicts is stale."""
-        if entry is not None and entry.usable and entry.zero != z:
-            entry.status = "stale"
-        zero[i] = z
-
-    def _svd_delta(self, name, base, experts, taus, zero, q, entries, ctx, rw, alpha, report) -> torch.Tensor:
-        n = len(taus)
-        m, d = base.shape
-        cache = self._cache if entries[0] is not None else None
-        got = polar_entry = None
-        if all(z is not None for z in zero):  # every expert's zero flag known: try the polar entry first
-            for i in range(n):
-                if zero[i]:
-                    taus[i] = None
-            active = [i for i in range(n) if not zero[i]]
-            if active and cache is not None:
-                polar_entry = cache.polar_entry(name, [entries[i] for i in active], q)
-                if polar_entry.usable:
-                    got = cache.load_polar(polar_entry, m, d, len(active) * q, base.device)
-        if got is not None:
-            U_orth, V_orth, S_hat, sti = got
-            taus.clear()
-        else:
-            f, active = self._stacked_factors(name, base, experts, taus, zero, q, entries, ctx)
-            if f is None:
-                report["rule"] = "zero"
+            held = taus.all()
+            for i, t in enumerate(held):
+                src.note_zero(i, not bool(t.any()))
+            rw = self.reweighting(held, r, q)
+            del held
+        polar = src.cached_polar(taus)
+        if polar is None:
+            stacks = src.factors(taus)  # each non-zero expert's top-q triplets, side by side
+            if stacks is None:  # every τi is zero: θ0
+                report.update(rule="zero", **src.report())
                 return base.clone()
-            if cache is not None and (polar_entry is None or polar_entry.stable["experts"] != [
-                    entries[i].stable_digest for i in active]):
-                polar_entry = cache.polar_entry(name, [entries[i] for i in active], q)
-            try:
-                U_orth, GU, ru = svd.polar_factor(f.U, self.svd_solver, inplace=True)
-                V_orth, GV, rv = svd.polar_factor(f.V, self.svd_solver, inplace=True)
-            except RuntimeError as exc:  # torch.linalg.LinAlgError
-                raise ValueError(f"tensor '{name}': the polar factor of the stacked factors failed ({exc})") from exc
-            ctx["svds"] += 2
-            ctx["routes"] += [("polar U", ru), ("polar V", rv)]
-            sti, S_hat = svd.interference_from_grams(GU, GV, f.S), f.S
-            del f, GU, GV
-            if cache is not None:
-                ctx["unwritten"] += not cache.store_polar(polar_entry, U_orth, V_orth, S_hat, sti)
-        if polar_entry is not None:
-            report["_polar"] = polar_entry.status
-        weights, ranks = rw.pop("weights"), rw.pop("ranks")
+            polar = src.polar(stacks)
+            del stacks
+        U_orth, V_orth, S_hat, sti = polar
+        del polar
+        active, weights, ranks = src.active, rw.pop("weights"), rw.pop("ranks")
         out = svd.combine(U_orth, V_orth, S_hat, q, len(active),
                           None if weights is None else [weights[i] for i in active],
                           None if ranks is None else [ranks[i] for i in active],
@@ -258,68 +196,18 @@ class TSVM(LightningFabricMixin, MergeAlgorithm):
         report.update(rule="svd", q=q, sti=sti,
                       alpha=list(weights) if weights is not None else [1.0] * n,
                       k_i=[(ranks[i] if ranks is not None else q) if i in active else 0 for i in range(n)],
-                      **{k: (float(v) if k == "omega" else v) for k, v in rw.items()})
-        if ctx["routes"]:
-            report["routes"] = {k: r.describe() for k, r in ctx["routes"]}
+                      **{k: (float(v) if k == "omega" else v) for k, v in rw.items()}, **src.report())
         if len(active) < n:
             report["zero_experts"] = [i for i in range(n) if i not in active]
         return out
 
-    def _stacked_factors(self, name, base, experts, taus, zero, q, entries, ctx):
-        """The non-zero experts' top-q triplets, from the cache or computed (stored when a
-        cache is on), and the list of those experts; (None, []) when every τi is zero. Each
-        τi is read only if needed and released once its triplets are taken. Experts whose τ
-        is all zero add nothing and would only feed arbitrary singular vectors into the
-        polar factors: they are left out of the stacks."""
-        m, d = base.shape
-        n = len(taus)
-        cache = self._cache if entries[0] is not None else None
-        # the stacks are filled in place, expert by expert (no second copy for a concatenation)
-        U_all = torch.empty(m, n * q, dtype=torch.float32, device=base.device)
-        V_all = torch.empty(d, n * q, dtype=torch.float32, device=base.device)
-        Ss, active = [], []
-        for i in range(n):
-            e = entries[i]
-            if zero[i]:
-                taus[i] = None
-                continue
-            got = cache.load_factors(e, q, m, d, base.device) if e is not None and e.usable and not e.zero else None
-            if got is None:
-                tau = taus[i] if taus[i] is not None else experts[i].sub_(base)
-                taus[i] = None
-                if zero[i] is None:
-                    self._note_zero(e, zero, i, not bool(tau.any()))
-                if zero[i]:
-                    if e is not None and not e.usable:
-                        ctx["unwritten"] += not cache.store_zero(e)
-                    continue
-                gen = tensor_generator(self.seed, name, i) if self.svd_solver == "randomized" else None
-                try:
-                    got, route = svd.top_triplets(tau, q, self.svd_solver, gen, int(self.svd_oversample),
-                                                  int(self.svd_n_iter))
-                except RuntimeError as exc:  # torch.linalg.LinAlgError
-                    raise ValueError(f"tensor '{name}': the SVD of a task vector failed ({exc})") from exc
-                del tau
-                ctx["svds"] += 1
-                ctx["routes"].append((f"expert {i}", route))
-                if not all(bool(torch.isfinite(t).all()) for t in got):
-                    raise ValueError(f"tensor '{name}': the SVD of a task vector is not finite")
-                if e is not None:
-                    ctx["unwritten"] += not cache.store_factors(e, *got)
-            taus[i] = None
-            k = len(active)
-            U_all[:, k * q : (k + 1) * q] = got[0]
-            V_all[:, k * q : (k + 1) * q] = got[2]
-            Ss.append(got[1])
-            active.append(i)
-            del got
-        taus.clear()
-        if not active:
-            return None, []
-        k = len(active) * q
-        if k < n * q:
-            U_all, V_all = U_all[:, :k].contiguous(), V_all[:, :k].contiguous()
-        return svd.StackedFactors(U_all, torch.cat(Ss), V_all, q, len(active)), active
+    def factor_source(self, name: str, base: torch.Tensor, q: int, n: int) -> FactorSource:
+        """Where this matrix's factors come from: the run's SVD cache (if any) or the solver."""
+        cache = self._cache if self._plan is not None else None
+        return FactorSource(name, base.shape, q, n, self.svd_solver, self.seed, self.svd_oversample,
+                            self.svd_n_iter, device=base.device, cache=cache,
+                            base=self._plan.base if cache is not None else None,
+                            experts=self._plan.experts if cache is not None else ())
 
     def is_excluded(self, name: str) -> bool:
         return any(re.fullmatch(p, name) for p in self.exclude_keys)
@@ -333,84 +221,11 @@ class TSVM(LightningFabricMixin, MergeAlgorithm):
                                  **cache_mod.summarize(info["tensors"])}
         return info
 
-    def run(self, modelpool):
-        self.tensor_reports = {}
-        fabric = self.fabric
-        if fabric.world_size == 1:
-            result = super().run(modelpool)
-        else:
-            result = self._run_distributed(modelpool, fabric)
-        self._write_program_report()
-        return result
+    def rank_state(self):
+        return {"tensor_reports": self.tensor_reports}
 
-    def _write_program_report(self):
-        log_dir = run_log_dir(self)
-        if log_dir and self.last_report and self.fabric.global_rank == 0:
-            os.makedirs(log_dir, exist_ok=True)
-            with open(os.path.join(log_dir, "r3h_merge_report.json"), "w") as f:
-                json.dump(jsonable(self.last_report), f, indent=2)
-
-    def _run_distributed(self, modelpool, fabric):
-        plan = self.prepare(modelpool)
-        rank, world = fabric.global_rank, fabric.world_size
-        share = assign_tensors(plan, world)[rank]
-        out_dtype = parse_dtype(self.out_dtype)
-        parent = os.path.dirname(os.path.abspath(os.path.expanduser(self.out_dir))) if self.out_dir else self.tmp_dir
-        folder = shared_tmp_dir(fabric, parent)
-        log.info("rank %d/%d merges %d of %d tensors", rank, world, len(share), len(plan.names))
-
-        def merge_share():
-            writer = ShardWriter(folder, self.max_shard_size, prefix=f"rank{rank:05d}-")
-            stats = stream_merge(plan, self.merge_tensor, [writer], names=share, out_dtype=out_dtype,
-                                 device=self.torch_device, progress=self.progress and rank == 0,
-                                 desc=f"{self.method_name} (rank {rank})")
-            return {"shards": writer.close(finalize=False), "reports": self.tensor_reports, "stats": stats}
-
-        write_rank_result(folder, rank, run_share(merge_share))
-        fabric.barrier()
-        results = read_rank_results(folder, world)
-        fabric.barrier()  # every rank has read the results before rank 0 moves the folder
-        try:
-            raise_first_error(results)
-        except Exception:
-            if rank == 0:
-                remove(folder)
-            raise
-        for res in results:
-            self.tensor_reports.update(res["reports"])
-        stats = {
-            "tensors": len(plan.names),
-            "seconds": max(r["stats"]["seconds"] for r in results),
-            "peak_rss_gb_per_rank": [r["stats"]["peak_rss_gb"] for r in results],
-            "peak_accelerator_gb_per_rank": [r["stats"]["peak_accelerator_gb"] for r in results],
-            "world_size": world,
-        }
-        info = self.merge_info(modelpool, plan, stats)
-        self.last_report = info
-        if rank != 0:
-            return None
-        remove_rank_results(folder, world)
-        shards = [s for r in results for s in r["shards"]]
-        if self.out_dir is not None:
-            try:
-                finalize_shards(folder, shards)
-                self._write_folder(folder, plan, out_dtype, tokenizer_dir(modelpool, plan.reference.path), info)
-                move_into_place(folder, self.out_dir)
-            except BaseException:
-                remove(folder)
-                raise
-            log.info("merged model written to %s", self.out_dir)
-            return None
-        try:
-            state = {}
-            for fn, _, _ in shards:
-                state.update(load_file(os.path.join(folder, fn)))
-        finally:
-            remove(folder)
-        model = build_model(plan.config, state, out_dtype)
-        model.r3h_merge_info = info
-        model.r3h_tokenizer_dir = tokenizer_dir(modelpool, plan.reference.path)
-        return model
+    def absorb_rank_state(self, state):
+        self.tensor_reports.update(state["tensor_reports"])
 
 
 @auto_register_config
