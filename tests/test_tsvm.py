@@ -1103,3 +1103,45 @@ def test_nearly_dependent_stack_falls_back_for_the_polar_factor():
     routes = m.tensor_reports["w"]["routes"]
     assert "fallback" in routes["polar U"] and "fallback" in routes["polar V"], routes
     assert torch.isfinite(out).all()
+
+
+class CountingExperts(Sequence):
+    """The engine's lazy experts: a fresh copy per read; counts the copies alive at once."""
+
+    def __init__(self, tensors):
+        self.tensors, self.alive, self.most, self.reads = tensors, 0, 0, 0
+
+    def __len__(self):
+        return len(self.tensors)
+
+    def _gone(self):
+        self.alive -= 1
+
+    def __getitem__(self, i):
+        import weakref
+
+        t = self.tensors[i].clone()
+        self.alive += 1
+        self.reads += 1
+        self.most = max(self.most, self.alive)
+        weakref.finalize(t, self._gone)
+        return t
+
+
+@pytest.mark.parametrize("mode, most", [("absolute", 1), ("relative", 4)])
+def test_r_tsvm_holds_one_task_vector_at_a_time(mode, most):
+    """R-TSVM takes each τi's statistics as its triplets are computed and releases it, as
+    TSVM does; only the relative ε (the RMS of every τ first) holds them all. The merge is
+    the definition's either way."""
+    g = gen(11)
+    base = torch.randn(24, 16, generator=g)
+    experts = [base + 0.05 * torch.randn(24, 16, generator=g) for _ in range(4)]
+    m = rtsvm(alpha=0.7, gamma=0.5, epsilon=0.04 if mode == "absolute" else 0.5, epsilon_mode=mode,
+              outlier_min_share=0.0)
+    m.setup([f"e{i}" for i in range(4)])
+    lazy = CountingExperts(experts)
+    out = m.merge_tensor("layer.weight", base.clone(), lazy)
+    assert lazy.reads == 4 and lazy.most == most
+    want = merge(rtsvm(alpha=0.7, gamma=0.5, epsilon=0.04 if mode == "absolute" else 0.5, epsilon_mode=mode,
+                       outlier_min_share=0.0), "layer.weight", base, experts)
+    assert torch.equal(out, want)

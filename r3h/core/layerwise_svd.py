@@ -416,18 +416,51 @@ def weights_from_outliers(
     return OutlierWeights([n * a for a in alpha] if norm == "mean" else alpha, rule, shares)
 
 
+def relative_epsilon(taus: Sequence[torch.Tensor], epsilon: float) -> float:
+    """ε · RMS of the stacked τ (`epsilon_mode: relative`)."""
+    total = sum(float(t.pow(2).sum()) for t in taus)
+    count = sum(t.numel() for t in taus)
+    return epsilon * (total / count) ** 0.5
+
+
 def sparsity(taus: Sequence[torch.Tensor], epsilon: float, mode: str = "absolute") -> Fraction:
     """Eq. 9: Ω = fraction of the entries of all τi with |τ| < ε, as an exact ratio of
     counts; `relative` mode uses ε · RMS of the stacked τ (DPO updates are far below the
     paper's absolute 0.1)."""
     if mode == "relative":
-        total = sum(float(t.pow(2).sum()) for t in taus)
-        count = sum(t.numel() for t in taus)
-        epsilon = epsilon * (total / count) ** 0.5
+        epsilon = relative_epsilon(taus, epsilon)
     elif mode != "absolute":
         raise ValueError(f"epsilon_mode must be 'absolute' or 'relative'; got {mode!r}")
-    small = sum(int(torch.count_nonzero(t.abs() < epsilon)) for t in taus)
-    return Fraction(small, sum(t.numel() for t in taus))
+    return sparsity_of([tau_statistics(t, epsilon) for t in taus])
+
+
+@dataclass
+class TauStatistics:
+    """What R-TSVM needs of one τi, read once: its outlier mass T (Eq. 6–7), L1 mass
+    L = Σ|τ|, the count of entries with |τ| < ε and its size."""
+
+    T: float
+    L: float
+    small: int
+    numel: int
+
+
+def tau_statistics(tau: torch.Tensor, epsilon: float) -> TauStatistics:
+    """R-TSVM's statistics of one task vector (ε absolute), so that each τi can be released
+    once its triplets are taken (`outlier_weights_of`, `sparsity_of` combine them)."""
+    T, L = _outlier_and_l1(tau)
+    return TauStatistics(T, L, int(torch.count_nonzero(tau.abs() < epsilon)), tau.numel())
+
+
+def sparsity_of(stats: Sequence[TauStatistics]) -> Fraction:
+    """Eq. 9 from per-expert counts: Ω = Σ small / Σ numel, exact."""
+    return Fraction(sum(s.small for s in stats), sum(s.numel for s in stats))
+
+
+def outlier_weights_of(stats: Sequence[TauStatistics], norm: str = "mean", reading: str = "eq8",
+                       min_share: float = 0.0) -> OutlierWeights:
+    """`outlier_weights` from per-expert statistics."""
+    return weights_from_outliers([s.T for s in stats], [s.L for s in stats], norm, reading, min_share)
 
 
 def rank_budget(r: int, n: int, q: int, omega, gamma: float) -> Tuple[int, List[int]]:

@@ -321,25 +321,33 @@ class SVDCache:
 class TaskVectors:
     """τi = θi − θ0 of one tensor, for the engine's lazy `ExpertTensors`: each read when
     first asked for (in place, in the expert's fresh buffer) and held only until it is
-    taken. `all()` reads and holds every one (R-TSVM's statistics); `take(i)` hands τi over
-    and forgets it; `drop(i)` and `clear()` forget."""
+    taken. `all()` reads and holds every one; `take(i)` hands τi over and forgets it;
+    `drop(i)` and `clear()` forget. `on_read(i, τi)`, if set, sees each τi as it is read
+    (R-TSVM's per-expert statistics, taken on the way)."""
 
     def __init__(self, base: torch.Tensor, experts: Sequence[torch.Tensor]):
         self.base, self.experts = base, experts
         self._held: List[Optional[torch.Tensor]] = [None] * len(experts)
+        self.on_read = None
 
     def __len__(self) -> int:
         return len(self._held)
 
+    def _read(self, i: int) -> torch.Tensor:
+        t = self.experts[i].sub_(self.base)
+        if self.on_read is not None:
+            self.on_read(i, t)
+        return t
+
     def all(self) -> List[torch.Tensor]:
         for i, t in enumerate(self._held):
             if t is None:
-                self._held[i] = self.experts[i].sub_(self.base)
+                self._held[i] = self._read(i)
         return list(self._held)
 
     def take(self, i: int) -> torch.Tensor:
         t, self._held[i] = self._held[i], None
-        return t if t is not None else self.experts[i].sub_(self.base)
+        return t if t is not None else self._read(i)
 
     def drop(self, i: int) -> None:
         self._held[i] = None

@@ -130,7 +130,22 @@ class TSVM(LightningFabricMixin, MergeAlgorithm):
         return torch.device(self.device)
 
     # -- one tensor ------------------------------------------------------------------
-    def reweighting(self, taus, r: int, q: int) -> Dict[str, Any]:
+    def watch(self, taus: TaskVectors, src: FactorSource) -> Optional[List[Any]]:
+        """R-TSVM: a list that `taus` fills with each τi's statistics as it is read (then
+        released); TSVM needs none (None)."""
+        return None
+
+    @staticmethod
+    def seen_all(taus: TaskVectors, stats: List[Any]) -> List[Any]:
+        """`stats` complete: the τi that the factors did not need (cached, or zero) are read
+        now, one at a time."""
+        for i, st in enumerate(stats):
+            if st is None:
+                taus.take(i)
+        taus.on_read = None
+        return stats
+
+    def reweighting(self, stats, r: int, q: int) -> Dict[str, Any]:
         """Expert weights and kept ranks to apply (None: αi = 1, ki = q, as TSVM), plus
         any per-tensor figures for the report."""
         return {"weights": None, "ranks": None}
@@ -161,20 +176,14 @@ class TSVM(LightningFabricMixin, MergeAlgorithm):
     def _svd_rule(self, name, base, experts, alpha, report) -> torch.Tensor:
         """θ0 + α Δ for a matrix: τ → factors → polar → combine.
 
-        τ is read only where something needs it: every τi at once for R-TSVM's statistics;
-        for TSVM one at a time, each released once its triplets are taken, and none where
-        the cache holds the factors (`svd_cache.FactorSource`)."""
+        τ is read one at a time, each released once its triplets are taken, and (TSVM) not
+        at all where the cache holds the factors (`svd_cache.FactorSource`); R-TSVM takes
+        each τi's statistics on the way (`watch`)."""
         n, r = len(experts), min(base.shape)
         q = svd.top_q(r, n)
         taus = TaskVectors(base, experts)
         src = self.factor_source(name, base, q, n)
-        rw: Dict[str, Any] = {"weights": None, "ranks": None}
-        if self.reweight:
-            held = taus.all()
-            for i, t in enumerate(held):
-                src.note_zero(i, not bool(t.any()))
-            rw = self.reweighting(held, r, q)
-            del held
+        stats = self.watch(taus, src)  # R-TSVM: each τi's statistics, taken as it is read
         polar = src.cached_polar(taus)
         if polar is None:
             stacks = src.factors(taus)  # each non-zero expert's top-q triplets, side by side
@@ -185,6 +194,7 @@ class TSVM(LightningFabricMixin, MergeAlgorithm):
             del stacks
         U_orth, V_orth, S_hat, sti = polar
         del polar
+        rw = {"weights": None, "ranks": None} if stats is None else self.reweighting(self.seen_all(taus, stats), r, q)
         active, weights, ranks = src.active, rw.pop("weights"), rw.pop("ranks")
         out = svd.combine(U_orth, V_orth, S_hat, q, len(active),
                           None if weights is None else [weights[i] for i in active],
@@ -286,13 +296,33 @@ class RTSVM(TSVM):
             raise ValueError(f"outlier_min_share must be a number in [0, 1]; got {share!r}")
         check_range("outlier_min_share", float(share), 0.0, 1.0)
 
-    def reweighting(self, taus, r, q):
-        n = len(taus)
-        omega = svd.sparsity(taus, float(self.epsilon), self.epsilon_mode)
+    def watch(self, taus, src):
+        """Each τi's `layerwise_svd.TauStatistics` (T, Σ|τ|, the count below ε), taken as the
+        factors read it, so R-TSVM holds one τ at a time, as TSVM. `relative` ε needs the RMS
+        of every τ first: then all are read and held."""
+        stats: List[Any] = [None] * len(taus)
+        if self.epsilon_mode == "relative":
+            held = taus.all()
+            eps = svd.relative_epsilon(held, float(self.epsilon))
+            for i, t in enumerate(held):
+                stats[i] = svd.tau_statistics(t, eps)
+            del held
+        else:
+            eps = float(self.epsilon)
+
+            def seen(i, tau):
+                stats[i] = svd.tau_statistics(tau, eps)
+
+            taus.on_read = seen
+        return stats
+
+    def reweighting(self, stats, r, q):
+        n = len(stats)
+        omega = svd.sparsity_of(stats)
         k, ki = svd.rank_budget(r, n, q, omega, float(self.gamma))
         out = {"weights": None, "ranks": ki if self.rank_selection else None, "omega": omega, "k": k,
                "alpha_rule": "off"}
         if self.outlier_weighting:
-            ow = svd.outlier_weights(taus, self.outlier_norm, self.outlier_reading, float(self.outlier_min_share))
+            ow = svd.outlier_weights_of(stats, self.outlier_norm, self.outlier_reading, float(self.outlier_min_share))
             out.update(weights=ow.weights, alpha_rule=ow.rule, outlier_share=ow.shares)
         return out
