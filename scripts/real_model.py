@@ -87,16 +87,24 @@ def preference_margins(model, tokenizer, heldout: dict) -> dict:
 
 
 def method_configs(names=None) -> dict:
-    """name -> config file of every single-file method in config/method, or of `names` in
-    their order."""
-    files = {os.path.basename(f)[:-5]: f for f in sorted(glob.glob(os.path.join(METHODS_DIR, "method", "*.yaml")))}
-    files.pop("sweep", None)  # a grid over another method, not a method of its own
-    if names is None:
-        return files
-    unknown = [n for n in names if n not in files]
-    if unknown:
-        raise ValueError(f"--methods: unknown {unknown}; known: {sorted(files)}")
-    return {n: files[n] for n in names}
+    """name -> composed config (`r3h.methods.configs.load_method_config`, Hydra defaults
+    resolved) of every single-file method in config/method, or of `names` in their order.
+    An alias whose config composes to an earlier one's (`resm` = `r_tsvm`) is left out."""
+    from r3h.methods.configs import load_method_config
+
+    files = [os.path.basename(f)[:-5] for f in sorted(glob.glob(os.path.join(METHODS_DIR, "method", "*.yaml")))]
+    files = [n for n in files if n not in ("sweep", "search")]  # a grid or a search over methods, not one
+    if names is not None:
+        unknown = [n for n in names if n not in files]
+        if unknown:
+            raise ValueError(f"--methods: unknown {unknown}; known: {files}")
+        return {n: load_method_config(n) for n in names}
+    out = {}
+    for n in files:
+        cfg = load_method_config(n)
+        if cfg not in out.values():
+            out[n] = cfg
+    return out
 
 
 def main(argv=None) -> int:
@@ -124,6 +132,7 @@ def main(argv=None) -> int:
     from transformers import AutoModelForCausalLM
 
     from r3h.io.gguf import SMOLLM2_FILE, smollm2_folder, smollm2_gguf
+    from r3h.methods.configs import build_method
     from r3h.modelpool import AlignedCausalLMPool
     from r3h.training.dpo import train_dpo
 
@@ -188,10 +197,8 @@ def main(argv=None) -> int:
         del model
         _save(out, results, times, table)
 
-    for name, cfg_file in method_configs(args.methods).items():
-        cfg = OmegaConf.load(cfg_file)
-        cfg.progress = False
-        method = hydra.utils.instantiate(cfg)
+    for name, cfg in method_configs(args.methods).items():
+        method = build_method(cfg, progress=False)
         t = time.time()
         merged = method.run(pool)
         times[f"merge/{name}"] = time.time() - t

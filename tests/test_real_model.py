@@ -81,3 +81,22 @@ def test_merge_of_the_real_checkpoint_streams_a_complete_model(smollm2, tmp_path
     assert AutoTokenizer.from_pretrained(str(out)).chat_template == AutoTokenizer.from_pretrained(smollm2).chat_template
     assert json.load(open(out / "r3h_merge.json"))["method"]
     assert "paris" in answer(str(out)).lower()
+
+
+def test_the_workflow_merges_with_every_method_once():
+    """scripts/real_model.py builds every method from its composed config (Hydra defaults
+    resolved: `resm` is `r_tsvm`, and is run once), leaving out the sweep and the search."""
+    import importlib.util
+
+    from r3h.methods import METHODS
+
+    spec = importlib.util.spec_from_file_location(
+        "real_model", os.path.join(os.path.dirname(os.path.dirname(__file__)), "scripts", "real_model.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    cfgs = mod.method_configs()
+    assert "resm" not in cfgs and "sweep" not in cfgs and "search" not in cfgs
+    assert {"r_tsvm_no_outlier", "r_tsvm_no_rank"} <= set(cfgs)
+    targets = {c["_target_"].rsplit(".", 1)[-1] for c in cfgs.values()}
+    assert targets == {cls.__name__ for cls in METHODS.values()}  # every registered method, by its own class
+    assert mod.method_configs(["resm"])["resm"] == cfgs["r_tsvm"]
