@@ -335,13 +335,12 @@ def outlier_mass(tau: torch.Tensor) -> float:
     σρ is not computed by the one-pass form mean τ² − μρ², which cancels catastrophically
     in float32 when |τ| is nearly constant along a row (Adam's first step, lr·sign(g)), and
     rounds to 0 on some rows, which then count half their entries as outliers."""
-    return _outlier_and_l1(tau)[0]
+    return _outlier_and_l1(tau.abs())[0]
 
 
-def _outlier_and_l1(tau: torch.Tensor) -> Tuple[float, float]:
-    """(T, Σ|τ|) in one read of |τ|: torch.var_mean (a stable two-pass reduction) gives μρ
-    and σρ², the few outliers are summed in float64, Σ|τ| = Σρ d·μρ."""
-    a = tau.abs()
+def _outlier_and_l1(a: torch.Tensor) -> Tuple[float, float]:
+    """(T, Σ|τ|) of a = |τ|: torch.var_mean (a stable two-pass reduction) gives μρ and σρ²,
+    the few outliers are summed in float64, Σ|τ| = Σρ d·μρ."""
     var, mu = torch.var_mean(a, dim=1, keepdim=True, correction=0)
     threshold = var.sqrt_().mul_(3).add_(mu)
     T = float(a[a >= threshold].sum(dtype=torch.float64))
@@ -367,7 +366,7 @@ def outlier_weights(
 ) -> OutlierWeights:
     """R-TSVM's expert weights from each expert's outlier mass Ti (Eq. 6–7) and L1 mass
     Li = Σ|τi|; see `weights_from_outliers` for the rules."""
-    T, L = zip(*(_outlier_and_l1(t) for t in taus)) if len(taus) else ((), ())
+    T, L = zip(*(_outlier_and_l1(t.abs()) for t in taus)) if len(taus) else ((), ())
     return weights_from_outliers(list(T), list(L), norm, reading, min_share)
 
 
@@ -448,8 +447,9 @@ class TauStatistics:
 def tau_statistics(tau: torch.Tensor, epsilon: float) -> TauStatistics:
     """R-TSVM's statistics of one task vector (ε absolute), so that each τi can be released
     once its triplets are taken (`outlier_weights_of`, `sparsity_of` combine them)."""
-    T, L = _outlier_and_l1(tau)
-    return TauStatistics(T, L, int(torch.count_nonzero(tau.abs() < epsilon)), tau.numel())
+    a = tau.abs()
+    T, L = _outlier_and_l1(a)
+    return TauStatistics(T, L, int(torch.count_nonzero(a < epsilon)), a.numel())
 
 
 def sparsity_of(stats: Sequence[TauStatistics]) -> Fraction:
