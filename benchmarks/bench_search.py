@@ -15,9 +15,10 @@ each trial scored by `taskpool=3h_tiny` on its validation split:
               others load them and run none.
 
 Printed per run: trials per minute (wall clock of the whole search, scoring included), the
-mean merge and scoring seconds per trial, the SVD calls per trial (`torch.linalg.svd` calls
-counted during the search, divided by the trials) and each trial's count from the SVD cache's
-report (none without a cache). The two runs must propose the same options and get the same validation scores (the
+mean merge and scoring seconds per trial, the decompositions per trial (`torch.linalg.svd`
+and `torch.linalg.eigh` calls counted during the search, divided by the trials: TSVM's exact
+Gram routes take an `eigh` of a small Gram matrix where a full SVD would be slower) and each
+trial's count from the SVD cache's report (none without a cache). The two runs must propose the same options and get the same validation scores (the
 cached factors are bit-identical), else the script exits with status 1. On the toy the scoring
 (greedy generation of 181 answers) dominates a trial; the merge column is what the cache
 saves, and what grows with the model (one SVD per expert and matrix, two polar SVDs).
@@ -38,26 +39,31 @@ sys.path.insert(0, REPO)
 
 
 def run(space, trials: int, out: str, svd_cache, pool):
-    """(seconds, trial rows, SVD calls counted at torch.linalg.svd during the search)."""
+    """(seconds, trial rows, decompositions counted at torch.linalg.svd and .eigh during the search)."""
     import torch
 
     from r3h.search import MergeSearch
 
     s = MergeSearch(methods={"r_tsvm": space}, n_trials=trials, taskpool="3h_tiny", test_split=None,
                     compare_defaults=False, output_dir=out, svd_cache=svd_cache)
-    real, calls = torch.linalg.svd, [0]
+    real = {"svd": torch.linalg.svd, "eigh": torch.linalg.eigh}
+    calls = [0]
 
-    def counted(*a, **k):
-        calls[0] += 1
-        return real(*a, **k)
+    def counting(fn):
+        def counted(*a, **k):
+            calls[0] += 1
+            return fn(*a, **k)
+        return counted
 
-    torch.linalg.svd = counted
+    for name, fn in real.items():
+        setattr(torch.linalg, name, counting(fn))
     try:
         t = time.perf_counter()
         s.run(pool)
         wall = time.perf_counter() - t
     finally:
-        torch.linalg.svd = real
+        for name, fn in real.items():
+            setattr(torch.linalg, name, fn)
     with open(os.path.join(out, "trials.json")) as f:
         rows = sorted(json.load(f), key=lambda r: r["trial"])
     return wall, rows, calls[0]
@@ -95,7 +101,7 @@ def main(argv=None) -> int:
         shutil.rmtree(root, ignore_errors=True)
     print(f"r_tsvm search on tiny_3h (5 experts), {args.trials} trials per run, torch threads "
           f"{torch.get_num_threads()}, os.cpu_count() {os.cpu_count()}")
-    print("| run | trials/min | merge s/trial | score s/trial | SVD calls per trial (mean) | per trial, cache report |")
+    print("| run | trials/min | merge s/trial | score s/trial | svd + eigh calls per trial (mean) | per trial, cache report |")
     print("|---|---:|---:|---:|---:|---|")
     for label, r in results.items():
         print(f"| {label} | {r['trials_per_minute']:.2f} | {r['merge_seconds_mean']:.3f} | "
