@@ -27,7 +27,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 from fusion_bench.method.base_algorithm import BaseAlgorithm
 from fusion_bench.mixins.lightning_fabric import LightningFabricMixin
 from fusion_bench.mixins.serialization import auto_register_config
-from r3h.core.paths import run_log_dir
+from r3h.core.paths import write_run_report
 from r3h.core.plain import to_container, write_json_atomic
 from r3h.methods.configs import META_KEYS, build_method, declares, load_method_config, method_class, option_names
 from r3h.modelpool.sweep import ModelSweep
@@ -278,7 +278,7 @@ class MergeSweep(LightningFabricMixin, BaseAlgorithm):
                 shutil.rmtree(cache, ignore_errors=True)
         if rank != 0:
             return None
-        self._write_program_report(report)
+        write_run_report(self, "r3h_sweep_report.json", report)
         if out_dir is not None:
             if not self._soup_in_one_pass():
                 write_json_atomic(os.path.join(out_dir, "sweep.json"), self.manifest)
@@ -357,11 +357,5 @@ class MergeSweep(LightningFabricMixin, BaseAlgorithm):
             "one_pass": self._soup_in_one_pass(),
             "seconds": round(seconds, 3),
         }
-
-    def _write_program_report(self, report) -> None:
-        log_dir = run_log_dir(self)
-        if log_dir:
-            os.makedirs(log_dir, exist_ok=True)
-            write_json_atomic(os.path.join(log_dir, "r3h_sweep_report.json"), report)
 
 

@@ -430,7 +430,8 @@ def sparsity(taus: Sequence[torch.Tensor], epsilon: float, mode: str = "absolute
         epsilon = relative_epsilon(taus, epsilon)
     elif mode != "absolute":
         raise ValueError(f"epsilon_mode must be 'absolute' or 'relative'; got {mode!r}")
-    return sparsity_of([tau_statistics(t, epsilon) for t in taus])
+    small = sum(int(torch.count_nonzero(t.abs() < epsilon)) for t in taus)
+    return Fraction(small, sum(t.numel() for t in taus))
 
 
 @dataclass

@@ -11,7 +11,7 @@ import os
 import re
 from typing import Any, Optional
 
-__all__ = ["slug", "run_log_dir", "run_output_dir"]
+__all__ = ["slug", "run_log_dir", "run_output_dir", "write_run_report"]
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._=-]+")
 
@@ -48,3 +48,18 @@ def run_output_dir(explicit: Any, obj, default: str, sub: Optional[str] = None) 
     if log_dir:
         return os.path.join(log_dir, sub) if sub else log_dir
     return os.path.abspath(os.path.join("outputs", default))
+
+
+def write_run_report(obj, filename: str, report) -> Optional[str]:
+    """Write ``report`` as JSON (``r3h.core.plain.write_json_atomic``) to ``filename`` in the
+    log folder of the run ``obj`` belongs to (:func:`run_log_dir`); the path, or None outside
+    a program."""
+    from r3h.core.plain import write_json_atomic
+
+    log_dir = run_log_dir(obj)
+    if not log_dir:
+        return None
+    os.makedirs(log_dir, exist_ok=True)
+    path = os.path.join(log_dir, filename)
+    write_json_atomic(path, report)
+    return path

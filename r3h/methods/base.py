@@ -34,8 +34,8 @@ from r3h.core.distributed import (
     remove_rank_results,
     shared_tmp_dir,
 )
-from r3h.core.paths import run_log_dir
-from r3h.core.plain import to_container, write_json_atomic
+from r3h.core.paths import write_run_report
+from r3h.core.plain import to_container
 from r3h.io.model import (
     build_model,
     copy_model_files,
@@ -337,10 +337,8 @@ class MergeAlgorithm(BaseAlgorithm):
     def write_program_report(self) -> None:
         """With `log_report`: the last report as `r3h_merge_report.json` in the fusion_bench
         run's log folder (none outside a program)."""
-        log_dir = run_log_dir(self) if self.log_report else None
-        if log_dir and self.last_report:
-            os.makedirs(log_dir, exist_ok=True)
-            write_json_atomic(os.path.join(log_dir, "r3h_merge_report.json"), self.last_report)
+        if self.log_report and self.last_report:
+            write_run_report(self, "r3h_merge_report.json", self.last_report)
 
     def _write_folder(self, folder: str, plan: MergePlan, out_dtype, tok_dir: str, info: dict) -> None:
         with open(os.path.join(folder, "config.json"), "w") as f:
