@@ -302,6 +302,22 @@ def test_shard_writer_round_trip(tmp_path):
     assert set(got) == set(tensors) and all(torch.equal(got[k], tensors[k]) for k in tensors)
 
 
+def test_shard_writer_writes_a_full_shard_at_once(tmp_path):
+    """A shard is written as soon as it is full (a tensor larger than a shard is one), not
+    held while the next tensor merges; the shards are still at most max_shard_size or one tensor."""
+    w = ShardWriter(str(tmp_path), max_shard_size=100)
+    w.put("big", torch.zeros(40))  # 160 bytes >= 100: written now
+    assert len(w.shards) == 1 and w.shards[0][1] == ["big"] and not w._buffer
+    w.put("a", torch.zeros(15))  # 60
+    assert len(w.shards) == 1
+    w.put("b", torch.zeros(10))  # 60 + 40 = 100: full, written now
+    assert [s[1] for s in w.shards] == [["big"], ["a", "b"]] and not w._buffer
+    w.put("c", torch.zeros(5))
+    w.close()
+    assert [s[1] for s in w.shards][-1] == ["c"]
+    assert set(read_folder(tmp_path)) == {"big", "a", "b", "c"}
+
+
 def test_checkpoint_reads_every_dtype(tmp_path):
     sd = {
         "f32": torch.randn(3, 2),

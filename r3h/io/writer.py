@@ -89,6 +89,8 @@ class ShardWriter:
             self._flush()
         self._buffer[name] = tensor.detach().to("cpu").contiguous()
         self._buffer_bytes += nbytes
+        if self._buffer_bytes >= self.max_bytes:  # full: written now, not held while the next tensor merges
+            self._flush()
 
     def _flush(self) -> None:
         if not self._buffer:

@@ -50,15 +50,18 @@ class TaskArithmetic(MergeAlgorithm):
         check_weights(self._w, names)
 
     def merge_tensor(self, name, base, experts):
-        # τi = θi − θ0 is formed in place in the expert's fresh buffer, one expert at a time.
-        taus = (self.sparsify(name, i, t.sub_(base)) for i, t in enumerate(experts))
+        # τi = θi − θ0 is formed in place in the expert's fresh buffer, one expert at a time
+        # (and released before the next is read: base, the sum and one τ at most).
         if self.consensus_method is None:
             mixed = None
-            for w, tau in zip(self._w, taus):
+            for i, w in enumerate(self._w):
+                tau = self.sparsify(name, i, experts[i].sub_(base))
                 if w != 1.0:
                     tau.mul_(w)
                 mixed = tau if mixed is None else mixed.add_(tau)
+                del tau
         else:
+            taus = (self.sparsify(name, i, t.sub_(base)) for i, t in enumerate(experts))
             weights = torch.tensor(self._w, dtype=torch.float32, device=base.device)
             weighted = torch.stack(list(taus)).mul_(weights.reshape(-1, *([1] * base.dim())))
             mask = sign_consensus_mask(weighted, self.consensus_method)
