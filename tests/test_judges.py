@@ -135,6 +135,7 @@ class ChatServer:
                     server.post_headers.append(dict(self.headers))
                     server.inflight += 1
                     server.max_inflight = max(server.max_inflight, server.inflight)
+                done = False
                 try:
                     reply = server.script(body, n)
                     if reply.delay:
@@ -146,12 +147,18 @@ class ChatServer:
                                          "message": {"role": "assistant", "content": reply.content}}]}
                     else:
                         payload = {"error": {"message": reply.content or "error", "code": reply.status}}
+                    # the request leaves the count before its reply is written: a client that
+                    # reads the reply may post its next request before this thread runs again
+                    with server.lock:
+                        server.inflight -= 1
+                        done = True
                     self._send(reply.status, payload, reply.headers)
                 except (BrokenPipeError, ConnectionResetError):  # the client timed out and left
                     pass
                 finally:
-                    with server.lock:
-                        server.inflight -= 1
+                    if not done:
+                        with server.lock:
+                            server.inflight -= 1
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
