@@ -366,8 +366,7 @@ def outlier_weights(
 ) -> OutlierWeights:
     """R-TSVM's expert weights from each expert's outlier mass Ti (Eq. 6–7) and L1 mass
     Li = Σ|τi|; see `weights_from_outliers` for the rules."""
-    T, L = zip(*(_outlier_and_l1(t.abs()) for t in taus)) if len(taus) else ((), ())
-    return weights_from_outliers(list(T), list(L), norm, reading, min_share)
+    return outlier_weights_of([tau_statistics(t) for t in taus], norm, reading, min_share)
 
 
 def weights_from_outliers(
@@ -437,20 +436,20 @@ def sparsity(taus: Sequence[torch.Tensor], epsilon: float, mode: str = "absolute
 @dataclass
 class TauStatistics:
     """What R-TSVM needs of one τi, read once: its outlier mass T (Eq. 6–7), L1 mass
-    L = Σ|τ|, the count of entries with |τ| < ε and its size."""
+    L = Σ|τ|, the count of entries with |τ| < ε (None without ε) and its size."""
 
     T: float
     L: float
-    small: int
+    small: Optional[int]
     numel: int
 
 
-def tau_statistics(tau: torch.Tensor, epsilon: float) -> TauStatistics:
+def tau_statistics(tau: torch.Tensor, epsilon: Optional[float] = None) -> TauStatistics:
     """R-TSVM's statistics of one task vector (ε absolute), so that each τi can be released
     once its triplets are taken (`outlier_weights_of`, `sparsity_of` combine them)."""
     a = tau.abs()
     T, L = _outlier_and_l1(a)
-    return TauStatistics(T, L, int(torch.count_nonzero(a < epsilon)), a.numel())
+    return TauStatistics(T, L, None if epsilon is None else int(torch.count_nonzero(a < epsilon)), a.numel())
 
 
 def sparsity_of(stats: Sequence[TauStatistics]) -> Fraction:

@@ -328,6 +328,7 @@ class TaskVectors:
     def __init__(self, base: torch.Tensor, experts: Sequence[torch.Tensor]):
         self.base, self.experts = base, experts
         self._held: List[Optional[torch.Tensor]] = [None] * len(experts)
+        self._seen = [False] * len(experts)
         self.on_read = None
 
     def __len__(self) -> int:
@@ -335,9 +336,17 @@ class TaskVectors:
 
     def _read(self, i: int) -> torch.Tensor:
         t = self.experts[i].sub_(self.base)
+        self._seen[i] = True
         if self.on_read is not None:
             self.on_read(i, t)
         return t
+
+    def read_rest(self) -> None:
+        """Read, one at a time and without holding them, the τi never read so far (those the
+        factors did not need: cached or zero), so that `on_read` has seen every one."""
+        for i, seen in enumerate(self._seen):
+            if not seen:
+                self._read(i)
 
     def all(self) -> List[torch.Tensor]:
         for i, t in enumerate(self._held):

@@ -130,20 +130,10 @@ class TSVM(LightningFabricMixin, MergeAlgorithm):
         return torch.device(self.device)
 
     # -- one tensor ------------------------------------------------------------------
-    def watch(self, taus: TaskVectors, src: FactorSource) -> Optional[List[Any]]:
+    def watch(self, taus: TaskVectors) -> Optional[List[Any]]:
         """R-TSVM: a list that `taus` fills with each τi's statistics as it is read (then
         released); TSVM needs none (None)."""
         return None
-
-    @staticmethod
-    def seen_all(taus: TaskVectors, stats: List[Any]) -> List[Any]:
-        """`stats` complete: the τi that the factors did not need (cached, or zero) are read
-        now, one at a time."""
-        for i, st in enumerate(stats):
-            if st is None:
-                taus.take(i)
-        taus.on_read = None
-        return stats
 
     def reweighting(self, stats, r: int, q: int) -> Dict[str, Any]:
         """Expert weights and kept ranks to apply (None: αi = 1, ki = q, as TSVM), plus
@@ -183,7 +173,7 @@ class TSVM(LightningFabricMixin, MergeAlgorithm):
         q = svd.top_q(r, n)
         taus = TaskVectors(base, experts)
         src = self.factor_source(name, base, q, n)
-        stats = self.watch(taus, src)  # R-TSVM: each τi's statistics, taken as it is read
+        stats = self.watch(taus)  # R-TSVM: each τi's statistics, taken as it is read
         polar = src.cached_polar(taus)
         if polar is None:
             stacks = src.factors(taus)  # each non-zero expert's top-q triplets, side by side
@@ -194,7 +184,10 @@ class TSVM(LightningFabricMixin, MergeAlgorithm):
             del stacks
         U_orth, V_orth, S_hat, sti = polar
         del polar
-        rw = {"weights": None, "ranks": None} if stats is None else self.reweighting(self.seen_all(taus, stats), r, q)
+        rw = {"weights": None, "ranks": None}
+        if stats is not None:
+            taus.read_rest()  # the τi the factors did not need: statistics only
+            rw = self.reweighting(stats, r, q)
         active, weights, ranks = src.active, rw.pop("weights"), rw.pop("ranks")
         out = svd.combine(U_orth, V_orth, S_hat, q, len(active),
                           None if weights is None else [weights[i] for i in active],
@@ -296,7 +289,7 @@ class RTSVM(TSVM):
             raise ValueError(f"outlier_min_share must be a number in [0, 1]; got {share!r}")
         check_range("outlier_min_share", float(share), 0.0, 1.0)
 
-    def watch(self, taus, src):
+    def watch(self, taus):
         """Each τi's `layerwise_svd.TauStatistics` (T, Σ|τ|, the count below ε), taken as the
         factors read it, so R-TSVM holds one τ at a time, as TSVM. `relative` ε needs the RMS
         of every τ first: then all are read and held."""
