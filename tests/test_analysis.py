@@ -193,7 +193,8 @@ def test_pairwise_cosine_and_sign_conflicts(pool_data, report):
 
 
 def test_sti_matches_float64_and_the_tsvm_report(pool_data, report):
-    """STI as a float64 SVD reference computes it, and bit for bit as `tsvm` with `svd_solver: full` reports it;
+    """STI as a float64 SVD reference computes it, and bit for bit as `tsvm` with `svd_solver: full` reports it
+    (the analysis runs tsvm's own `FactorSource`: one computation, so `==` holds on any CPU);
     pooled Ω and αi as `r_tsvm` reports them (absolute and relative ε, outlier_norm: sum)."""
     pool, base, experts, root = pool_data
     recs = {r["name"]: r for r in report[0].last_report["tensors"]}

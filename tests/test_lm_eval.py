@@ -206,7 +206,7 @@ def test_multiple_choice_score_is_lm_eval_per_sample_mean_and_the_models_loglike
                 logits = model(torch.tensor([c + t])).logits[0].log_softmax(-1)
                 mine = sum(logits[len(c) - 1 + j, tok_id].item() for j, tok_id in enumerate(t))
                 assert mine == pytest.approx(ll, abs=1e-4)
-                lls.append(mine)
+                lls.append(ll)  # the choice follows lm-eval's own ll (this sum is another path: near-ties could flip)
             norm = [ll / len(c) for ll, c in zip(lls, row["doc"]["choices"])]  # acc_norm: per character
             assert row["acc"] == float(max(range(3), key=lambda i: lls[i]) == row["target"])
             assert row["acc_norm"] == float(max(range(3), key=lambda i: norm[i]) == row["target"])

@@ -24,7 +24,7 @@ Per pair of experts (a, b):
 - cosine ⟨τa, τb⟩ / (‖τa‖ ‖τb‖) (None when either is zero);
 - sign_conflict = #{τa τb < 0} / #{τa ≠ 0 and τb ≠ 0}: among the coordinates where both
   experts move, the share where they move in opposite directions (None if there are none).
-STI (TSVM's interference, `layerwise_svd.interference`) for a matrix m × d: q = ⌊min(m, d)/n⌋
+STI (TSVM's interference, computed by TSVM's own `FactorSource`) for a matrix m × d: q = ⌊min(m, d)/n⌋
 triplets per expert, experts whose τ is zero left out, exactly as r3h's `tsvm` does, so the
 numbers equal the `sti` of its `r3h_merge.json`.
 """
@@ -38,6 +38,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 
 from r3h.core import layerwise_svd as lsvd
+from r3h.core.svd_cache import FactorSource, TaskVectors
 
 _LAYER = re.compile(r"(?:^|\.)(?:layers|h|blocks|layer)\.(\d+)\.")
 
@@ -137,7 +138,9 @@ def pair_stats(a: torch.Tensor, b: torch.Tensor, a_sq_norm: float, b_sq_norm: fl
 
 def tsvm_interference(taus: Sequence[torch.Tensor]) -> Dict:
     """STI of a matrix as r3h's `tsvm` computes it with `svd_solver: full` (the default Gram
-    route agrees to round-off): q = ⌊r/n⌋, zero experts left out.
+    route agrees to round-off): q = ⌊r/n⌋, zero experts left out. It runs TSVM's own steps
+    (`svd_cache.FactorSource`: the experts' top-q triplets, then the polar step that reports
+    STI), so the number is the `sti` of `r3h_merge.json` bit for bit, by construction.
 
     Returns {"sti_rule": "svd", "q", "sti"} (plus "zero_experts" when some τ is zero),
     {"sti_rule": "zero"} when every τ is zero, {"sti_rule": "too_small", "q": 0} when ⌊r/n⌋ = 0.
@@ -146,13 +149,14 @@ def tsvm_interference(taus: Sequence[torch.Tensor]) -> Dict:
     q = lsvd.top_q(min(taus[0].shape), n)
     if q == 0:
         return {"sti_rule": "too_small", "q": 0}
-    active = [i for i, t in enumerate(taus) if bool(t.any())]
-    if not active:
+    src = FactorSource("sti", taus[0].shape, q, n, solver="full", device=taus[0].device)
+    stacks = src.factors(TaskVectors(None, list(taus)))
+    if stacks is None:
         return {"sti_rule": "zero", "q": q}
-    f = lsvd.expert_svds([taus[i] for i in active], q)
-    out = {"sti_rule": "svd", "q": q, "sti": lsvd.interference(f)}
-    if len(active) < n:
-        out["zero_experts"] = [i for i in range(n) if i not in active]
+    sti = src.polar(stacks)[3]
+    out = {"sti_rule": "svd", "q": q, "sti": sti}
+    if len(src.active) < n:
+        out["zero_experts"] = [i for i in range(n) if i not in src.active]
     return out
 
 

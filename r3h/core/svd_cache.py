@@ -323,9 +323,10 @@ class TaskVectors:
     first asked for (in place, in the expert's fresh buffer) and held only until it is
     taken. `all()` reads and holds every one; `take(i)` hands τi over and forgets it;
     `drop(i)` and `clear()` forget. `on_read(i, τi)`, if set, sees each τi as it is read
-    (R-TSVM's per-expert statistics, taken on the way)."""
+    (R-TSVM's per-expert statistics, taken on the way). `base=None`: `experts` are the τi
+    themselves (the analysis's STI)."""
 
-    def __init__(self, base: torch.Tensor, experts: Sequence[torch.Tensor]):
+    def __init__(self, base: Optional[torch.Tensor], experts: Sequence[torch.Tensor]):
         self.base, self.experts = base, experts
         self._held: List[Optional[torch.Tensor]] = [None] * len(experts)
         self._seen = [False] * len(experts)
@@ -335,7 +336,7 @@ class TaskVectors:
         return len(self._held)
 
     def _read(self, i: int) -> torch.Tensor:
-        t = self.experts[i].sub_(self.base)
+        t = self.experts[i] if self.base is None else self.experts[i].sub_(self.base)
         self._seen[i] = True
         if self.on_read is not None:
             self.on_read(i, t)
