@@ -57,7 +57,7 @@ from omegaconf import OmegaConf
 from fusion_bench.method.base_algorithm import BaseAlgorithm
 from fusion_bench.mixins.lightning_fabric import LightningFabricMixin
 from fusion_bench.mixins.serialization import auto_register_config
-from r3h.core.plain import to_container, write_json_atomic
+from r3h.io.plain import to_container, write_json_atomic
 from r3h.evaluation.aggregate import weighted_stderr
 from r3h.methods.configs import build_method, declares, load_config, load_method_config, method_class, option_names
 
@@ -672,8 +672,8 @@ class MergeSearch(LightningFabricMixin, BaseAlgorithm):
 
     def _write_front(self, rows, out: str) -> Dict[str, Any]:
         """`trials.{json,md}` (every trial, Pareto-marked) and the pairwise fronts
-        (`pareto_<x>_<y>.{md,png,pdf}`, `r3h.evaluation.taskpool.write_pareto_plots`)."""
-        from r3h.evaluation.taskpool import write_pareto_plots
+        (`pareto_<x>_<y>.{md,png,pdf}`, `r3h.evaluation.figures.write_pareto_plots`)."""
+        from r3h.evaluation.figures import write_pareto_plots
 
         write_json_atomic(os.path.join(out, "trials.json"), rows)
         lines = ["| trial | method | options | " + " | ".join(DIMENSIONS) + " | AVG | score | Pareto |",

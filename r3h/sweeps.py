@@ -28,7 +28,7 @@ from fusion_bench.method.base_algorithm import BaseAlgorithm
 from fusion_bench.mixins.lightning_fabric import LightningFabricMixin
 from fusion_bench.mixins.serialization import auto_register_config
 from r3h.core.paths import write_run_report
-from r3h.core.plain import to_container, write_json_atomic
+from r3h.io.plain import to_container, write_json_atomic
 from r3h.methods.configs import META_KEYS, build_method, declares, load_method_config, method_class, option_names
 from r3h.modelpool.sweep import ModelSweep
 

@@ -422,7 +422,7 @@ def test_outputs_complete(pool_data, report):
 def test_output_is_atomic(tmp_path, monkeypatch):
     """An error while reading (a NaN, named) or while writing (in the plots, after the JSON and
     CSVs): the previous output stays as it was and no temporary folder is left."""
-    import r3h.plots
+    import r3h.analysis.heatmaps
 
     base, experts = small_state()
     experts["b"]["model.layers.0.w.weight"][2, 1] = float("nan")
@@ -437,7 +437,7 @@ def test_output_is_atomic(tmp_path, monkeypatch):
         assert "alignment_vectors.json" in os.listdir(folder)  # the report was written, in the temporary
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(r3h.plots, "analysis_heatmaps", broken)
+    monkeypatch.setattr(r3h.analysis.heatmaps, "analysis_heatmaps", broken)
     pool = make_pool(tmp_path / "p2", *small_state())
     with pytest.raises(RuntimeError, match="disk full"):
         AlignmentVectorAnalysis(out_dir=str(out), progress=False).run(pool)

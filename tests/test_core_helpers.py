@@ -1,4 +1,4 @@
-"""r3h.core.paths (slug, the run's log/output folder) and r3h.core.plain.jsonable: the one
+"""r3h.core.paths (slug, the run's log/output folder) and r3h.io.plain.jsonable: the one
 home of helpers that used to be written in several modules."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import torch
 from omegaconf import OmegaConf
 
 from r3h.core.paths import run_log_dir, run_output_dir, slug
-from r3h.core.plain import jsonable
+from r3h.io.plain import jsonable
 
 
 def test_slug_rule():
@@ -90,7 +90,7 @@ def test_write_json_atomic_replaces_whole_and_leaves_no_temp(tmp_path):
     import json
     import math
 
-    from r3h.core.plain import write_json_atomic
+    from r3h.io.plain import write_json_atomic
 
     path = tmp_path / "r.json"
     path.write_text("old")

@@ -38,7 +38,11 @@ def drawn(monkeypatch):
         figs.append((fig, out_path))
         return save(fig, out_path)
 
-    monkeypatch.setattr(plots, "save_figure", record)
+    import r3h.analysis.heatmaps
+    import r3h.evaluation.figures
+
+    for module in (r3h.evaluation.figures, r3h.analysis.heatmaps):  # where the figures are drawn
+        monkeypatch.setattr(module, "save_figure", record)
     return figs
 
 

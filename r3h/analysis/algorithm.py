@@ -33,7 +33,7 @@ from r3h.core.engine import MergePlan, iter_tensors, plan_merge
 from r3h.core.memory import peak_accelerator_bytes, peak_rss_bytes
 from r3h.io.writer import atomic_output_dir
 from r3h.core.paths import run_output_dir
-from r3h.core.plain import to_container
+from r3h.io.plain import to_container
 from r3h.modelpool.sources import BASE, pool_checkpoints, pool_sources
 
 log = logging.getLogger(__name__)
@@ -192,7 +192,7 @@ class AlignmentVectorAnalysis(BaseAlgorithm):
         with atomic_output_dir(out) as tmp:
             write_report(tmp, report)
             if self.plots:
-                from r3h.plots import analysis_heatmaps
+                from r3h.analysis.heatmaps import analysis_heatmaps
 
                 analysis_heatmaps(report, tmp)
         self.last_report, self.output_dir = report, out

@@ -24,7 +24,7 @@ import torch
 from safetensors.torch import load_file
 
 from r3h.core.engine import MergePlan
-from r3h.core.plain import write_json_atomic
+from r3h.io.plain import write_json_atomic
 
 
 def tensor_cost(shape: Sequence[int]) -> float:

@@ -51,10 +51,10 @@ def run_output_dir(explicit: Any, obj, default: str, sub: Optional[str] = None) 
 
 
 def write_run_report(obj, filename: str, report) -> Optional[str]:
-    """Write ``report`` as JSON (``r3h.core.plain.write_json_atomic``) to ``filename`` in the
+    """Write ``report`` as JSON (``r3h.io.plain.write_json_atomic``) to ``filename`` in the
     log folder of the run ``obj`` belongs to (:func:`run_log_dir`); the path, or None outside
     a program."""
-    from r3h.core.plain import write_json_atomic
+    from r3h.io.plain import write_json_atomic
 
     log_dir = run_log_dir(obj)
     if not log_dir:

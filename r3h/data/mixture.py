@@ -26,7 +26,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 
-from r3h.core.plain import jsonable
+from r3h.io.plain import jsonable
 from r3h.data.preference import DIMENSIONS
 from r3h.io.writer import atomic_output_dir
 from r3h.io.records import read_records, write_records

@@ -43,7 +43,7 @@ import random
 from collections import Counter, defaultdict
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from r3h.core.plain import to_container
+from r3h.io.plain import to_container
 from r3h.io.datasets import is_local_file, load_records
 from r3h.io.records import resume_records
 from r3h.evaluation.benchmark import Benchmark, BenchmarkResult, EvalContext

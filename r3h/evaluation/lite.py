@@ -44,7 +44,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 import torch
 
 from r3h.core.paths import slug
-from r3h.core.plain import jsonable
+from r3h.io.plain import jsonable
 from r3h.io.records import read_records, write_records
 
 from .aggregate import aggregate_by_dimension

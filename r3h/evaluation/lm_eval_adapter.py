@@ -82,7 +82,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 from r3h.core.paths import slug
-from r3h.core.plain import to_container
+from r3h.io.plain import to_container
 from r3h.io.records import write_records
 
 from .benchmark import Benchmark, BenchmarkResult, EvalContext

@@ -49,7 +49,7 @@ from fusion_bench.mixins.serialization import auto_register_config
 from fusion_bench.taskpool.base_pool import BaseTaskPool
 from r3h.core.dimensions import KEYS
 from r3h.core.paths import run_output_dir, slug
-from r3h.core.plain import jsonable, to_container
+from r3h.io.plain import jsonable, to_container
 from r3h.evaluation.aggregate import (AVERAGES, BENCHMARKS, PAPER_DIMENSIONS, aggregate_3h, aggregate_by_dimension,
                                       score_stderr)
 from r3h.evaluation.benchmark import Benchmark, EvalContext
@@ -124,29 +124,6 @@ def _near_paper_column(name: str) -> Optional[str]:
     if name in BENCHMARKS:
         return None
     return next((b for b in BENCHMARKS if _norm(b) == _norm(name)), None)
-
-
-#: The trade-offs a sweep's Pareto plots show (x, y).
-PARETO_PAIRS = (("Helpful_Avg", "Harmless_Avg"), ("Helpful_Avg", "Honest_Avg"), ("Honest_Avg", "Harmless_Avg"))
-
-
-def write_pareto_plots(report: Mapping[str, Any], out_dir: str) -> Dict[str, Any]:
-    """For a sweep's report: the Pareto front of each pair of dimension averages that all
-    members have, as `pareto_<x>_<y>.{png,pdf}` plus the table `pareto_<x>_<y>.md`."""
-    from r3h.plots import pareto_table
-
-    out: Dict[str, Any] = {}
-    averages = report.get("averages") or {}
-    for x, y in PARETO_PAIRS:
-        if not all(isinstance(a, Mapping) and a.get(x) is not None and a.get(y) is not None
-                   for a in averages.values()):
-            continue
-        stem = os.path.join(out_dir, f"pareto_{x}_{y}")
-        table = pareto_table(report, x=x, y=y)
-        with open(stem + ".md", "w", encoding="utf-8") as f:
-            f.write(table.to_markdown() + "\n")
-        out[f"{x}/{y}"] = {"plot": table.plot(stem), "table": stem + ".md", "front": list(table.front)}
-    return out
 
 
 @auto_register_config
@@ -399,6 +376,8 @@ class ThreeHTaskPool(BaseTaskPool):
         if not sweep:
             files["benchmarks"] = files["benchmarks"][contexts[0][0]]
         if sweep and len(per) > 1:
+            from r3h.evaluation.figures import write_pareto_plots
+
             files["pareto"] = write_pareto_plots(report, out_root)
         report["dimensions"] = {c: dims.get(c) or PAPER_DIMENSIONS.get(c) for c in benchmarks}
         report["files"] = files

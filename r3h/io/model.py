@@ -12,7 +12,7 @@ from typing import Dict, Optional
 import torch
 
 import r3h
-from r3h.core.plain import jsonable
+from r3h.io.plain import jsonable
 
 # Files of a tokenizer folder (and the chat template) that a merged model carries over.
 TOKENIZER_FILES = (

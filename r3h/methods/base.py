@@ -35,7 +35,7 @@ from r3h.core.distributed import (
     shared_tmp_dir,
 )
 from r3h.core.paths import write_run_report
-from r3h.core.plain import to_container
+from r3h.io.plain import to_container
 from r3h.io.model import (
     build_model,
     copy_model_files,

@@ -21,7 +21,7 @@ from typing import Any, Dict, List, Mapping
 
 from omegaconf import DictConfig, OmegaConf
 
-from r3h.core.plain import to_container
+from r3h.io.plain import to_container
 
 __all__ = ["CONFIG_ROOT", "load_config", "load_method_config", "method_class", "build_method", "option_names",
            "declares"]

@@ -21,7 +21,7 @@ from omegaconf import OmegaConf
 from fusion_bench.method.base_algorithm import BaseAlgorithm
 from fusion_bench.mixins.serialization import auto_register_config
 from r3h.core.paths import run_output_dir
-from r3h.core.plain import to_container
+from r3h.io.plain import to_container
 from r3h.modelpool.sources import BASE, model_path
 from r3h.training.dpo import check_recipe, recipe, train_dpo
 

@@ -13,7 +13,7 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional
 
 import torch
 
-from r3h.core.plain import jsonable
+from r3h.io.plain import jsonable
 from r3h.io.writer import move_into_place
 
 RECORD = "r3h_train.json"

@@ -7,7 +7,7 @@ import re
 import unicodedata
 from typing import List, Optional, Sequence, Tuple
 
-from r3h.core.plain import to_container
+from r3h.io.plain import to_container
 from r3h.evaluation.judges.verdicts import RUBRICS, SCORE_RANGE, JudgeRequest, Verdict
 from r3h.evaluation.judges.base import Judge, _check_requests
 
