@@ -876,7 +876,7 @@ def routes_main(args) -> None:
     (`auto`) for the top-q triplets and the polar factor, on the pool's matrix shapes."""
     import torch
 
-    from r3h.core import layerwise_svd as core
+    from r3h.ops import svd as core
 
     torch.set_num_threads(args.threads)
 

@@ -16,7 +16,7 @@ expert (SmolLM2-135M's hidden size), made here:
   per-row scale s ~ U(0.1, 3.1), fresh noise every step;
 - for scale: dense `gaussian`, `laplace` and `student_t3` entries.
 
-It prints (1) each kind's outlier share s = T / Σ|τ| (Eq. 6–7, `layerwise_svd.outlier_mass`;
+It prints (1) each kind's outlier share s = T / Σ|τ| (Eq. 6–7, `r3h.ops.rtsvm.outlier_mass`;
 for `adam_1` also with the one-pass σ = sqrt(mean τ² − μ²) that r3h used before, which
 cancels in float32); (2) the weights αi (`outlier_norm: mean`) of every `outlier_reading`,
 with the guard off (`outlier_min_share: 0`) and at its default, for three experts: two
@@ -37,7 +37,8 @@ import json
 
 import torch
 
-from r3h.core import layerwise_svd as svd
+from r3h.analysis import matrices
+from r3h.ops import rtsvm
 from r3h.methods import RTSVM
 
 SIZE = 576
@@ -77,7 +78,7 @@ def dense(kind: str, seed: int) -> torch.Tensor:
 
 
 def share(tau: torch.Tensor) -> float:
-    return svd.outlier_mass(tau) / float(tau.abs().sum(dtype=torch.float64))
+    return rtsvm.outlier_mass(tau) / float(tau.abs().sum(dtype=torch.float64))
 
 
 def one_pass_share(tau: torch.Tensor) -> float:
@@ -97,9 +98,9 @@ def with_handful(tau: torch.Tensor, seed: int, count: int = 20) -> torch.Tensor:
 
 def weights_table(taus, min_shares):
     rows = []
-    for reading in svd.OUTLIER_READINGS:
+    for reading in rtsvm.OUTLIER_READINGS:
         for ms in min_shares:
-            ow = svd.outlier_weights(taus, "mean", reading, ms)
+            ow = matrices.outlier_weights(taus, "mean", reading, ms)
             rows.append({"outlier_reading": reading, "outlier_min_share": ms, "alpha": ow.weights,
                          "alpha_rule": ow.rule, "outlier_share": ow.shares})
     return rows
@@ -127,10 +128,10 @@ def toy_pool():
         if b.dim() != 2:
             continue
         taus = [experts[n].get(key).float() - b for n in names]
-        guarded = svd.outlier_weights(taus, "mean", "eq8", DEFAULT_MIN_SHARE)
+        guarded = matrices.outlier_weights(taus, "mean", "eq8", DEFAULT_MIN_SHARE)
         rules[guarded.rule] = rules.get(guarded.rule, 0) + 1
         shares.append([s or 0.0 for s in guarded.shares])
-        eq8.append(svd.outlier_weights(taus, "mean", "eq8", 0.0).weights)
+        eq8.append(matrices.outlier_weights(taus, "mean", "eq8", 0.0).weights)
     s, w = torch.tensor(shares), torch.tensor(eq8)
     res = {"experts": names, "matrices": len(shares), "rules_at_default_guard": rules,
            "share_min": s.min(0).values.tolist(), "share_median": s.median(0).values.tolist(),

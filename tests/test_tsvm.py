@@ -3,7 +3,7 @@
 tensors that skip the SVD, bad input, and the randomized solver.
 
 The references below never call `r3h` (the one exception is the sign-flip test that
-exercises `r3h.core.layerwise_svd.merge_factors` itself): SVDs, polar factors, outlier
+exercises `r3h.analysis.matrices.merge_factors` itself): SVDs, polar factors, outlier
 mass, sparsity, rank budgets and the merged Δ are recomputed here in float64 from θ's
 read back in float64. r3h computes in float32, hence tolerances of ~1e-4 relative.
 """
@@ -505,7 +505,7 @@ def test_adam_like_eq8_collapses_and_the_guard_gives_equal_weights():
     ([1.0, 9.0], [100.0, 100.0], "mean", "eq8", 0.01, [0.2, 1.8], "eq8"),
 ])
 def test_weights_from_outliers_rules(T, L, norm, reading, min_share, alpha, rule):
-    from r3h.core.layerwise_svd import weights_from_outliers
+    from r3h.ops.rtsvm import weights_from_outliers
 
     ow = weights_from_outliers(T, L, norm, reading, min_share)
     assert ow.weights == pytest.approx(alpha, rel=1e-12) and ow.rule == rule
@@ -516,7 +516,7 @@ def test_outlier_mass_of_an_adam_first_step_is_zero():
     """Adam's first step moves every entry by lr·g/(|g| + eps) ≈ ±lr: no outliers. The
     one-pass σ = sqrt(mean τ² − μ²) cancels in float32, is 0 on some rows and then counts
     about half of their entries as outliers; r3h's two-pass σ does not."""
-    from r3h.core.layerwise_svd import outlier_mass
+    from r3h.ops.rtsvm import outlier_mass
 
     w = torch.nn.Parameter(torch.zeros(64, 256))
     opt = torch.optim.Adam([w], lr=5e-5)
@@ -566,7 +566,7 @@ def test_rtsvm_without_switches_is_tsvm_end_to_end(tmp_path):
 
 
 def stacked_factors(seed, shape=(20, 14), n=3, q=4):
-    from r3h.core.layerwise_svd import StackedFactors
+    from r3h.ops.svd import StackedFactors
 
     g = gen(seed)
     m, d = shape
@@ -581,7 +581,8 @@ def stacked_factors(seed, shape=(20, 14), n=3, q=4):
 @pytest.mark.parametrize("weights,ranks", [(None, None), ([0.5, 1.7, 0.8], None), (None, [1, 3, 2]),
                                            ([2.0, 0.3, 0.7], [4, 1, 2])])
 def test_merge_factors_sign_flip_invariance(weights, ranks):
-    from r3h.core.layerwise_svd import StackedFactors, merge_factors
+    from r3h.analysis.matrices import merge_factors
+    from r3h.ops.svd import StackedFactors
 
     f = stacked_factors(0)
     ref = merge_factors(f, weights, ranks)
@@ -948,7 +949,7 @@ def test_zero_task_vector_experts_are_left_out_of_the_stacks():
             U, Vh = torch.flip(U, dims=[1]), torch.flip(Vh, dims=[0])
         return U, S, Vh
 
-    import r3h.core.layerwise_svd as core
+    import r3h.ops.svd as core
 
     orig = core.torch.linalg.svd
     core.torch.linalg.svd = svd_with_other_basis
@@ -1017,7 +1018,7 @@ def test_gram_route_matches_exact_svd(kind, shape, n):
     """`auto` (Gram routes) gives the exact SVD route's merged tensor within 1e-4 relative
     Frobenius, and the float64 reference closer still; every decomposition took the Gram
     route (these task vectors are well conditioned enough)."""
-    from r3h.core import layerwise_svd as core
+    from r3h.ops import svd as core
 
     taus = realistic_taus(kind, shape, n, seed=shape[0] + n)
     base = 0.3 * torch.randn(*shape, generator=gen(1), dtype=F64)
@@ -1049,7 +1050,7 @@ def test_gram_route_matches_exact_svd(kind, shape, n):
 def test_ill_conditioned_task_vector_falls_back_to_the_svd():
     """τ of rank 2 < q: σq = 0, the Gram cannot give Uq = τ Vq / σq; the route falls back to
     the exact SVD (the same triplets as `full`, bit for bit) and the report says so."""
-    from r3h.core import layerwise_svd as core
+    from r3h.ops import svd as core
 
     g = gen(7)
     shape, n = (30, 24), 3
@@ -1062,7 +1063,7 @@ def test_ill_conditioned_task_vector_falls_back_to_the_svd():
     got, route = core.top_triplets(tau.clone(), q, "auto")
     assert route.fallback and route.name == "svd" and route.cond > core.GRAM_MAX_COND
     assert "fallback" in route.describe()
-    exact = core.expert_svd(tau.clone(), q, "full")
+    exact, _ = core.top_triplets(tau.clone(), q, "full")
     assert all(torch.equal(a, b) for a, b in zip(got, exact))
     m = tsvm()
     out = merge(m, "w", base, experts)
@@ -1079,7 +1080,7 @@ def test_ill_conditioned_task_vector_falls_back_to_the_svd():
 def test_nearly_dependent_stack_falls_back_for_the_polar_factor():
     """Two experts with the same τ: the stacked Û has repeated columns, λmin(ÛᵀÛ) ≈ 0, and the
     polar factor falls back to the exact SVD (bit for bit `polar`)."""
-    from r3h.core import layerwise_svd as core
+    from r3h.ops import svd as core
 
     g = gen(8)
     A = torch.linalg.qr(torch.randn(40, 6, generator=g)).Q.float()

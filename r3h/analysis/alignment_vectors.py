@@ -11,10 +11,10 @@ sum elementwise products (torch's cascade sum): torch's float32 `norm()` /
 Per expert (τ one tensor of one expert; N its number of entries):
 - norm ‖τ‖_F; rel_norm ‖τ‖_F / ‖θ0‖_F (None when θ0 = 0); l1 = Σ|τ|.
 - omega_abs = #{|τ| < ε} / N and omega_rel = #{|τ| < ε_rel · RMS(τ)} / N: the sparsity Ω
-  of R-TSVM (Eq. 9, `layerwise_svd.sparsity`), with the absolute and the relative rule.
+  of R-TSVM (Eq. 9, `r3h.analysis.matrices.sparsity`), with the absolute and the relative rule.
 - kurtosis: excess kurtosis m4 / m2² − 3 of the N entries (population moments about
   their mean; 0 for a Gaussian; None when every entry is equal).
-- outlier_mass T: R-TSVM's Eq. 6–7 (`layerwise_svd.outlier_mass`): per row ρ (first
+- outlier_mass T: R-TSVM's Eq. 6–7 (`r3h.ops.rtsvm.outlier_mass`): per row ρ (first
   dimension; a vector is one row), μρ = mean |τ|, σρ = population std of |τ|, and T = Σ |τ|
   over the entries with |τ| ≥ μρ + 3σρ. outlier_share = T / Σ|τ| (share of the L1 mass).
 Per tensor: the same Ω pooled over all experts (what R-TSVM's report gives as `omega`;
@@ -37,8 +37,10 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from r3h.core import layerwise_svd as lsvd
-from r3h.core.svd_cache import FactorSource, TaskVectors
+from r3h.analysis.matrices import sparsity
+from r3h.methods.tsvm.matrix import FactorSource, TaskVectors
+from r3h.ops.rtsvm import outlier_mass
+from r3h.ops.svd import cpu_threads, top_q
 
 _LAYER = re.compile(r"(?:^|\.)(?:layers|h|blocks|layer)\.(\d+)\.")
 
@@ -88,14 +90,14 @@ def as_rows(t: torch.Tensor) -> torch.Tensor:
 def omega(taus: Sequence[torch.Tensor], epsilon: float, mode: str) -> float:
     """R-TSVM's Ω (Eq. 9) over `taus`: share of entries with |τ| < ε (`absolute`) or
     < ε · RMS of the stacked τ (`relative`)."""
-    return float(lsvd.sparsity(taus, epsilon, mode))
+    return float(sparsity(taus, epsilon, mode))
 
 
 def expert_stats(tau: torch.Tensor, base_sq_norm: float, epsilon: float, epsilon_relative: float) -> Dict:
     """The per-expert record of one tensor (definitions in the module docstring)."""
     norm2 = sq_norm(tau)
     l1 = float(tau.abs().sum())
-    T = lsvd.outlier_mass(as_rows(tau))
+    T = outlier_mass(as_rows(tau))
     return {
         "norm": math.sqrt(norm2),
         "rel_norm": math.sqrt(norm2 / base_sq_norm) if base_sq_norm > 0 else None,
@@ -139,14 +141,14 @@ def pair_stats(a: torch.Tensor, b: torch.Tensor, a_sq_norm: float, b_sq_norm: fl
 def tsvm_interference(taus: Sequence[torch.Tensor]) -> Dict:
     """STI of a matrix as r3h's `tsvm` computes it with `svd_solver: full` (the default Gram
     route agrees to round-off): q = ⌊r/n⌋, zero experts left out. It runs TSVM's own steps
-    (`svd_cache.FactorSource`: the experts' top-q triplets, then the polar step that reports
+    (`r3h.methods.tsvm.matrix.FactorSource`: the experts' top-q triplets, then the polar step that reports
     STI), so the number is the `sti` of `r3h_merge.json` bit for bit, by construction.
 
     Returns {"sti_rule": "svd", "q", "sti"} (plus "zero_experts" when some τ is zero),
     {"sti_rule": "zero"} when every τ is zero, {"sti_rule": "too_small", "q": 0} when ⌊r/n⌋ = 0.
     """
     n = len(taus)
-    q = lsvd.top_q(min(taus[0].shape), n)
+    q = top_q(min(taus[0].shape), n)
     if q == 0:
         return {"sti_rule": "too_small", "q": 0}
     src = FactorSource("sti", taus[0].shape, q, n, solver="full", device=taus[0].device)
@@ -168,7 +170,7 @@ def tensor_stats(name: str, theta0: torch.Tensor, taus: Sequence[torch.Tensor], 
     """The record of tensor `name` and its pair records, from θ0 and every expert's τ.
 
     `svd`: compute STI (matrices only; the caller decides size limits), with `svd_threads`
-    CPU threads (`layerwise_svd.cpu_threads`; None = torch's setting).
+    CPU threads (`r3h.ops.svd.cpu_threads`; None = torch's setting).
     """
     base2 = sq_norm(theta0)
     per = [expert_stats(t, base2, epsilon, epsilon_relative) for t in taus]
@@ -186,7 +188,7 @@ def tensor_stats(name: str, theta0: torch.Tensor, taus: Sequence[torch.Tensor], 
         "experts": dict(zip(experts, per)),
     }
     if svd and theta0.dim() == 2:
-        with lsvd.cpu_threads(svd_threads, theta0.device):
+        with cpu_threads(svd_threads, theta0.device):
             record.update(tsvm_interference(taus))
     else:
         record["sti_rule"] = "off" if theta0.dim() == 2 else "not_matrix"

@@ -10,7 +10,6 @@ from `r3h.plots`.
 from __future__ import annotations
 
 import json
-import math
 import os
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple

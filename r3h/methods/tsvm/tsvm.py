@@ -1,15 +1,15 @@
-"""TSVM and R-TSVM on the shared `layerwise_svd` core, spread over Fabric ranks.
+"""TSVM, spread over Fabric ranks; R-TSVM (`r_tsvm.py`) is this class with expert weights and ranks.
 
 Per matrix: τi = θi − θ0 → each expert's top-q triplets → the polar factors of their
-stacks → θ0 + α Δ (`layerwise_svd.combine`). The factors come from a
-`svd_cache.FactorSource` (the SVD cache, or the solver); the ranks and the output are
+stacks → θ0 + α Δ (`r3h.ops.svd.combine`). The factors come from a
+`matrix.FactorSource` (the SVD cache, or the solver); the ranks and the output are
 `MergeAlgorithm.run`'s.
 
 TSVM (Gargiulo et al., arXiv 2412.00081): θ = θ0 + α Δ with Δ = U⊥ diag(ŝ) V⊥ᵀ
 built from each expert's top ⌊r/n⌋ singular triplets, orthogonalised by polar
 factors. R-TSVM (Yang et al., arXiv 2502.06876, Sec. 5, Algorithm 1, App. A.3)
 adds outlier-aware expert weights αi and a sparsity-adaptive rank ki per tensor.
-The exact rules are in `r3h.core.layerwise_svd` and docs/r_tsvm.md.
+The exact rules are in `r3h.ops.svd`, `r3h.ops.rtsvm` and docs/r_tsvm.md.
 
 Rules for the other tensors: non-matrices, tensors matched by `exclude_keys`, and
 matrices too small for one triplet per expert (⌊r/n⌋ = 0) take θ0 + α · mean τi (as
@@ -30,10 +30,10 @@ import torch
 
 from fusion_bench.mixins.lightning_fabric import LightningFabricMixin
 from fusion_bench.mixins.serialization import auto_register_config
-from r3h.core import layerwise_svd as svd
 from r3h.core import svd_cache as cache_mod
-from r3h.core.svd_cache import FactorSource, TaskVectors
-from r3h.methods.base import MergeAlgorithm, check_range
+from r3h.methods.base import MergeAlgorithm
+from r3h.methods.tsvm.matrix import FactorSource, TaskVectors
+from r3h.ops import svd
 
 
 @auto_register_config
@@ -46,7 +46,7 @@ class TSVM(LightningFabricMixin, MergeAlgorithm):
             `auto` (default): exact routes through float64 Gram matrices (the
             smaller of τᵀτ / ττᵀ and the stacks' nq × nq Grams, `eigh`), with an automatic
             fallback to the exact SVD where the condition estimate κ exceeds
-            `layerwise_svd.GRAM_MAX_COND` (reported per tensor under `routes`); equal to
+            `r3h.ops.svd.GRAM_MAX_COND` (reported per tensor under `routes`); equal to
             `full` within float32 round-off (1e-6 relative). `full`: LAPACK's SVD for
             everything. `randomized`: top-q triplets by a seeded randomized range finder
             with `svd_oversample` extra columns and `svd_n_iter` power iterations (`seed`
@@ -74,7 +74,6 @@ class TSVM(LightningFabricMixin, MergeAlgorithm):
     uses_svd_cache = distributed = True  # capabilities (r3h.methods.configs)
     log_report = True  # r3h_merge_report.json in the run's log folder
     min_experts = 2
-    reweight = False
 
     def __init__(
         self,
@@ -130,9 +129,9 @@ class TSVM(LightningFabricMixin, MergeAlgorithm):
         return torch.device(self.device)
 
     # -- one tensor ------------------------------------------------------------------
-    def watch(self, taus: TaskVectors) -> Optional[List[Any]]:
-        """R-TSVM: a list that `taus` fills with each τi's statistics as it is read (then
-        released); TSVM needs none (None)."""
+    def tau_observer(self, n: int):
+        """R-TSVM: what sees each τi as `TaskVectors` reads it (its statistics; it has
+        `start(taus)` and `stats`); TSVM needs none (None)."""
         return None
 
     def reweighting(self, stats, r: int, q: int) -> Dict[str, Any]:
@@ -167,13 +166,15 @@ class TSVM(LightningFabricMixin, MergeAlgorithm):
         """θ0 + α Δ for a matrix: τ → factors → polar → combine.
 
         τ is read one at a time, each released once its triplets are taken, and (TSVM) not
-        at all where the cache holds the factors (`svd_cache.FactorSource`); R-TSVM takes
-        each τi's statistics on the way (`watch`)."""
+        at all where the cache holds the factors (`matrix.FactorSource`); R-TSVM takes
+        each τi's statistics on the way (`tau_observer`)."""
         n, r = len(experts), min(base.shape)
         q = svd.top_q(r, n)
-        taus = TaskVectors(base, experts)
+        observer = self.tau_observer(n)  # R-TSVM: each τi's statistics, taken as it is read
+        taus = TaskVectors(base, experts, observer)
         src = self.factor_source(name, base, q, n)
-        stats = self.watch(taus)  # R-TSVM: each τi's statistics, taken as it is read
+        if observer is not None:
+            observer.start(taus)  # relative ε: every τ read (and held) first
         polar = src.cached_polar(taus)
         if polar is None:
             stacks = src.factors(taus)  # each non-zero expert's top-q triplets, side by side
@@ -185,9 +186,9 @@ class TSVM(LightningFabricMixin, MergeAlgorithm):
         U_orth, V_orth, S_hat, sti = polar
         del polar
         rw = {"weights": None, "ranks": None}
-        if stats is not None:
+        if observer is not None:
             taus.read_rest()  # the τi the factors did not need: statistics only
-            rw = self.reweighting(stats, r, q)
+            rw = self.reweighting(observer.stats, r, q)
         active, weights, ranks = src.active, rw.pop("weights"), rw.pop("ranks")
         out = svd.combine(U_orth, V_orth, S_hat, q, len(active),
                           None if weights is None else [weights[i] for i in active],
@@ -229,93 +230,3 @@ class TSVM(LightningFabricMixin, MergeAlgorithm):
 
     def absorb_rank_state(self, state):
         self.tensor_reports.update(state["tensor_reports"])
-
-
-@auto_register_config
-class RTSVM(TSVM):
-    """R-TSVM: TSVM with outlier-aware expert weights and sparsity-adaptive rank.
-
-    Args:
-        outlier_weighting: αi from each expert's 3σ outlier mass Ti (Eq. 6–8); default true.
-        outlier_reading: how Ti becomes αi ∝ ci: `eq8` (ci = Ti, Eq. 8 as written; default),
-            `inverse` (ci = 1/Ti, Appendix A.1's reading; equal weights if some Ti = 0) or
-            `share` (ci = Ti / Σ|τi|, scale-free). See `layerwise_svd.weights_from_outliers`.
-        outlier_norm: `mean` (n·αi, so equal scores give 1; default) or `sum` (αi, Σ αi = 1).
-        outlier_min_share: the guard: if some expert's outlier share Ti / Σ|τi| is below it,
-            the tensor's weights are equal (report: `alpha_rule: equal (guard)`); in [0, 1],
-            default 0.01 (a Gaussian row has ≈ 0.033, Adam-like task vectors ≈ 0); 0 = off.
-        rank_selection: keep ki = min(q, max(1, ⌊k/n⌋)) triplets per expert with
-            k = ⌊r (1 − γ Ω)⌋ (Eq. 9–10); default true.
-        gamma: γ in [0, 1]; default 0.5.
-        epsilon: ε > 0 for Ω = fraction of |τ| < ε; default 0.1 (the paper's).
-        epsilon_mode: `absolute` (the paper's, default) or `relative` (ε · RMS of the stacked τ).
-        alpha, svd_solver, exclude_keys, ...: as TSVM.
-    With both switches off R-TSVM equals TSVM. Per tensor the report gives αi, how they were
-    chosen (`alpha_rule`), each expert's outlier share, Ω, k, ki and STI. `RESM` is this class
-    under the paper's v3 name.
-    """
-
-    _method_name = "r_tsvm"
-    reweight = True
-
-    def __init__(
-        self,
-        outlier_weighting: bool = True,
-        rank_selection: bool = True,
-        outlier_norm: str = "mean",
-        outlier_reading: str = "eq8",
-        outlier_min_share: float = 0.01,
-        gamma: float = 0.5,
-        epsilon: float = 0.1,
-        epsilon_mode: str = "absolute",
-        **kwargs,
-    ):
-        super().__init__(**kwargs)
-
-    def setup(self, names):
-        super().setup(names)
-        check_range("gamma", float(self.gamma), 0.0, 1.0)
-        if not float(self.epsilon) > 0:
-            raise ValueError(f"epsilon={self.epsilon} must be > 0")
-        if self.epsilon_mode not in ("absolute", "relative"):
-            raise ValueError(f"epsilon_mode must be 'absolute' or 'relative'; got {self.epsilon_mode!r}")
-        if self.outlier_norm not in ("mean", "sum"):
-            raise ValueError(f"outlier_norm must be 'mean' or 'sum'; got {self.outlier_norm!r}")
-        if self.outlier_reading not in svd.OUTLIER_READINGS:
-            raise ValueError(f"outlier_reading must be one of {', '.join(svd.OUTLIER_READINGS)}; "
-                             f"got {self.outlier_reading!r}")
-        share = self.outlier_min_share
-        if isinstance(share, bool) or not isinstance(share, (int, float)) or share != share:
-            raise ValueError(f"outlier_min_share must be a number in [0, 1]; got {share!r}")
-        check_range("outlier_min_share", float(share), 0.0, 1.0)
-
-    def watch(self, taus):
-        """Each τi's `layerwise_svd.TauStatistics` (T, Σ|τ|, the count below ε), taken as the
-        factors read it, so R-TSVM holds one τ at a time, as TSVM. `relative` ε needs the RMS
-        of every τ first: then all are read and held."""
-        stats: List[Any] = [None] * len(taus)
-        if self.epsilon_mode == "relative":
-            held = taus.all()
-            eps = svd.relative_epsilon(held, float(self.epsilon))
-            for i, t in enumerate(held):
-                stats[i] = svd.tau_statistics(t, eps)
-            del held
-        else:
-            eps = float(self.epsilon)
-
-            def seen(i, tau):
-                stats[i] = svd.tau_statistics(tau, eps)
-
-            taus.on_read = seen
-        return stats
-
-    def reweighting(self, stats, r, q):
-        n = len(stats)
-        omega = svd.sparsity_of(stats)
-        k, ki = svd.rank_budget(r, n, q, omega, float(self.gamma))
-        out = {"weights": None, "ranks": ki if self.rank_selection else None, "omega": omega, "k": k,
-               "alpha_rule": "off"}
-        if self.outlier_weighting:
-            ow = svd.outlier_weights_of(stats, self.outlier_norm, self.outlier_reading, float(self.outlier_min_share))
-            out.update(weights=ow.weights, alpha_rule=ow.rule, outlier_share=ow.shares)
-        return out
