@@ -1,13 +1,18 @@
-"""Generate docs/configs.md, the configuration reference, from the YAML files under config/.
+"""Generate the configuration reference (docs/configs.md) and the hyperparameter tables of the
+method pages (docs/methods/<name>.md) from the YAML files under config/.
 
-    python docs/gen_config_reference.py           # (re)write docs/configs.md
-    python docs/gen_config_reference.py --check   # exit 1 if docs/configs.md is out of date
+    python docs/gen_config_reference.py           # (re)write docs/configs.md and the method tables
+    python docs/gen_config_reference.py --check   # exit 1 if any of them is out of date
 
-For every method, modelpool and taskpool config it writes the config's leading comment, its
-`_target_` class, the config it is based on (Hydra `defaults`) and one row per option: the
-dotted name to override on the command line, the default, and the comment written beside or
-above the option in the YAML file. tests/test_docs.py checks that the page is up to date.
-It needs only PyYAML (no r3h, no torch).
+Each config is resolved as Hydra composes it (`resolve`): its `defaults` (configs of the same
+folder, or `/group/name@_here_`) merged in order, `_self_` where it is listed. For every method,
+modelpool and taskpool config the reference gives the config's leading comment, its `_target_`
+class, the configs it is based on and one row per option of the composed config: the dotted
+name to override on the command line, the default, and the comment written beside or above the
+option in the YAML file (the file that sets it last). Each method page's `## Hyperparameters`
+section is generated between two HTML comments from its resolved config: the YAML is the one
+copy of every default and its description. tests/test_docs.py checks that both are up to date
+and that each class's defaults are its resolved config's. It needs only PyYAML (no r3h, no torch).
 """
 
 from __future__ import annotations
@@ -48,15 +53,21 @@ def format_value(value: Any) -> str:
     return text
 
 
+LINK = re.compile(r"\]\(([^)\s]+)\)")  # the target of a Markdown link: docs-relative in the YAML comments
+
+
 def escape_prose(text: str) -> str:
-    """Markdown-escape comment text outside `code spans`: _, *, <, > and | (tables)."""
+    """Markdown-escape comment text outside `code spans` and link targets: _, *, <, > and |
+    (tables)."""
     parts = text.split("`")
     for i in range(0, len(parts), 2):  # even parts are outside code spans
-        p = parts[i].replace("\\", "\\\\")
-        for ch in "_*":
-            p = p.replace(ch, "\\" + ch)
-        p = p.replace("<", "&lt;").replace(">", "&gt;")
-        parts[i] = p
+        bits = LINK.split(parts[i])  # odd bits are link targets, kept as they are
+        for j in range(0, len(bits), 2):
+            p = bits[j].replace("\\", "\\\\")
+            for ch in "_*":
+                p = p.replace(ch, "\\" + ch)
+            bits[j] = p.replace("<", "&lt;").replace(">", "&gt;")
+        parts[i] = "".join(b if j % 2 == 0 else f"]({b})" for j, b in enumerate(bits))
     return "`".join(parts).replace("|", "\\|")
 
 
@@ -177,6 +188,50 @@ def config_files(group: str) -> List[Tuple[str, str]]:
     return top + sorted(sub)
 
 
+def _merge(into: dict, data: dict) -> None:
+    """OmegaConf's merge of plain data: mappings merged key by key (a key keeps its first
+    place), anything else replaced."""
+    for k, v in data.items():
+        if isinstance(v, dict) and isinstance(into.get(k), dict):
+            _merge(into[k], v)
+        else:
+            into[k] = v
+
+
+def resolve(path: str) -> Tuple[dict, Dict[str, str], List[str]]:
+    """(the composed config, the comment per option, the configs it is based on) of the YAML
+    file `path`, its Hydra `defaults` applied: an entry `name` is `name.yaml` of the file's
+    folder, `/group/name` is under config/, `@_here_` merges at the top (the only package r3h's
+    configs use), `_self_` is the file itself (last when not listed)."""
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    own = yaml.safe_load(text) or {}
+    _, own_notes = parse_comments(text)
+    entries = own.pop("defaults", None) or []
+    if "_self_" not in entries:
+        entries = list(entries) + ["_self_"]
+    data: dict = {}
+    notes: Dict[str, str] = {}
+    bases: List[str] = []
+    for entry in entries:
+        if entry == "_self_":
+            _merge(data, own)
+            notes.update(own_notes)
+            continue
+        if not isinstance(entry, str):
+            raise ValueError(f"{path}: defaults entry {entry!r}: only config names are resolved here")
+        name, _, package = entry.partition("@")
+        if package not in ("", "_here_"):
+            raise ValueError(f"{path}: defaults entry {entry!r}: package @{package} is not resolved here")
+        base = os.path.join(CONFIG, name.lstrip("/")) if name.startswith("/") else \
+            os.path.join(os.path.dirname(path), name)
+        sub, sub_notes, _ = resolve(base + ".yaml")
+        _merge(data, sub)
+        notes.update(sub_notes)
+        bases.append(name)
+    return data, notes, bases
+
+
 def render_header(header: List[str]) -> List[str]:
     """Leading comments: prose lines as a paragraph, indented lines (commands) as a code block."""
     out: List[str] = []
@@ -218,16 +273,16 @@ def method_page(name: str) -> Optional[str]:
 def render_config(group: str, prefix: str, name: str, path: str) -> List[str]:
     with open(path, encoding="utf-8") as f:
         text = f.read()
-    data = yaml.safe_load(text) or {}
-    header, comments = parse_comments(text)
+    header, _ = parse_comments(text)
+    data, comments, bases = resolve(path)
     out = [f"### `{name}`", ""]
     facts = [f"`config/{group}/{name}.yaml`"]
     if "_target_" in data:
         facts.append(f"class `{data['_target_']}`")
-    defaults = data.get("defaults")
-    if defaults:
-        bases = [d.split("@")[0] if isinstance(d, str) else format_value(d) for d in defaults if d != "_self_"]
-        facts.append("based on " + ", ".join(f"`{b}`" for b in bases) + " (options below override it)")
+    elif name.split("/")[-1].startswith("_"):
+        facts.append("not a config to run: other configs pull it in with `defaults`")
+    if bases:
+        facts.append("based on " + ", ".join(f"`{b}`" for b in bases) + " (the table lists the composed options)")
     if group == "method" and method_page(name):
         facts.append(f"page: [{name}]({method_page(name)})")
     out += ["; ".join(facts) + ".", ""]
@@ -239,6 +294,53 @@ def render_config(group: str, prefix: str, name: str, path: str) -> List[str]:
             out.append(f"| `{opt}` | `{value}` | {escape_prose(note)} |")
         out.append("")
     return out
+
+
+# -- the method pages' hyperparameter tables -------------------------------------------------
+
+BEGIN = "<!-- generated by docs/gen_config_reference.py from config/method/{name}.yaml: edit the YAML, not this table -->"
+END = "<!-- end of the generated table -->"
+ENGINE = os.path.join(CONFIG, "method", "_engine.yaml")
+
+
+def method_table(name: str) -> str:
+    """The `## Hyperparameters` section of docs/methods/<name>.md: every option of the resolved
+    config (the method's own first, then the engine options), its default and description."""
+    data, comments, bases = resolve(os.path.join(CONFIG, "method", f"{name}.yaml"))
+    engine = list(resolve(ENGINE)[0]) if "_engine" in bases else []
+    options = [k for k in data if k != "_target_" and k not in engine] + [k for k in engine if k in data]
+    intro = (f"Defaults of `config/method/{name}.yaml` (the class `{data['_target_']}` has the same). Override any "
+             "of them with `method.<option>=<value>`.")
+    if engine:
+        intro += (f" `{engine[0]}` … `{engine[-1]}` are the engine options every method takes "
+                  "(`config/method/_engine.yaml`, [Engine](../engine.md)).")
+    out = [BEGIN.format(name=name), "", intro, "", "| option | default | description |", "|---|---|---|"]
+    for k in options:
+        note = LINK.sub(lambda m: "](" + (m.group(1) if "://" in m.group(1) else "../" + m.group(1)) + ")",
+                        comments.get(k, ""))
+        out.append(f"| `{k}` | `{format_value(data[k])}` | {note.replace('|', chr(92) + '|')} |")
+    out += ["", END]
+    return "\n".join(out)
+
+
+SECTION = re.compile(r"(^## Hyperparameters\n\n)(.*?)(\n\n)(?=^## |\Z)", re.S | re.M)
+
+
+def method_pages() -> Dict[str, str]:
+    """{path: text} of every docs/methods/<name>.md with its generated table in place."""
+    pages = {}
+    folder = os.path.join(DOCS, "methods")
+    for f in sorted(os.listdir(folder)):
+        if not f.endswith(".md"):
+            continue
+        path = os.path.join(folder, f)
+        with open(path, encoding="utf-8") as fh:
+            text = fh.read()
+        name = f[: -len(".md")]
+        if not SECTION.search(text):
+            raise ValueError(f"{path}: no '## Hyperparameters' section")
+        pages[path] = SECTION.sub(lambda m: m.group(1) + method_table(name) + m.group(3), text, count=1)
+    return pages
 
 
 def render() -> str:
@@ -253,7 +355,9 @@ def render() -> str:
         "`method=<name>`, `modelpool=<name>` or `taskpool=<name>` and override any option with its",
         "dotted name, e.g. `method.density=0.3` or `taskpool.generation.backend=hf`. A default of `???`",
         "must be given; `${...}` is an OmegaConf interpolation. Descriptions are the comments of the",
-        "YAML files.",
+        "YAML files. Configs are composed with Hydra `defaults`: every merging method pulls in the",
+        "engine options of `config/method/_engine.yaml`, and an ablation such as `r_tsvm_no_rank` is",
+        "`r_tsvm` plus one line; each table lists the composed options.",
         "",
     ]
     for group, prefix, title, intro in GROUPS:
@@ -265,25 +369,36 @@ def render() -> str:
     return "\n".join(out) + "\n"
 
 
+def outputs(output: str = OUTPUT) -> Dict[str, str]:
+    """{path: text} of every file this script writes."""
+    return {output: render(), **method_pages()}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--check", action="store_true", help="exit 1 if docs/configs.md differs from the generated page")
+    ap.add_argument("--check", action="store_true",
+                    help="exit 1 if docs/configs.md or a method page's table differs from the generated text")
     ap.add_argument("--output", default=OUTPUT)
     args = ap.parse_args(argv)
-    text = render()
-    if args.check:
+    stale = []
+    for path, text in outputs(args.output).items():
         try:
-            with open(args.output, encoding="utf-8") as f:
+            with open(path, encoding="utf-8") as f:
                 current = f.read()
         except FileNotFoundError:
             current = None
-        if current != text:
-            print(f"{args.output} is out of date: run python docs/gen_config_reference.py", file=sys.stderr)
-            return 1
-        return 0
-    with open(args.output, "w", encoding="utf-8") as f:
-        f.write(text)
-    print(f"wrote {args.output}")
+        if current == text:
+            continue
+        stale.append(path)
+        if not args.check:
+            with open(path, "w", encoding="utf-8") as f:
+                f.write(text)
+            print(f"wrote {os.path.relpath(path, ROOT)}")
+    if args.check and stale:
+        for path in stale:
+            print(f"{os.path.relpath(path, ROOT)} is out of date: run python docs/gen_config_reference.py",
+                  file=sys.stderr)
+        return 1
     return 0
 
 

@@ -1,6 +1,6 @@
 """The documentation site (mkdocs.yml, docs/): it builds with --strict, its generated
-configuration reference is up to date, every config it (or the README) names exists, and
-each method page's defaults table is the method's YAML config."""
+configuration reference and method tables are up to date, every config it (or the README)
+names exists, and each method class's defaults are its resolved YAML config."""
 
 from __future__ import annotations
 
@@ -59,11 +59,37 @@ def test_mkdocs_build_strict(tmp_path):
 
 
 def test_config_reference_is_up_to_date():
-    """docs/configs.md is what docs/gen_config_reference.py writes from config/ today."""
-    with open(os.path.join(DOCS, "configs.md"), encoding="utf-8") as f:
-        current = f.read()
-    assert current == _generator().render(), (
-        "docs/configs.md is out of date with config/: run  python docs/gen_config_reference.py")
+    """docs/configs.md and the method pages' hyperparameter tables are what
+    docs/gen_config_reference.py writes from config/ today."""
+    stale = []
+    for path, text in _generator().outputs().items():
+        with open(path, encoding="utf-8") as f:
+            if f.read() != text:
+                stale.append(os.path.relpath(path, ROOT))
+    assert not stale, f"out of date with config/: {stale}: run  python docs/gen_config_reference.py"
+
+
+def test_config_reference_resolves_defaults_as_hydra_does():
+    """The generator's `resolve` (PyYAML only) gives every method config exactly as Hydra composes
+    it for `fusion_bench method=<name>` (r3h.methods.configs.load_config), defaults included."""
+    from r3h.methods.configs import load_config
+
+    gen = _generator()
+    names = [n for n, _ in gen.config_files("method")]
+    assert "_engine" in names and "r_tsvm_no_rank" in names
+    for name in names:
+        data, _, _ = gen.resolve(os.path.join(CONFIG, "method", f"{name}.yaml"))
+        assert data == load_config("method", name), name
+    # the ablations are r_tsvm plus one line; every merging method takes the engine options from _engine
+    for name, option in (("r_tsvm_no_rank", "rank_selection"), ("r_tsvm_no_outlier", "outlier_weighting")):
+        want = dict(load_config("method", "r_tsvm"), **{option: False})
+        assert load_config("method", name) == want
+    engine = load_config("method", "_engine")
+    for name in METHODS:
+        with open(os.path.join(CONFIG, "method", f"{name}.yaml"), encoding="utf-8") as f:
+            own = yaml.safe_load(f)
+        assert own["defaults"] == ["_engine", "_self_"], name
+        assert set(engine) <= set(load_config("method", name)), name
 
 
 def test_config_reference_covers_every_config():
@@ -131,16 +157,16 @@ def _defaults_table(page_text):
 
 
 @pytest.mark.parametrize("name", METHOD_PAGES)
-def test_method_page_defaults_match_config(name):
-    """docs/methods/<name>.md lists exactly the options of config/method/<name>.yaml, with its
-    defaults, names the config and its class, and is in the site's nav."""
-    with open(os.path.join(CONFIG, "method", f"{name}.yaml"), encoding="utf-8") as f:
-        cfg = yaml.safe_load(f)
+def test_method_page_names_its_config(name):
+    """docs/methods/<name>.md's table (generated: test_config_reference_is_up_to_date) lists the
+    options of the resolved config/method/<name>.yaml; the page names the config and its class and
+    is in the site's nav."""
+    from r3h.methods.configs import load_config
+
+    cfg = load_config("method", name)
     with open(os.path.join(DOCS, "methods", f"{name}.md"), encoding="utf-8") as f:
         page = f.read()
-    table = _defaults_table(page)
-    expected = {k: v for k, v in cfg.items() if k != "_target_"}
-    assert table == expected
+    assert _defaults_table(page) == {k: v for k, v in cfg.items() if k != "_target_"}
     assert f"method={name} " in page
     assert cfg["_target_"] in page
     with open(os.path.join(ROOT, "mkdocs.yml"), encoding="utf-8") as f:
@@ -159,13 +185,15 @@ def test_every_method_has_a_page():
 
 @pytest.mark.parametrize("name", METHOD_PAGES)
 def test_method_class_defaults_match_config(name):
-    """The method pages say the class has the config's defaults: check the signatures."""
+    """The one parity test of defaults: the class's signature defaults are its resolved config's
+    (`defaults` applied, as `fusion_bench method=<name>` composes it); the method pages' tables
+    are generated from the same resolved config."""
     import inspect
 
     from r3h.methods import METHODS
+    from r3h.methods.configs import load_config
 
-    with open(os.path.join(CONFIG, "method", f"{name}.yaml"), encoding="utf-8") as f:
-        cfg = yaml.safe_load(f)
+    cfg = load_config("method", name)
     defaults = {}
     for klass in reversed(METHODS[name].__mro__):
         if "__init__" in vars(klass):
