@@ -26,7 +26,7 @@ from r3h.io import Checkpoint
 from r3h.methods.tsvm import RTSVM, TSVM
 from tests.conftest import make_pool, write_checkpoint
 from tests.test_cli import cli
-from tests.test_tsvm import add_spikes, gen, lowrank_tau, ref_factors, ref_sti
+from tests.reference.tsvm import add_spikes, gen, lowrank_tau, ref_factors, ref_sti
 
 F64 = torch.float64
 EXPERTS = ["helpful", "honest", "harmless"]

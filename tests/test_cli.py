@@ -92,7 +92,7 @@ def test_resm_is_r_tsvm_from_the_cli(tmp_path):
                  "method.outlier_reading=inverse", f"method.out_dir={tmp_path / name}"], tmp_path, tmp_path)
         assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
         infos[name] = json.load(open(tmp_path / name / "r3h_merge.json"))
-    assert infos["resm"]["algorithm"] == infos["r_tsvm"]["algorithm"] == "r3h.methods.tsvm.RTSVM"
+    assert infos["resm"]["algorithm"] == infos["r_tsvm"]["algorithm"] == "r3h.methods.tsvm.r_tsvm.RTSVM"
     assert infos["resm"]["hyperparameters"] == infos["r_tsvm"]["hyperparameters"]
     assert infos["resm"]["hyperparameters"]["outlier_reading"] == "inverse"
     a, b = read_folder(tmp_path / "resm"), read_folder(tmp_path / "r_tsvm")
