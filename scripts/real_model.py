@@ -93,7 +93,8 @@ def method_configs(names=None) -> dict:
     from r3h.methods.configs import load_method_config
 
     files = [os.path.basename(f)[:-5] for f in sorted(glob.glob(os.path.join(METHODS_DIR, "method", "*.yaml")))]
-    files = [n for n in files if n not in ("sweep", "search")]  # a grid or a search over methods, not one
+    # a grid or a search over methods is not one method; `_engine` is a piece other configs pull in
+    files = [n for n in files if n not in ("sweep", "search") and not n.startswith("_")]
     if names is not None:
         unknown = [n for n in names if n not in files]
         if unknown:

@@ -144,6 +144,7 @@ def approx(x, rel=1e-5, abs=1e-9):
 # per tensor
 # ---------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_per_tensor_statistics_match_float64(pool_data, report):
     _, base, experts, _ = pool_data
     m = report[0]
@@ -462,6 +463,7 @@ def assert_same_tree(got, want, path="summary"):
         assert got == want, path
 
 
+@pytest.mark.slow
 def test_cli(pool_data, report, tmp_path):
     """`fusion_bench method=analysis/alignment_vectors modelpool=<pool>`: the report lands in the
     run's log folder and the summary in program_report.json, equal to the in-process run."""

@@ -45,6 +45,7 @@ def test_candidates_of_the_renamed_account():
     assert ckpt.hub_candidates("meta-llama/Meta-Llama-3-8B-Instruct") == ["meta-llama/Meta-Llama-3-8B-Instruct"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("asked,served", [("Jinluan/3H_Merging_Mistral_Honesty", "yangjinluan/3H_Merging_Mistral_Honesty"),
                                           ("yangjinluan/3H_Merging_Mistral_Honesty", "Jinluan/3H_Merging_Mistral_Honesty"),
                                           ("Jinluan/3H_Merging_Mistral_Honesty", "Jinluan/3H_Merging_Mistral_Honesty")])
@@ -72,6 +73,7 @@ def test_an_unrelated_repo_keeps_the_plain_error(fake_hub):
     assert [c[0] for c in calls] == ["meta-llama/Meta-Llama-3-8B-Instruct"]
 
 
+@pytest.mark.slow
 def test_pool_loads_and_merges_from_either_name(fake_hub, tiny):
     """The Llama-3 pool's names, served under the new account only: the pool loads a model
     and a merge runs, with the revision of a `_target_` entry passed to the download."""

@@ -31,6 +31,8 @@ def assert_same_model(folder, model):
         torch.testing.assert_close(got[k], want[k], rtol=0, atol=0)
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_tiny_3h_from_any_folder(tmp_path):
     from r3h.methods import TiesMerging
     from r3h.toy import Tiny3HPool
@@ -44,6 +46,8 @@ def test_tiny_3h_from_any_folder(tmp_path):
     assert_same_model(out, TiesMerging(density=0.3, progress=False).run(Tiny3HPool()))
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_repo_root_config_folder_and_name_clash(tmp_path):
     """From the repo root (./config is fusion_bench's primary config folder there),
     `r3h_task_arithmetic` is r3h's method; fusion_bench's `task_arithmetic` stays its own."""
@@ -55,6 +59,8 @@ def test_repo_root_config_folder_and_name_clash(tmp_path):
     assert info["method"] == "r3h_task_arithmetic" and info["algorithm"] == "r3h.methods.task_arithmetic.TaskArithmetic"
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_fusion_bench_causal_lm_pool_of_local_models(tmp_path):
     """A user's own fusion_bench CausalLMPool config (in ./config of their project)."""
     from fusion_bench.modelpool.causal_lm.causal_lm import CausalLMPool
@@ -77,6 +83,8 @@ def test_fusion_bench_causal_lm_pool_of_local_models(tmp_path):
     assert_same_model(out, model)
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_resm_is_r_tsvm_from_the_cli(tmp_path):
     """`method=resm` (the paper's v3 name) runs R-TSVM: the same class, options and merge, bit for bit."""
     from tests.test_svd_cache import write_pool
@@ -99,6 +107,8 @@ def test_resm_is_r_tsvm_from_the_cli(tmp_path):
     assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_bad_option_fails_cleanly(tmp_path):
     out = tmp_path / "never"
     r = cli(["method=ties", "modelpool=tiny_3h", "method.density=1.5", f"merged_model_save_path={out}"], tmp_path, tmp_path)
@@ -107,6 +117,8 @@ def test_bad_option_fails_cleanly(tmp_path):
     assert not out.exists()
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_streaming_out_dir_from_cli(tmp_path):
     out = tmp_path / "streamed"
     r = cli(["method=breadcrumbs", "modelpool=tiny_3h", f"method.out_dir={out}", "method.max_shard_size=100KB"], tmp_path, tmp_path)
@@ -116,6 +128,8 @@ def test_streaming_out_dir_from_cli(tmp_path):
     assert "merged model written to" in r.stdout + r.stderr
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_r_tsvm_two_cpu_processes_bit_identical(tmp_path):
     """`fabric.accelerator=cpu fabric.devices=2 fabric.strategy=ddp` splits the tensors over
     two ranks and gives the one-process model bit for bit, with the per-tensor report."""
@@ -141,6 +155,8 @@ def test_r_tsvm_two_cpu_processes_bit_identical(tmp_path):
     assert reports, "the per-tensor report is written into the run's log folder"
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_tsvm_streams_with_two_processes(tmp_path):
     out = tmp_path / "streamed"
     r = cli(["method=tsvm", "modelpool=tiny_3h", f"method.out_dir={out}", "method.max_shard_size=200KB",
@@ -157,6 +173,8 @@ def test_tsvm_streams_with_two_processes(tmp_path):
     assert_same_model(out, TSVM(progress=False, cpu_threads=1).run(Tiny3HPool()))
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_error_on_one_rank_stops_every_rank(tmp_path):
     """A NaN in a tensor that only one rank reads: both ranks stop with the error naming
     model and tensor (no rank waits forever), and no output is left."""

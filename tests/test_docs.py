@@ -16,6 +16,8 @@ import yaml
 from r3h.methods import METHODS
 from tests.optional import need
 
+pytestmark = pytest.mark.docs  # the whole module: the documentation
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOCS = os.path.join(ROOT, "docs")
 CONFIG = os.path.join(ROOT, "config")
@@ -39,6 +41,8 @@ def _markdown_files():
     return files
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_mkdocs_build_strict(tmp_path):
     """`mkdocs build --strict`: no broken link or anchor, no page outside the nav, no
     docstring mkdocstrings cannot parse. Needs the docs extra: pip install -e ".[docs]"."""
@@ -69,6 +73,7 @@ def test_config_reference_is_up_to_date():
     assert not stale, f"out of date with config/: {stale}: run  python docs/gen_config_reference.py"
 
 
+@pytest.mark.slow
 def test_config_reference_resolves_defaults_as_hydra_does():
     """The generator's `resolve` (PyYAML only) gives every method config exactly as Hydra composes
     it for `fusion_bench method=<name>` (r3h.methods.configs.load_config), defaults included."""

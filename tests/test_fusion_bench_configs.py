@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+import pytest
 from hydra import compose, initialize_config_dir
 from hydra._internal.config_repository import ConfigRepository
 from hydra._internal.utils import create_config_search_path
@@ -48,6 +49,7 @@ def test_r3h_adds_names_only():
     assert clash == [], f"r3h configs shadow fusion_bench's: {clash}"
 
 
+@pytest.mark.slow
 def test_every_fusion_bench_config_resolves_the_same():
     names = fb_configs()
     assert len(names) > 100  # fusion_bench 0.2.33 ships a few hundred

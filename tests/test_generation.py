@@ -15,6 +15,7 @@ def tiny(tiny_lm_path):
     return AutoModelForCausalLM.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)
 
 
+@pytest.mark.slow
 def test_chat_template_and_batching_do_not_change_greedy_answers(tiny):
     model, tok = tiny
     prompts = ["w1 w2 w3", "w4", "w5 w6", "w7 w8 w9 w10 w11"]
@@ -29,6 +30,7 @@ def test_chat_template_and_batching_do_not_change_greedy_answers(tiny):
     assert tok.decode(ref[0, ids["input_ids"].shape[1]:], skip_special_tokens=True).strip() == one[0]
 
 
+@pytest.mark.slow
 def test_sampling_is_seeded(tiny):
     model, tok = tiny
     a = ChatGenerator(model, tok, max_new_tokens=8, temperature=1.0, seed=3).generate(["w1 w2"] * 3)
@@ -37,6 +39,7 @@ def test_sampling_is_seeded(tiny):
     assert a == b and a != c
 
 
+@pytest.mark.slow
 def test_jsonl_resumes_without_regenerating(tiny, tmp_path, monkeypatch):
     model, tok = tiny
     gen = ChatGenerator(model, tok, max_new_tokens=4, batch_size=2)

@@ -36,6 +36,7 @@ def make_ctx(tiny, out, **gen):
     return EvalContext(model=model, tokenizer=tok, generator=ChatGenerator(model, tok, **gen), output_dir=str(out))
 
 
+@pytest.mark.slow
 def test_every_lite_benchmark_runs_on_the_tiny_model(data, tiny, tmp_path):
     ctx = make_ctx(tiny, tmp_path, max_new_tokens=8, batch_size=4)
     benches = [lite.ArithmeticLite(n=6, max_new_tokens=8), lite.HaluEvalQALite(n=6),
@@ -63,6 +64,7 @@ def test_every_lite_benchmark_runs_on_the_tiny_model(data, tiny, tmp_path):
         assert scores[col] == pytest.approx(100.0 * refused / len(rows))
 
 
+@pytest.mark.slow
 def test_likelihood_scoring_matches_an_independent_recomputation(data, tiny, tmp_path):
     model, tok = tiny
     ctx = make_ctx(tiny, tmp_path)
@@ -197,6 +199,7 @@ def test_refusal_score_is_the_count_of_refusals_in_the_saved_generations(data, t
         lite.HarmBenchLite(n=10, judge="mine").check(ctx)
 
 
+@pytest.mark.slow
 def test_run_lite_checks_all_then_reports(data, tiny, tmp_path):
     model, tok = tiny
     benches = lite.default_lite_benchmarks(n=2, seed=3)

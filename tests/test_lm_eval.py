@@ -181,6 +181,7 @@ def _samples(result, task):
         return [json.loads(line) for line in f]
 
 
+@pytest.mark.slow
 def test_multiple_choice_score_is_lm_eval_per_sample_mean_and_the_models_loglikelihoods(tiny, task_dir, tmp_path):
     model, tok = tiny
     bench = _bench(task_dir, task="r3h_tiny_mc", metric="acc_norm")
@@ -212,6 +213,7 @@ def test_multiple_choice_score_is_lm_eval_per_sample_mean_and_the_models_loglike
             assert row["acc_norm"] == float(max(range(3), key=lambda i: norm[i]) == row["target"])
 
 
+@pytest.mark.slow
 def test_generate_until_exact_match_matches_independent_greedy_answers(tiny, task_dir, tmp_path):
     bench = _bench(task_dir, task="r3h_tiny_gen", metric="exact_match", batch_size=1, column="GSM8K")
     res = bench.run(_ctx(tiny, tmp_path))
@@ -222,6 +224,7 @@ def test_generate_until_exact_match_matches_independent_greedy_answers(tiny, tas
     assert [r["exact_match"] for r in sorted(rows, key=lambda r: r["doc_id"])] == [1.0, 1.0, 1.0, 0.0, 0.0]
 
 
+@pytest.mark.slow
 def test_chat_template_on_and_off_changes_the_prompt(tiny, task_dir, tmp_path):
     _, tok = tiny
     prompts = {}
@@ -269,6 +272,7 @@ def test_missing_task_and_bad_settings_fail_in_check(tiny, task_dir, tmp_path):
         _bench(task_dir, task="r3h_tiny_mc").check(ctx)
 
 
+@pytest.mark.slow
 def test_limit_context_limit_yaml_path_and_data_override(tiny, task_dir, tmp_path):
     res = _bench(task_dir, task="r3h_tiny_mc", metric="acc", limit=4).run(_ctx(tiny, tmp_path / "a", limit=3))
     assert res.details["n"] == 3 and len(_samples(res, "r3h_tiny_mc")) == 3  # the smaller limit wins
@@ -288,6 +292,7 @@ def test_group_score_is_the_size_weighted_mean_of_its_subtasks(tiny, task_dir, t
     assert res.score == pytest.approx(100 * sum(r["acc"] for r in rows) / 9)
 
 
+@pytest.mark.slow
 def test_paper_columns_map_to_tasks_of_the_installed_registry(tiny, tmp_path):
     from lm_eval.tasks._index import Kind
     from lm_eval.tasks._yaml_loader import load_yaml

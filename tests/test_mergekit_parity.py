@@ -469,6 +469,7 @@ def test_della_density_one(shape, n, ties):
         assert_same(ours, theirs)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mk_name,cls,normalize", [
     ("della_linear", DellaMerging, None),
     ("della", DellaTiesMerging, None),

@@ -278,6 +278,7 @@ def direct_scores(folder, pairs, which):
     return torch.stack(out)
 
 
+@pytest.mark.slow
 def test_sequence_classifier_scorer_matches_the_model(tiny_rm, toy):
     sample = [p for name in TOYS for p in toy[name][:6]]
     assert len({len(p["prompt"][0]["content"].split()) + len(p["chosen"][0]["content"].split())

@@ -50,6 +50,7 @@ def assert_complete(folder, tokenizer_dir, method):
     AutoModelForCausalLM.from_pretrained(folder)
 
 
+@pytest.mark.slow
 def test_fusion_bench_causal_lm_pool_writes_a_complete_folder(tmp_path, bare_pool):
     from fusion_bench.modelpool.causal_lm.causal_lm import CausalLMPool
 
@@ -69,6 +70,7 @@ def test_fusion_bench_causal_lm_pool_writes_a_complete_folder(tmp_path, bare_poo
     assert_same_model(out, TaskArithmetic(scaling_factor=0.4, progress=False).run(pool))
 
 
+@pytest.mark.slow
 def test_program_save_of_a_sweep_and_of_tsvm(tmp_path, bare_pool):
     """Without the CLI: `CausalLMPool.save_model` (what `merged_model_save_path=` calls)
     on a TSVM merge (its own build path) and on a Rewarded-Soup sweep (one folder per λ)."""
@@ -90,6 +92,7 @@ def test_program_save_of_a_sweep_and_of_tsvm(tmp_path, bare_pool):
         assert_complete(tmp_path / "soup" / d, tok, sweep[d].r3h_merge_info["method"])
         assert_same_model(tmp_path / "soup" / d, sweep[d])
 
+@pytest.mark.slow
 def test_pool_without_tokenizer_takes_the_base_folder(tmp_path):
     """No `tokenizer` in the pool: the merged folder carries the base's tokenizer files."""
     from fusion_bench.modelpool.causal_lm.causal_lm import CausalLMPool

@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
+pytestmark = pytest.mark.docs  # the whole module: the documentation
+
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
 DIMS = ("Helpful_Avg", "Honest_Avg", "Harmless_Avg")
 
@@ -78,6 +80,7 @@ def test_every_notebook_has_checks():
     assert {p.stem for p in NOTEBOOKS} == set(CHECKS)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
 def test_notebook_runs(path):
     nb = json.loads(path.read_text())

@@ -106,6 +106,7 @@ def scores(seed):
     return aggregate_3h(s)
 
 
+@pytest.mark.slow
 def test_tradeoff_bars_from_every_input_form(tmp_path, drawn):
     paper = load_paper_results(table="Table 3")
     assert_figure(plots.tradeoff_bars(paper, tmp_path / "paper.png", title="Table 3"), tmp_path / "paper")
@@ -182,6 +183,7 @@ def pool(tmp_path_factory):
     return make_pool(tmp_path_factory.mktemp("pool"), base, experts)
 
 
+@pytest.mark.slow
 def test_heatmaps_of_an_r_tsvm_report(pool, tmp_path, drawn):
     from r3h.methods.tsvm import RTSVM
 
@@ -207,6 +209,7 @@ def test_heatmaps_of_an_r_tsvm_report(pool, tmp_path, drawn):
     assert set(plots.analysis_heatmaps(report, tmp_path / "tsvm")) == {"merge_sti", "merge_kept_rank", "merge_alpha"}
 
 
+@pytest.mark.slow
 def test_heatmaps_of_the_diagnostics(pool, tmp_path):
     from r3h.analysis import AlignmentVectorAnalysis
 

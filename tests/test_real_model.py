@@ -39,6 +39,7 @@ def answer(folder: str) -> str:
     return gen.generate([QUESTION])[0]
 
 
+@pytest.mark.slow
 def test_converted_checkpoint_is_the_real_model(smollm2):
     cfg = json.load(open(os.path.join(smollm2, "config.json")))
     assert cfg["architectures"] == ["LlamaForCausalLM"] and cfg["num_hidden_layers"] == 30
@@ -50,6 +51,7 @@ def test_converted_checkpoint_is_the_real_model(smollm2):
     assert "paris" in answer(smollm2).lower()
 
 
+@pytest.mark.slow
 def test_merge_of_the_real_checkpoint_streams_a_complete_model(smollm2, tmp_path):
     from transformers import AutoTokenizer
 

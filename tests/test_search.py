@@ -160,6 +160,7 @@ def test_bad_range_values_are_refused_before_any_merge(paths, tmp_path, taskpool
 # the run
 # ---------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_search_resumes_reuses_the_svd_cache_and_returns_the_test_scored_choice(paths, tmp_path, taskpool):
     out = tmp_path / "s"
     first = search(taskpool, out, n_trials=2)
@@ -200,6 +201,7 @@ def test_search_resumes_reuses_the_svd_cache_and_returns_the_test_scored_choice(
     assert json.load(open(out / "search_report.json"))["chosen"]["trial"] == chosen["trial"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stderr, min_gain_se, kept", [
     (40.0, 1.0, True),    # every gain of α ∈ [0, 1.2] is within one SE (40/√3 per trial, ×√2): defaults kept
     (40.0, 0.0, False),   # min_gain_se 0: the best member, whatever its margin
@@ -234,6 +236,7 @@ def test_min_gain_se_is_checked():
         MergeSearch(methods={"tsvm": {"alpha": {"low": 0.1, "high": 1.0}}}, min_gain_se=-1)
 
 
+@pytest.mark.slow
 def test_weights_pick_the_member_and_multi_objective_front(paths, tmp_path, taskpool):
     s = search(taskpool, tmp_path / "m", n_trials=5, objective="multi", weights={"helpful": 1, "honest": 0,
                                                                                 "harmless": 0},
@@ -251,6 +254,7 @@ def test_weights_pick_the_member_and_multi_objective_front(paths, tmp_path, task
     assert s.last_report["defaults"] == {}
 
 
+@pytest.mark.slow
 def test_every_search_preset_builds():
     names = sorted(p.stem for p in SEARCH_CONFIGS.glob("*.yaml"))
     assert names == sorted([*METHODS, "all"])  # one preset per registered method

@@ -106,6 +106,7 @@ def paths(tmp_path_factory):
 # warm == cold, no SVD
 # ---------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_tsvm_warm_equals_cold_for_several_alphas(paths, tmp_path):
     pool = pool_of(paths)
     folder = tmp_path / "cache"
@@ -143,6 +144,7 @@ R_TSVM_CONFIGS = [
 ]
 
 
+@pytest.mark.slow
 def test_r_tsvm_warm_equals_cold_across_gamma_epsilon_and_switches(paths, tmp_path):
     pool = pool_of(paths)
     folder = tmp_path / "cache"
@@ -166,6 +168,7 @@ def test_r_tsvm_warm_equals_cold_across_gamma_epsilon_and_switches(paths, tmp_pa
     assert len({tuple(float(r[k].sum()) for k in sorted(r)) for r in results}) == len(results)
 
 
+@pytest.mark.slow
 def test_warm_tsvm_reads_no_expert_matrix(paths, tmp_path, count_reads):
     pool = pool_of(paths)
     folder = tmp_path / "cache"
@@ -180,6 +183,7 @@ def test_warm_tsvm_reads_no_expert_matrix(paths, tmp_path, count_reads):
     assert count_reads["n"] == 12 * (1 + N_EXPERTS)
 
 
+@pytest.mark.slow
 def test_zero_expert_is_cached_as_a_flag(tmp_path, count_reads):
     up = "model.layers.0.mlp.up_proj.weight"
     paths = write_pool(tmp_path / "pool", zero={1: (up,)})
@@ -200,6 +204,7 @@ def test_zero_expert_is_cached_as_a_flag(tmp_path, count_reads):
 # stale, corrupt, short
 # ---------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_changed_checkpoint_is_stale_and_recomputed(tmp_path):
     paths = write_pool(tmp_path / "pool")
     pool = pool_of(paths)
@@ -221,6 +226,7 @@ def test_changed_checkpoint_is_stale_and_recomputed(tmp_path):
     assert m2.last_report["svd_cache"]["svds"] == 0
 
 
+@pytest.mark.slow
 def test_other_thread_count_is_stale(paths, tmp_path):
     pool = pool_of(paths)
     folder = tmp_path / "cache"
@@ -236,6 +242,7 @@ def _entry_files(folder, tensor, kind):
     return sorted(d.glob(f"{kind}-*.safetensors"))
 
 
+@pytest.mark.slow
 def test_corrupt_entries_are_ignored_and_rewritten(paths, tmp_path):
     pool = pool_of(paths)
     folder = tmp_path / "cache"
@@ -269,6 +276,7 @@ def test_corrupt_entries_are_ignored_and_rewritten(paths, tmp_path):
     assert m2.last_report["svd_cache"]["svds"] == 0 and m2.last_report["svd_cache"]["factors"]["corrupt"] == 0
 
 
+@pytest.mark.slow
 def test_expert_subset_short_then_sliced(paths, tmp_path):
     """Two experts (q = ⌊r/2⌋) first: the three-expert run (q = ⌊r/3⌋) then takes every
     expert's factors from the cache by slicing and runs only the polar SVDs, bit for bit
@@ -290,6 +298,7 @@ def test_expert_subset_short_then_sliced(paths, tmp_path):
         assert r["factors"] == ["hit", "hit", "miss"] and r["polar"] == "miss" and r["svds"] == 1 + 2
 
 
+@pytest.mark.slow
 def test_auto_solver_is_keyed_by_q_and_solver(paths, tmp_path):
     """The Gram route's factors depend on q (and its fallback on σ1/σq): another q misses
     instead of slicing; a `full` entry is never served to `auto` (the solver is in the key)."""
@@ -308,6 +317,7 @@ def test_auto_solver_is_keyed_by_q_and_solver(paths, tmp_path):
     assert routes and all(set(v.values()) == {"svd"} for v in routes)
 
 
+@pytest.mark.slow
 def test_randomized_solver_is_keyed_by_q_and_position(paths, tmp_path):
     folder = tmp_path / "cache"
     three, two = pool_of(paths), pool_of(paths, ["e0", "e2"])
@@ -329,6 +339,7 @@ def test_randomized_solver_is_keyed_by_q_and_position(paths, tmp_path):
 # reports, options, failures
 # ---------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_report_and_model_card(paths, tmp_path):
     pool = pool_of(paths)
     folder, out = tmp_path / "cache", tmp_path / "merged"
@@ -408,6 +419,8 @@ def test_entries_under_the_old_folder_name_are_still_read(tmp_path):
 FUSION_BENCH = str(Path(sys.executable).with_name("fusion_bench"))
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_two_ranks_write_their_own_factors(tmp_path):
     """2 CPU ranks fill the cache (each its own tensors); a one-process run with another γ
     then finds every entry and gives the cold model bit for bit."""

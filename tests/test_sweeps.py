@@ -67,6 +67,7 @@ def test_grid_points_and_member_names():
 # TSVM family: one SVD pass
 # ---------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_r_tsvm_grid_equals_direct_runs_with_one_svd_pass(paths, tmp_path):
     pool = pool_of(paths)
     opts = {"epsilon_mode": "relative", "epsilon": 0.6, "device": "cpu"}
@@ -93,6 +94,7 @@ def test_r_tsvm_grid_equals_direct_runs_with_one_svd_pass(paths, tmp_path):
     assert_identical(read_folder(out / names[2]), state(res[names[2]]))
 
 
+@pytest.mark.slow
 def test_kept_cache_is_reused_and_false_turns_it_off(paths, tmp_path):
     pool = pool_of(paths)
     folder = tmp_path / "factors"
@@ -111,6 +113,7 @@ def test_kept_cache_is_reused_and_false_turns_it_off(paths, tmp_path):
     assert "svd_cache" not in res["alpha=1.0"].r3h_merge_info
 
 
+@pytest.mark.slow
 def test_out_dir_writes_one_folder_per_member(paths, tmp_path, monkeypatch):
     pool = pool_of(paths)
     out = tmp_path / "sweep"
@@ -288,6 +291,7 @@ class AlphaProbe(Benchmark):
         return BenchmarkResult(self.column, score)
 
 
+@pytest.mark.slow
 def test_sweep_scored_by_the_3h_taskpool_into_one_table(paths, tmp_path, tiny_lm_path):
     from r3h.evaluation.taskpool import ThreeHTaskPool
 
@@ -346,6 +350,8 @@ def cli(args, tmp_path, timeout=600):
                           capture_output=True, text=True, timeout=timeout)
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_cli_sweep_on_two_cpu_ranks(tmp_path):
     """`method=sweep` with 2 Fabric ranks: the ranks share one temporary SVD cache (its
     folder broadcast by rank 0), each member is bit-identical to a one-process run and
@@ -372,6 +378,8 @@ def test_cli_sweep_on_two_cpu_ranks(tmp_path):
     assert not list((tmp_path / "out").glob(".r3h-*"))
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_cli_r_tsvm_gamma_sweep_on_tiny_3h_gives_one_table(tmp_path):
     """The toy 3H world end to end: `method=sweep/r_tsvm_gamma taskpool=3h_tiny` merges each
     γ (one SVD pass), saves one folder per member and scores all of them in one table."""

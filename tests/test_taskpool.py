@@ -144,6 +144,7 @@ def no_generation(monkeypatch):
 # ---------------------------------------------------------------------------- the run
 
 
+@pytest.mark.slow
 def test_scores_files_and_report(tiny, server, tmp_path, count_generated, capsys):
     model, _ = tiny
     report = make_pool(tmp_path, server.base_url, name="base").evaluate(model)
@@ -187,6 +188,7 @@ def test_scores_files_and_report(tiny, server, tmp_path, count_generated, capsys
     assert Path(report["files"]["benchmarks"]["OR-Bench"]["verdicts"]).is_file()
 
 
+@pytest.mark.slow
 def test_resume_from_saved_generations_and_verdicts(tiny, server, tmp_path, count_generated):
     model, _ = tiny
     pool = make_pool(tmp_path, server.base_url)
@@ -214,6 +216,7 @@ def test_resume_from_saved_generations_and_verdicts(tiny, server, tmp_path, coun
     assert count_generated == [] and len(server.posts) == posts  # nothing left to do
 
 
+@pytest.mark.slow
 def test_model_sweep_gives_one_row_per_member(tiny, server, tmp_path):
     from transformers import AutoModelForCausalLM
 
@@ -237,6 +240,7 @@ def test_model_sweep_gives_one_row_per_member(tiny, server, tmp_path):
 # ------------------------------------------------------------------ errors, before generating
 
 
+@pytest.mark.slow
 def test_missing_api_key(tiny, tmp_path, no_generation):
     pool = make_pool(tmp_path, "https://judge.example.invalid/v1")
     with pytest.raises(JudgeConfigError, match="no API key"):
@@ -244,12 +248,14 @@ def test_missing_api_key(tiny, tmp_path, no_generation):
     assert not (tmp_path / "out" / "mt_bench").exists()
 
 
+@pytest.mark.slow
 def test_unreachable_judge(tiny, tmp_path, no_generation):
     pool = make_pool(tmp_path, f"http://127.0.0.1:{closed_port()}/v1", judge_kw={"timeout": 5})
     with pytest.raises(JudgeUnavailableError, match="unreachable"):
         pool.evaluate(tiny[0])
 
 
+@pytest.mark.slow
 def test_dataset_without_expected_field(tiny, server, tmp_path, no_generation):
     # the last benchmark's data is bad: every check runs before the first generation
     bad = [{"prompt_text": r["prompt"], "category": r["category"]} for r in OR]
@@ -270,6 +276,7 @@ def test_dataset_without_expected_field(tiny, server, tmp_path, no_generation):
     assert server.posts == []
 
 
+@pytest.mark.slow
 def test_tokenizer_without_chat_template(tiny, server, tmp_path, no_generation):
     from transformers import AutoTokenizer
 
@@ -288,6 +295,7 @@ def test_tokenizer_without_chat_template(tiny, server, tmp_path, no_generation):
         pool.evaluate(model)
 
 
+@pytest.mark.slow
 def test_no_tokenizer_and_no_judge(tiny, server, tmp_path, no_generation):
     import torch
 
@@ -320,6 +328,7 @@ def test_config_errors(tmp_path):
 # ------------------------------------------------------------------------ the pieces
 
 
+@pytest.mark.slow
 def test_or_bench_falls_back_to_the_refusal_detector(tiny, tmp_path):
     pool = ThreeHTaskPool(benchmarks={"OR-Bench": {"_target_": "r3h.evaluation.generative.ORBench",
                                                    "path": data_files(tmp_path)["or"]}},
@@ -430,6 +439,8 @@ def test_configs_compose_and_build():
 # ---------------------------------------------------------------------------- the CLI
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_cli_ties_tiny_3h_with_3h_smoke(tmp_path):
     env = dict(os.environ, FUSION_BENCH_PROJECT_ROOT=str(tmp_path), HYDRA_FULL_ERROR="1")
     for var in ("R3H_JUDGE_BASE_URL", "R3H_JUDGE_API_KEY", "OPENAI_BASE_URL", "OPENAI_API_KEY"):
@@ -636,6 +647,7 @@ def test_salad_data_on_its_published_layout(tmp_path):
         SaladBench(path=str(tmp_path / "salad"), name="base_set").items()
 
 
+@pytest.mark.slow
 def test_salad_question_set_is_in_the_table_caption(tiny, server, tmp_path):
     files = data_files(tmp_path)
     pool = make_pool(tmp_path, server.base_url, files=files, columns=["Salad_Bench"])

@@ -342,6 +342,7 @@ def _pairs_of(dataset):
     return sum(n for cat in ("pairs", "calibration", "helpful_only") for n in spec.get(cat, {}).values())
 
 
+@pytest.mark.slow
 def test_trained_pool_folders_and_records():
     paths = build.build_tiny_3h()
     assert list(paths) == ["_pretrained_", "helpfulness", "honesty", "harmlessness", "helpfulness_honesty",
@@ -405,6 +406,7 @@ def evaluated(tmp_path_factory):
     return reports
 
 
+@pytest.mark.slow
 def test_done_when_each_expert_beats_the_base_on_its_dimension(evaluated):
     base = evaluated["_pretrained_"]["averages"]
     table = {n: (r["scores"], r["averages"]) for n, r in evaluated.items()}
@@ -418,6 +420,7 @@ def test_done_when_each_expert_beats_the_base_on_its_dimension(evaluated):
     assert base["Helpful_Avg"] < 75 and base["Honest_Avg"] < 60 and base["Harmless_Avg"] < 75, table
 
 
+@pytest.mark.slow
 def test_taskpool_scores_equal_a_recount_of_the_generations(evaluated):
     qs = _by_prompt()
     for name, report in evaluated.items():
@@ -517,6 +520,7 @@ def test_taskpool_check_fails_before_generation_for_a_foreign_model(tmp_path):
 # --------------------------------------------------------------------------- pools and CLI
 
 
+@pytest.mark.slow
 def test_tiny_pool_subsets_and_errors():
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
@@ -562,6 +566,8 @@ def _check_cli_report(r, root):
     return report
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_cli_r_tsvm_on_the_toy_taskpool(tmp_path):
     """`fusion_bench method=r_tsvm modelpool=tiny_3h taskpool=3h_tiny` from a project folder
     and from the repo root (whose ./config shadows fusion_bench's); the two runs go

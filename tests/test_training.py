@@ -168,6 +168,7 @@ def trained(tmp_path_factory):
     return base, pairs, out, record
 
 
+@pytest.mark.slow
 def test_train_dpo_output_folder_and_record(trained):
     base, pairs, out, record = trained
     files = set(os.listdir(out))
@@ -192,6 +193,7 @@ def test_train_dpo_output_folder_and_record(trained):
     assert AutoTokenizer.from_pretrained(str(out)).get_vocab() == AutoTokenizer.from_pretrained(base).get_vocab()
 
 
+@pytest.mark.slow
 def test_train_dpo_moves_the_policy_in_the_dpo_direction(trained):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -213,6 +215,7 @@ def test_train_dpo_moves_the_policy_in_the_dpo_direction(trained):
     torch.testing.assert_close(_answer_logps(ref, tok, pairs[3:4], "rejected"), ref_l[3:4])
 
 
+@pytest.mark.slow
 def test_training_failure_leaves_no_output(tmp_path, monkeypatch):
     import trl
 
@@ -263,6 +266,7 @@ def no_trainer(monkeypatch):
     monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", never_load)
 
 
+@pytest.mark.slow
 def test_reference_of_another_base_is_an_error_before_training(tmp_path, no_trainer):
     from r3h.training.checks import check_same_base
 
@@ -283,6 +287,7 @@ def test_reference_of_another_base_is_an_error_before_training(tmp_path, no_trai
     check_same_base(build.build_tiny_3h()["honesty"], _base())  # same base: no error
 
 
+@pytest.mark.slow
 def test_reference_error_names_both_folders(tmp_path):
     from r3h.training.checks import check_same_base
 
@@ -435,6 +440,7 @@ def _no_training(monkeypatch):
     monkeypatch.setattr(algorithms, "train_dpo", never)
 
 
+@pytest.mark.slow
 def test_dpo_training_algorithm(tmp_path):
     from r3h.data import read_mixture
     from r3h.toy import Tiny3HPool
@@ -458,6 +464,7 @@ def test_dpo_training_algorithm(tmp_path):
     assert any(not torch.equal(saved[k], v) for k, v in _tensors(_base()).items())
 
 
+@pytest.mark.slow
 def test_dpo_training_errors_before_training(tmp_path, monkeypatch):
     from r3h.toy import Tiny3HPool
     from r3h.training.algorithms import DPOTraining
@@ -472,6 +479,7 @@ def test_dpo_training_errors_before_training(tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == []  # not even the data
 
 
+@pytest.mark.slow
 def test_continual_dpo(tmp_path, monkeypatch):
     import r3h.training.algorithms as algorithms
     from r3h.toy import Tiny3HPool
@@ -510,6 +518,7 @@ def test_continual_dpo(tmp_path, monkeypatch):
     assert calls == [(str(s1), str(s2))]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stages, pattern", [
     ([{"name": "a", "data": ["toy_truthy"]}, {"name": "a", "data": ["toy_safety"]}],
      r"stages: names must be unique, got \['a', 'a'\]"),
@@ -605,6 +614,8 @@ def _finish(proc):
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_cli_trains_and_saves_and_cfg_job(tmp_path):
     """`fusion_bench method=train/dpo_toy ...` trains and saves; side by side (one thread each:
     most of each run is fusion_bench's start-up), `--cfg job` from the repo root (whose ./config shadows
@@ -670,6 +681,7 @@ def _rewards(p, which):
     return rewards(_text(p["prompt"]), _text(p[which]))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name, ratio", [("mixture_heuristic_1_5", Fraction(1, 5)),
                                          ("mixture_heuristic_1_10", Fraction(1, 10)),
                                          ("mixture_heuristic_1_20", Fraction(1, 20))])

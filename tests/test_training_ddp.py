@@ -30,6 +30,8 @@ def _run(cmd, cwd):
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 @pytest.mark.skipif(not os.path.exists(TORCHRUN), reason="torchrun is not installed next to python")
 def test_two_processes_train_the_same_model_as_one(tmp_path):
     base = build_tiny_3h()["_pretrained_"]

@@ -713,6 +713,7 @@ def randomized_case(shape, n, seed, noise=1e-4):
     return base, experts
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shape,n", [((96, 64), 4), ((40, 120), 3)])
 def test_randomized_close_to_full(shape, n):
     base, experts = randomized_case(shape, n, seed=shape[0])
