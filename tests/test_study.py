@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -93,7 +94,9 @@ def test_missing_wheel_and_malformed_record_name_the_source(wheels, monkeypatch,
     bad.write_text(json.dumps([{"text": "q", "truthful_answer": "(A)"}]))
     src = study.SOURCES["sycophancy"]
     monkeypatch.setitem(study.SOURCES, "sycophancy", DataSource(src.distribution, src.version, str(bad), src.licence))
-    monkeypatch.setattr(study, "resolve", lambda s, who, error=MissingDataError: __import__("pathlib").Path(s.path))
+    real_resolve = study.resolve
+    monkeypatch.setattr(study, "resolve", lambda s, who, error=MissingDataError:
+                        Path(s.path) if os.path.isabs(s.path) else real_resolve(s, who, error))
     study._build.cache_clear()
     with pytest.raises(study.MalformedDataError, match=r"'sycophancy'.*record 0 lacks.*sycophantic_answer"):
         study.study_items()
@@ -147,6 +150,43 @@ def tiny_llama(tmp_path_factory):
     return str(folder)
 
 
+def test_preference_column_follows_its_definition_and_caches(wheels, tiny_llama, tmp_path, monkeypatch):
+    """Score = % of pairs whose chosen reply has the higher mean log-likelihood per token, each
+    pair scored on its own here (batch 1, no reordering); a rerun reads the saved scores."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from r3h.data.study import column_items
+    from r3h.evaluation import lite
+    from r3h.evaluation.benchmark import EvalContext
+    from r3h.evaluation.generation import ChatGenerator, GenerationConfig
+    from r3h.evaluation.intervals import wilson
+    from r3h.evaluation.study import PreferenceColumn
+
+    tok = AutoTokenizer.from_pretrained(tiny_llama)
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32)
+    gen = ChatGenerator(model, tok, GenerationConfig())
+    ctx = EvalContext(model=model, tokenizer=tok, generator=gen, output_dir=str(tmp_path))
+    bench = PreferenceColumn("HaluEval-QA-pref", n=6, split="validation", batch_size=4)
+    res = bench.run(ctx)
+    items = column_items("HaluEval-QA-pref", "validation", 6)
+    want = []
+    for it in items:
+        c = gen.render(it["prompt"])
+        [a], [b] = (lite.answer_loglikelihoods(model, tok, [c], [it[f]], batch_size=1) for f in ("chosen", "rejected"))
+        want.append((a["mean"], b["mean"]))
+    rows = [json.loads(line) for line in open(res.details["files"]["scores"])]
+    assert [r["id"] for r in rows] == [it["id"] for it in items]
+    for r, (a, b) in zip(rows, want):
+        assert r["chosen"] == pytest.approx(a, abs=1e-4) and r["rejected"] == pytest.approx(b, abs=1e-4)
+        if abs(a - b) > 1e-3:
+            assert r["correct"] == (a > b)
+    k = sum(r["correct"] for r in rows)
+    assert res.score == pytest.approx(100 * k / 6) and (res.details["ci_low"], res.details["ci_high"]) == wilson(k, 6)
+    monkeypatch.setattr(lite, "answer_loglikelihoods", lambda *a, **kw: pytest.fail("scored again"))
+    assert bench.run(ctx).score == res.score
+
+
 def test_quick_slice_runs_end_to_end_and_resumes(wheels, tiny_llama, tmp_path):
     from r3h.study.__main__ import main
 
@@ -179,6 +219,21 @@ def test_quick_slice_runs_end_to_end_and_resumes(wheels, tiny_llama, tmp_path):
     train = {json.loads(line)["id"] for line in open(out / "data" / "train.jsonl")}
     for dim in ("helpfulness", "honesty", "harmlessness"):
         assert {json.loads(line)["id"] for line in open(out / "data" / f"pairs_{dim}.jsonl")} <= train
+    # the experts moved away from the base; the mixture trained on the three experts' pairs (equal data);
+    # the continual model is its last stage, trained from the one before
+    import torch
+    from safetensors.torch import load_file
+
+    base = load_file(os.path.join(tiny_llama, "model.safetensors"))
+    experts = out / "seed0" / "experts"
+    for e in ("helpfulness", "honesty", "harmlessness", "mixture"):
+        moved = load_file(str(experts / e / "model.safetensors"))
+        assert any(not torch.equal(moved[k], base[k]) for k in base), e
+    record = lambda e: json.loads((experts / e / "r3h_train.json").read_text())
+    assert record("mixture")["pairs"] == sum(record(e)["pairs"] for e in ("helpfulness", "honesty", "harmlessness"))
+    stages = sorted(p.name for p in (experts / "continual").iterdir() if not p.name.startswith("."))
+    assert stages == ["stage1_honesty", "stage2_harmlessness", "stage3_helpfulness"]
+    assert record("continual/stage3_helpfulness")["base"] == str(experts / "continual" / "stage2_harmlessness")
     # a second run redoes nothing: no stage runs, no row is rewritten
     stamps = {p: os.path.getmtime(p) for p in (out / "seed0" / "rows").iterdir()}
     from r3h.study import pipeline

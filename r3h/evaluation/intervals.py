@@ -35,7 +35,9 @@ def wilson(k: int, n: int, z: float = Z95) -> Tuple[float, float]:
     denom = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return 100.0 * max(0.0, centre - half), 100.0 * min(1.0, centre + half)
+    low = 0.0 if k <= 0 else max(0.0, centre - half)  # exact ends where rounding would miss them
+    high = 1.0 if k >= n else min(1.0, centre + half)
+    return 100.0 * low, 100.0 * high
 
 
 def averages(shares: Mapping[str, float], dims: Mapping[str, str]) -> Dict[str, float]:

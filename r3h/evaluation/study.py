@@ -92,11 +92,15 @@ class PreferenceColumn(_StudyColumn):
         rows = self._cached(path, [it["id"] for it in items], settings)
         if rows is None:
             ctx_text = [gen.render(it["prompt"]) for it in items]
-            ll = answer_loglikelihoods(gen.model, gen.tokenizer, ctx_text + ctx_text,
-                                       [it["chosen"] for it in items] + [it["rejected"] for it in items],
-                                       add_special_tokens=not gen.config.use_chat_template,
-                                       batch_size=self.batch_size, max_length=self.max_length)
+            # chosen and rejected side by side, and items by length: batches with little padding
+            seqs = [(c, it[f]) for c, it in zip(ctx_text, items) for f in ("chosen", "rejected")]
+            order = sorted(range(len(seqs)), key=lambda j: len(seqs[j][0]) + len(seqs[j][1]))
+            got = answer_loglikelihoods(gen.model, gen.tokenizer, [seqs[j][0] for j in order],
+                                        [seqs[j][1] for j in order], add_special_tokens=not gen.config.use_chat_template,
+                                        batch_size=self.batch_size, max_length=self.max_length)
+            by_seq = dict(zip(order, got))
             k = len(items)
+            ll = [by_seq[2 * i] for i in range(k)] + [by_seq[2 * i + 1] for i in range(k)]
             rows = [{"id": it["id"], "source": it["source"], "chosen": ll[i]["mean"], "rejected": ll[k + i]["mean"],
                      "margin_sum": ll[i]["sum"] - ll[k + i]["sum"], "correct": ll[i]["mean"] > ll[k + i]["mean"],
                      "settings": settings} for i, it in enumerate(items)]

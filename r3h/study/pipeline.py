@@ -29,7 +29,7 @@ log = logging.getLogger("r3h.study")
 CONTINUAL_ORDER = ("honesty", "harmlessness", "helpfulness")
 EXPERTS = ("helpfulness", "honesty", "harmlessness")
 #: the methods merged by --quick (a small but complete cross-section)
-QUICK_METHODS = ("r3h_task_arithmetic", "ties", "weight_average", "tsvm", "r_tsvm")
+QUICK_METHODS = ("r3h_task_arithmetic", "ties", "tsvm", "r_tsvm")
 
 
 @dataclass
@@ -60,8 +60,8 @@ class Settings:
 
     @classmethod
     def quick(cls, **kw) -> "Settings":
-        q = dict(pairs=8, batch_size=4, learning_rate=2e-5, max_length=256, test_n=12, validation_n=6,
-                 generation_n=6, max_new_tokens=16, methods=list(QUICK_METHODS), tuned=["tsvm", "r_tsvm"], trials=2,
+        q = dict(pairs=8, batch_size=4, learning_rate=2e-5, max_length=256, test_n=8, validation_n=4,
+                 generation_n=4, max_new_tokens=16, methods=list(QUICK_METHODS), tuned=["r_tsvm"], trials=2,
                  bootstrap=500)
         q.update({k: v for k, v in kw.items() if v is not None})
         return cls(**q)
