@@ -40,9 +40,9 @@ class Settings:
     device: str = "cpu"
     seeds: List[int] = field(default_factory=lambda: [0])
     # the expert recipe (DPO through TRL, r3h.training.train_dpo)
-    pairs: int = 256  # train pairs per expert (the mixture gets the three sets: 3x)
+    pairs: int = 64  # train pairs per expert (the mixture gets the three sets: 3x); docs/study.md, the recipe
     batch_size: int = 8
-    learning_rate: float = 5e-6
+    learning_rate: float = 2e-5
     beta: float = 0.1
     epochs: float = 1.0
     max_length: int = 512
