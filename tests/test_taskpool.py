@@ -111,7 +111,7 @@ def make_pool(root: Path, base_url: str, files=None, judge_kw=None, **kw) -> Thr
         "HaluEval_Wild": {"_target_": "r3h.evaluation.generative.HaluEvalWild", "path": files["halu"],
                           "judge": "scripted", "query_types": None},
         "Salad_Bench": {"_target_": "r3h.evaluation.generative.SaladBench", "path": files["salad"],
-                        "judge": "scripted"},
+                        "judge": "scripted", "sample_size": None},
         "OR-Bench": {"_target_": "r3h.evaluation.generative.ORBench", "path": files["or"], "judge": "scripted"},
     }
     kw.setdefault("output_dir", str(root / "out"))
@@ -125,9 +125,9 @@ def count_generated(monkeypatch):
     calls = []
     real = ChatGenerator.generate
 
-    def counting(self, prompts):
+    def counting(self, prompts, temperature=None):
         calls.append(len(prompts))
-        return real(self, prompts)
+        return real(self, prompts, temperature)
 
     monkeypatch.setattr(ChatGenerator, "generate", counting)
     return calls
@@ -135,7 +135,7 @@ def count_generated(monkeypatch):
 
 @pytest.fixture
 def no_generation(monkeypatch):
-    def forbidden(self, prompts):
+    def forbidden(self, prompts, temperature=None):
         raise AssertionError("generation started before every check passed")
 
     monkeypatch.setattr(ChatGenerator, "generate", forbidden)
@@ -227,7 +227,7 @@ def test_model_sweep_gives_one_row_per_member(tiny, server, tmp_path):
                        print_table=False).evaluate(sweep)
     assert report["members"] == ["soup_0", "soup_1"]
     for m in report["members"]:
-        assert report["scores"][m] == {"Salad_Bench": 100.0, "OR-Bench": 100.0}  # first records: safe, refused
+        assert report["scores"][m] == {"Salad_Bench": 100.0, "OR-Bench": 0.0}  # first records: safe, refused
         assert (tmp_path / "out" / m / "or_bench" / "generations.jsonl").is_file()
     rows = json.loads(Path(report["files"]["json"]).read_text())["rows"]
     assert [r["method"] for r in rows] == ["soup_0", "soup_1"]
@@ -327,7 +327,8 @@ def test_or_bench_falls_back_to_the_refusal_detector(tiny, tmp_path):
     report = pool.evaluate(tiny[0])
     d = report["details"]["OR-Bench"]
     assert d["judge"] == "rule:refusal-v1" and d["judge_fallback"] is True
-    assert report["scores"]["OR-Bench"] == d["refusal_rate"] and d["answer_rate"] == 100 - d["refusal_rate"]
+    assert report["scores"]["OR-Bench"] == d["answer_rate"] and d["answer_rate"] == 100 - d["refusal_rate"]
+    assert d["metric"] == "answer_rate" and d["higher_is_better"] is True
 
 
 def test_reference_match_judge():
@@ -357,9 +358,11 @@ def test_benchmarks_read_the_published_field_names(tmp_path):
     assert items[1]["reference"] is None  # FastChat uses references for math, reasoning, coding only
     attack = SaladBench(path=write_jsonl(tmp_path / "attack.jsonl", [
         {"aid": 10, "qid": 1, "augq": "enhanced q", "baseq": "q", "method": "gptfuzz", "1-category": "O1"},
-        {"aid": 11, "qid": 1, "augq": "enhanced q2", "baseq": "q", "method": "autodan", "1-category": "O1"}]))
+        {"aid": 11, "qid": 1, "augq": "enhanced q2", "baseq": "q", "method": "autodan", "1-category": "O1"}]),
+        sample_size=None)
     assert [(it["id"], it["prompt"]) for it in attack.items()] == [("10", "enhanced q"), ("11", "enhanced q2")]
-    defense = SaladBench(path=write_jsonl(tmp_path / "defense.jsonl", [{"did": 3, "qid": 1, "daugq": "dq"}]))
+    defense = SaladBench(path=write_jsonl(tmp_path / "defense.jsonl", [{"did": 3, "qid": 1, "daugq": "dq"}]),
+                         sample_size=None)
     assert defense.items()[0]["prompt"] == "dq"
     (tmp_path / "halu.json").write_text(json.dumps([{"query": "q", "query_type": "t", "answer": "ref"}]))
     assert HaluEvalWild(path=str(tmp_path / "halu.json"), query_types=None).items()[0]["reference"] == "ref"
@@ -416,6 +419,11 @@ def test_configs_compose_and_build():
         mine = {c: instantiate(full.benchmarks[c]) for c in ("MT-Bench", "HaluEval_Wild", "Salad_Bench", "OR-Bench")}
         assert mine["OR-Bench"].name == "or-bench-hard-1k" and mine["Salad_Bench"].name == "base_set"
         assert mine["HaluEval_Wild"].data_files.endswith("HaluEval_Wild_6types.json")
+        # the paper's protocol by default (issue 18): OR-Bench's answer rate judged by GPT-4o with OR-Bench's
+        # own prompt, SALAD's 1,817-question sample, FastChat's MT-Bench temperatures
+        assert full.benchmarks["OR-Bench"].judge == "gpt4o" and full.judges.gpt4o.model == "gpt-4o"
+        assert mine["OR-Bench"].metric == "answer_rate" and mine["OR-Bench"].judge_prompt == "or-bench"
+        assert mine["Salad_Bench"].sample_size == 1817 and mine["MT-Bench"].sampling == "fastchat"
         expect = {"3h/helpfulness": BENCHMARKS[:8], "3h/honesty": ("HaluEval_Wild",),
                   "3h/harmlessness": ("Salad_Bench", "OR-Bench"),
                   "3h/judged": ("MT-Bench", "HaluEval_Wild", "Salad_Bench", "OR-Bench")}
@@ -468,7 +476,7 @@ class FixedAnswers:
 
         self.config = GenerationConfig(batch_size=4)
 
-    def generate(self, prompts):
+    def generate(self, prompts, temperature=None):
         return [f"answer to {p if isinstance(p, str) else p[-1]['content']}" for p in prompts]
 
 
@@ -606,16 +614,16 @@ def test_salad_data_on_its_published_layout(tmp_path):
     loaded by datasets as the hub copy is; base, attack- and defense-enhanced sets."""
     repo = PUBLISHED / "salad_data"
     base_raw = json.loads((repo / "base_set.json").read_text())
-    base = SaladBench(path=str(repo), name="base_set")
+    base = SaladBench(path=str(repo), name="base_set", sample_size=None)  # the full set
     items = base.items()
     assert [it["id"] for it in items] == [str(r["qid"]) for r in base_raw]
     assert [it["prompt"] for it in items] == [r["question"] for r in base_raw]
     assert [it["category"] for it in items] == [r["1-category"] for r in base_raw]
     assert base.question_set == "base_set, all 12 questions" and base.table_note == base.question_set
-    attack = SaladBench(path=str(repo), name="attack_enhanced_set").items()
+    attack = SaladBench(path=str(repo), name="attack_enhanced_set", sample_size=None).items()
     assert [(it["id"], it["prompt"]) for it in attack] == [
         (str(r["aid"]), r["augq"]) for r in json.loads((repo / "attack_enhanced_set.json").read_text())]
-    defense = SaladBench(path=str(repo), name="defense_enhanced_set").items()
+    defense = SaladBench(path=str(repo), name="defense_enhanced_set", sample_size=None).items()
     assert [it["prompt"] for it in defense] == [r["daugq"] for r in
                                                 json.loads((repo / "defense_enhanced_set.json").read_text())]
     # the paper's size as a seeded sample: the same records every time, in data order
@@ -633,7 +641,7 @@ def test_salad_data_on_its_published_layout(tmp_path):
     renamed = [{("prompt_text" if k == "question" else k): v for k, v in r.items()} for r in base_raw]
     (tmp_path / "salad" / "base_set.json").write_text(json.dumps(renamed))
     with pytest.raises(DatasetFieldError, match="record 0 has no field 'question'.*prompt_text"):
-        SaladBench(path=str(tmp_path / "salad"), name="base_set").items()
+        SaladBench(path=str(tmp_path / "salad"), name="base_set", sample_size=None).items()
 
 
 def test_salad_question_set_is_in_the_table_caption(tiny, server, tmp_path):
@@ -656,3 +664,67 @@ def test_or_bench_on_its_published_layout():
     items = ORBench(path=str(repo), name="or-bench-hard-1k").items()
     assert [(it["prompt"], it["category"]) for it in items] == [(r["prompt"], r["category"]) for r in raw]
     assert len(ORBench(path=str(repo), name="or-bench-toxic").items()) == 1
+
+
+# ------------------------------------------------------------------ OR-Bench's direction and prompt
+
+OR_BENCH_CHECKER = PUBLISHED / "or_bench_repo" / "response_checker" / "check_response.py"
+
+
+def official_or_bench_prompt() -> str:
+    """``response_checking_prompt`` of OR-Bench's checker (the fixture is the file at the pinned commit)."""
+    import ast
+
+    tree = ast.parse(OR_BENCH_CHECKER.read_text(encoding="utf-8"))
+    return next(n.value.value for n in tree.body if isinstance(n, ast.Assign)
+                and getattr(n.targets[0], "id", None) == "response_checking_prompt")
+
+
+def test_a_model_that_answers_every_or_bench_prompt_raises_harmless_avg(tiny, server, tmp_path):
+    """OR-Bench is the answer rate (the paper's direction): a judge that finds every answer a
+    direct answer gives OR-Bench 100, and Harmless_Avg and AVG rise with it."""
+    answered = [dict(r, prompt=r["prompt"].split(" want=")[0] + " want=[[direct_answer]]") for r in OR]
+    cols = ["HaluEval_Wild", "Salad_Bench", "OR-Bench"]
+    mixed = make_pool(tmp_path / "mixed", server.base_url, columns=cols, print_table=False).evaluate(tiny[0])
+    files = data_files(tmp_path / "all", **{"or": answered})
+    full = make_pool(tmp_path / "all", server.base_url, files=files, columns=cols,
+                     print_table=False).evaluate(tiny[0])
+    assert mixed["scores"]["OR-Bench"] == 50.0 and full["scores"]["OR-Bench"] == 100.0
+    assert full["details"]["OR-Bench"]["refusal_rate"] == 0.0 and full["details"]["OR-Bench"]["answer_rate"] == 100.0
+    assert full["averages"]["Harmless_Avg"] == pytest.approx((200 / 3 + 100) / 2)
+    assert full["averages"]["Harmless_Avg"] > mixed["averages"]["Harmless_Avg"]
+    assert full["averages"]["AVG"] > mixed["averages"]["AVG"]
+    # the refusal rate stays an option, and says so in the table's caption
+    pool = make_pool(tmp_path / "rr", server.base_url, files=files, columns=["OR-Bench"], print_table=False)
+    pool.benchmarks["OR-Bench"]["metric"] = "refusal_rate"
+    report = pool.evaluate(tiny[0])
+    assert report["scores"]["OR-Bench"] == 0.0 and report["details"]["OR-Bench"]["higher_is_better"] is False
+    assert "[OR-Bench: refusal rate" in Path(report["files"]["md"]).read_text()
+    with pytest.raises(ValueError, match="metric must be one of answer_rate, refusal_rate"):
+        ORBench(metric="refusal")
+    with pytest.raises(ValueError, match="judge_prompt 'md-judge-v0.2' is not a refusal prompt preset"):
+        ORBench(judge_prompt="md-judge-v0.2")
+
+
+def test_or_bench_judge_gets_the_official_prompt_byte_for_byte(tiny, server, tmp_path):
+    """The judge's message is check_response.py's response_checking_prompt.format(prompt, response),
+    as the one user message, byte for byte (the fixture is the file at the pinned commit)."""
+    import hashlib
+
+    from r3h.evaluation.judges import TEMPLATE_PRESETS
+
+    blob = OR_BENCH_CHECKER.read_bytes()
+    preset = TEMPLATE_PRESETS["or-bench"]
+    assert hashlib.sha1(b"blob %d\0" % len(blob) + blob).hexdigest() == preset["blob"]  # git's blob id
+    assert preset["commit"] == "4fad1f9e4d4ba368777585fa1f5b869b6d4442fa"
+    official = official_or_bench_prompt()
+    rows = OR + [{"prompt": 'quotes " and {braces} want=[[direct_answer]]', "category": "x"}]
+    pool = make_pool(tmp_path, server.base_url, files=data_files(tmp_path, **{"or": rows}), columns=["OR-Bench"],
+                     print_table=False)
+    report = pool.evaluate(tiny[0])
+    gens = {r["prompt"]: r["response"] for r in map(json.loads, open(tmp_path / "out" / "or_bench" / "generations.jsonl"))}
+    sent = sorted(json.dumps(b["messages"]) for b in server.posts)
+    want = sorted(json.dumps([{"role": "user", "content": official.format(p, a)}]) for p, a in gens.items())
+    assert sent == want and len(sent) == len(rows)
+    assert report["details"]["OR-Bench"]["judge_prompt"].startswith("or-bench@official#")
+    assert report["scores"]["OR-Bench"] == pytest.approx(300 / 5)
