@@ -635,6 +635,10 @@ def test_salad_data_on_its_published_layout(tmp_path):
     assert sample.question_set.startswith("base_set, seeded sample of 5 of 12 questions (seed 3")
     with pytest.raises(ValueError, match="sample_size 13 is larger than the 12 records"):
         SaladBench(path=str(repo), name="base_set", sample_size=13).items()
+    # the default is the paper's size, 1,817 (Table 9): too many for the fixture, said before any generation
+    assert SaladBench().sample_size == 1817 and SaladBench().sample_seed == 0
+    with pytest.raises(ValueError, match="sample_size 1817 is larger than the 12 records"):
+        SaladBench(path=str(repo), name="base_set").items()
     # a renamed field fails with the record and the fields it has
     (tmp_path / "salad").mkdir()
     (tmp_path / "salad" / "README.md").write_text((repo / "README.md").read_text())
@@ -652,6 +656,12 @@ def test_salad_question_set_is_in_the_table_caption(tiny, server, tmp_path):
     md = Path(report["files"]["md"]).read_text()
     assert "[Salad_Bench: salad.jsonl, seeded sample of 2 of 3 questions (seed 0" in md
     assert report["details"]["Salad_Bench"]["question_set"].startswith("salad.jsonl, seeded sample of 2")
+    import random
+
+    kept = sorted(random.Random(0).sample(range(len(SALAD)), 2))
+    assert report["details"]["Salad_Bench"]["question_ids"] == [str(SALAD[i]["qid"]) for i in kept]
+    verdicts = [json.loads(x) for x in open(tmp_path / "out" / "salad_bench" / "verdicts.jsonl")]
+    assert sorted(v["key"] for v in verdicts) == sorted(report["details"]["Salad_Bench"]["question_ids"])
 
 
 def test_or_bench_on_its_published_layout():
@@ -728,3 +738,65 @@ def test_or_bench_judge_gets_the_official_prompt_byte_for_byte(tiny, server, tmp
     assert sent == want and len(sent) == len(rows)
     assert report["details"]["OR-Bench"]["judge_prompt"].startswith("or-bench@official#")
     assert report["scores"]["OR-Bench"] == pytest.approx(300 / 5)
+
+
+# ------------------------------------------------------------------------ MT-Bench's sampling
+
+class RecordingAnswers(FixedAnswers):
+    """FixedAnswers that records the temperature each prompt was answered at."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def generate(self, prompts, temperature=None):
+        self.seen += [(p if isinstance(p, str) else p[-1]["content"], temperature) for p in prompts]
+        return super().generate(prompts)
+
+
+def test_mt_bench_samples_each_category_at_fastchats_temperature(tmp_path):
+    from r3h.evaluation.benchmark import EvalContext
+    from r3h.evaluation.generative import FASTCHAT_TEMPERATURES
+
+    cats = ["writing", "roleplay", "stem", "humanities", "math", "coding", "reasoning", "extraction", "other"]
+    rows = [{"question_id": i, "category": c, "turns": [f"{c} one", f"{c} two"]} for i, c in enumerate(cats)]
+    path = write_jsonl(tmp_path / "q.jsonl", rows)
+    want = {c: FASTCHAT_TEMPERATURES.get(c, 0.7) for c in cats}
+    assert want["writing"] == want["roleplay"] == want["other"] == 0.7 and want["stem"] == want["humanities"] == 0.1
+    assert {want[c] for c in ("math", "coding", "reasoning", "extraction")} == {0.0}
+
+    def answer(sampling, out):
+        gen = RecordingAnswers()
+        bench = MTBench(path=path, reference_answers=None, judge_prompts=None, sampling=sampling)
+        ctx = EvalContext(model=None, tokenizer=None, generator=gen, output_dir=str(out), judges={})
+        bench.generate(ctx, bench.items(), str(out))
+        return gen.seen
+
+    seen = answer("fastchat", tmp_path / "a")
+    assert sorted(seen) == sorted((f"{c} {t}", want[c]) for c in cats for t in ("one", "two"))
+    saved = {r["id"]: r["generation"]["temperature"] for r in map(json.loads, open(tmp_path / "a" / "generations_turn2.jsonl"))}
+    assert saved == {str(i): want[c] for i, c in enumerate(cats)}
+    assert {t for _, t in answer("greedy", tmp_path / "b")} == {0.0}
+    assert {t for _, t in answer("config", tmp_path / "c")} == {None}  # the generation config's own
+    # switching to greedy on the same folder redoes only the answers that were sampled
+    redo = answer("greedy", tmp_path / "a")
+    assert sorted(p for p, _ in redo) == sorted(f"{c} {t}" for c in cats if want[c] > 0 for t in ("one", "two"))
+    with pytest.raises(ValueError, match="sampling must be fastchat, greedy or config"):
+        MTBench(sampling="random")
+
+
+def test_sampled_answers_are_seeded(tiny):
+    """A temperature override samples with the config's seed: the same answers on a rerun."""
+    from transformers import AutoTokenizer
+
+    from r3h.evaluation.generation import ChatGenerator, GenerationConfig
+
+    model, paths = tiny
+    tok = AutoTokenizer.from_pretrained(paths["_pretrained_"])
+    gen = ChatGenerator(model, tok, GenerationConfig(max_new_tokens=8, batch_size=2, seed=3))
+    prompts = ["Write a poem", "Tell a story", "Describe a cat"]
+    first = gen.generate(prompts, temperature=0.7)
+    assert gen.generate(prompts, temperature=0.7) == first
+    assert gen.config.temperature == 0.0  # the override does not change the generator
+    with pytest.raises(ValueError, match="temperature must be"):
+        gen.generate(prompts, temperature=-1)

