@@ -410,12 +410,22 @@ def test_configs_compose_and_build():
 
         full = taskpool("3h")
         assert list(full.benchmarks) == list(BENCHMARKS)
+        from r3h.evaluation.lm_eval_adapter import PROTOCOLS
+
         for col in ("Math", "GSM8K", "ARC-E", "ARC-C", "MMLU", "MBPP_Plus", "HumanEval_Plus"):
             b = full.benchmarks[col]
             assert b._target_ == "r3h.evaluation.lm_eval_adapter.LMEvalBenchmark" and b.column == col
-            assert b.task and b.metric and b.allow_code_execution is False
+            assert b.allow_code_execution is False and "task" not in b  # the protocol's
         pool = instantiate(full, _recursive_=False)
-        assert pool.selected_columns == list(BENCHMARKS)
+        assert pool.selected_columns == list(BENCHMARKS) and full.protocol == "paper"
+        built = pool.build_benchmarks()
+        for protocol in ("paper", "harness"):
+            lm = instantiate(taskpool("3h"), _recursive_=False, protocol=protocol).build_benchmarks() \
+                if protocol == "harness" else built
+            for col, spec in PROTOCOLS[protocol].items():
+                b = lm[col]
+                assert (b.protocol, b.task, b.metric, b.num_fewshot, b.apply_chat_template) == \
+                    (protocol, spec.task, spec.metric, spec.num_fewshot, spec.apply_chat_template)
         mine = {c: instantiate(full.benchmarks[c]) for c in ("MT-Bench", "HaluEval_Wild", "Salad_Bench", "OR-Bench")}
         assert mine["OR-Bench"].name == "or-bench-hard-1k" and mine["Salad_Bench"].name == "base_set"
         assert mine["HaluEval_Wild"].data_files.endswith("HaluEval_Wild_6types.json")
