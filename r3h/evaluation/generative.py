@@ -710,7 +710,9 @@ class HaluEvalWild(JudgedBenchmark):
     ``query_types``: the types scored (default :data:`HALUEVAL_WILD_TYPES`, the benchmark's
     500 queries; the release's "other types" are left out, as its README says the final
     benchmark does); ``null`` scores every record. Each listed type must occur in the data,
-    so a renamed type fails instead of scoring a smaller set.
+    so a renamed type fails instead of scoring a smaller set. The denominator is not settled:
+    Table 9 and the README say 500, while the paper's base rows fit k/600 (Llama-3-8B-Instruct
+    53.50 = 321/600, Mistral-7B-Instruct-v0.2 62.17 = 373/600; docs/evaluation.md).
     """
 
     column = "HaluEval_Wild"

@@ -733,7 +733,9 @@ def _check_minerva_math_deps() -> None:
         raise ImportError(
             "lm-eval's minerva_math tasks need sympy, math_verify and antlr4-python3-runtime==4.11 "
             f"(pip install 'lm-eval[math]'); found antlr4-python3-runtime {antlr}. hydra-core/omegaconf "
-            "(required by fusion_bench) pin antlr4 4.9, so use task: hendrycks_math in this environment"
+            "(required by fusion_bench) pin antlr4 4.9: in this environment score Math with the harness protocol "
+            "(benchmarks.Math.protocol=harness, i.e. hendrycks_math 0-shot, not the paper's magnitude), or run the "
+            "Math column in an environment of its own with lm-eval[math]"
         )
 
 
