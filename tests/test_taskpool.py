@@ -426,6 +426,10 @@ def test_configs_compose_and_build():
                 b = lm[col]
                 assert (b.protocol, b.task, b.metric, b.num_fewshot, b.apply_chat_template) == \
                     (protocol, spec.task, spec.metric, spec.num_fewshot, spec.apply_chat_template)
+        one = compose("fabric_model_fusion", overrides=["taskpool=3h", "modelpool=tiny_3h",
+                                                        "taskpool.benchmarks.Math.protocol=harness"]).taskpool
+        lm = instantiate(one, _recursive_=False).build_benchmarks()
+        assert (lm["Math"].task, lm["Math"].protocol, lm["GSM8K"].protocol) == ("hendrycks_math", "harness", "paper")
         mine = {c: instantiate(full.benchmarks[c]) for c in ("MT-Bench", "HaluEval_Wild", "Salad_Bench", "OR-Bench")}
         assert mine["OR-Bench"].name == "or-bench-hard-1k" and mine["Salad_Bench"].name == "base_set"
         assert mine["HaluEval_Wild"].data_files.endswith("HaluEval_Wild_6types.json")
