@@ -66,17 +66,31 @@ def test_wudi_matches_fusion_bench(shape):
     base, experts = case(shape, 3, seed=300)
     iters = 60
     theirs = base + fb_wudi(_fb_vectors(base, experts), accelerator="cpu", iter_num=iters)[KEY].detach()
-    ours = run_tensor(WUDI(iterations=iters, learning_rate=1e-5, norm="squared", device="cpu"), KEY, base, experts)
+    ours = run_tensor(WUDI(iterations=iters, learning_rate=1e-5, norm="squared", scaling_factor=1.0, device="cpu"),
+                      KEY, base, experts)
     torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-11)
     moved = float((theirs - base - sum(e - base for e in experts)).abs().max())
     assert moved > 100 * 1e-11  # the optimisation moved τm well beyond the tolerance
+
+
+def test_default_scalings_differ_from_fusion_bench():
+    """r3h's defaults come from the toy sweep of five experts (docs/methods.md): Iso-C and Iso-CTS
+    α = 0.7 and WUDI s = 0.2, where fusion_bench's configs take α = 1 and WUDI adds τm whole."""
+    assert IsoC().scaling_factor == IsoCTS().scaling_factor == 0.7
+    assert WUDI().scaling_factor == 0.2
+    base, experts = case((12, 10), 3, seed=303)
+    theirs = base + fb_iso.iso_c(_fb_vectors(base, experts), accelerator="cpu")[KEY]  # its config's α = 1
+    assert not torch.allclose(run_tensor(IsoC(), KEY, base, experts), theirs, atol=1e-3)
+    theirs = base + fb_wudi(_fb_vectors(base, experts), accelerator="cpu", iter_num=5)[KEY].detach()
+    ours = run_tensor(WUDI(iterations=5, device="cpu"), KEY, base, experts)
+    torch.testing.assert_close(ours - base, 0.2 * (theirs - base), rtol=1e-9, atol=1e-11)
 
 
 def test_wudi_plain_norm_differs_from_fusion_bench():
     """`norm: plain` (wi = ‖τi‖) is r3h's option; fusion_bench always weighs by ‖τi‖²."""
     base, experts = case((12, 10), 3, seed=301, scale=0.5)
     theirs = base + fb_wudi(_fb_vectors(base, experts), accelerator="cpu", iter_num=50)[KEY].detach()
-    ours = run_tensor(WUDI(iterations=50, norm="plain", device="cpu"), KEY, base, experts)
+    ours = run_tensor(WUDI(iterations=50, norm="plain", scaling_factor=1.0, device="cpu"), KEY, base, experts)
     assert not torch.allclose(ours, theirs, rtol=1e-8, atol=1e-9)
 
 

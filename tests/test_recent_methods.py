@@ -185,7 +185,7 @@ def test_iso_cts_matches_definition(shape, n, fraction):
 def test_wudi_matches_definition(shape, norm):
     base, experts = case(shape, 3, seed=20)
     taus = [e - base for e in experts]
-    m = WUDI(iterations=40, learning_rate=1e-3, norm=norm, device="cpu", progress=False)
+    m = WUDI(iterations=40, learning_rate=1e-3, norm=norm, scaling_factor=1.0, device="cpu", progress=False)
     got = run_tensor(m, "w", base, experts)
     expected = base + ref_wudi(taus, 40, 1e-3, norm)
     torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-10)
@@ -208,7 +208,8 @@ def test_wudi_zero_task_vector_is_left_out():
     """A zero τi has the term 0/0 in the loss: r3h leaves it out (fusion_bench's loss is NaN)."""
     base, experts = case((8, 5), 2, seed=23)
     taus = [e - base for e in experts]
-    got = run_tensor(WUDI(iterations=10, learning_rate=1e-3, device="cpu"), "w", base, experts + [base.clone()])
+    got = run_tensor(WUDI(iterations=10, learning_rate=1e-3, scaling_factor=1.0, device="cpu"), "w", base,
+                     experts + [base.clone()])
     torch.testing.assert_close(got, base + ref_wudi(taus, 10, 1e-3), rtol=1e-9, atol=1e-10)
     all_zero = run_tensor(WUDI(iterations=10, device="cpu"), "w", base, [base.clone(), base.clone()])
     torch.testing.assert_close(all_zero, base)

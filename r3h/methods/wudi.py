@@ -31,7 +31,8 @@ class WUDI(MergeAlgorithm):
             config 400).
         learning_rate: Adam's step size, > 0; default 1e-5 (the paper's and fusion_bench's).
         norm: `squared` (default) or `plain`.
-        scaling_factor: s on τm; default 1.0 (the paper: none).
+        scaling_factor: s on τm; default 0.2 (the best AVG of the toy sweep in docs/methods.md:
+            with lr 1e-5 τm stays near Σ τi, which five experts break at s = 1; the paper: none, 1.0).
         exclude_keys: default the embeddings and `lm_head` (`VOCAB_KEYS`), which take
             θ0 + mean τi; `[]` puts them through WUDI too.
         device: default `auto` (a GPU if there is one).
@@ -40,7 +41,7 @@ class WUDI(MergeAlgorithm):
     _method_name = "wudi"
 
     def __init__(self, iterations: int = 300, learning_rate: float = 1e-5, norm: str = "squared",
-                 scaling_factor: float = 1.0, exclude_keys: Optional[List[str]] = VOCAB_KEYS,
+                 scaling_factor: float = 0.2, exclude_keys: Optional[List[str]] = VOCAB_KEYS,
                  device: str = "auto", **kwargs):
         super().__init__(exclude_keys=exclude_keys, device=device, **kwargs)
 
