@@ -48,7 +48,13 @@ METHODS = {
     "ram_plus": RAMPlus,
 }
 
+#: the merges published after the paper (the README's "beyond the paper" group), and among them
+#: the subspace merges that followed TSVM; the toy's verdict keeps the paper's claims among the
+#: paper's methods and asks of these its own question
+BEYOND_PAPER = ["iso_c", "iso_cts", "wudi", "ram", "ram_plus"]
+NEWER_SUBSPACE = ["iso_c", "iso_cts", "wudi"]
+
 RESM = RTSVM
 ALIASES = {"resm": "r_tsvm", "resm_no_outlier": "r_tsvm_no_outlier", "resm_no_rank": "r_tsvm_no_rank"}
 
-__all__ = ["METHODS", "ALIASES", "MergeAlgorithm", "RESM", *[c.__name__ for c in METHODS.values()]]
+__all__ = ["METHODS", "ALIASES", "BEYOND_PAPER", "NEWER_SUBSPACE", "MergeAlgorithm", "RESM", *[c.__name__ for c in METHODS.values()]]
