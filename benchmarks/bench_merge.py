@@ -458,6 +458,7 @@ def run_child(args, run: str, pool_dir: str, work: str, save: bool) -> dict:
     with open(result_file) as f:
         res = json.load(f)
     res["process_maxrss_bytes"] = maxrss  # whole child lifetime, saving included
+    res["process_cpu_s"] = rusage.ru_utime + rusage.ru_stime  # the child's CPU time (user + system)
     res["process_lifetime_s"] = lifetime
     res["save_path"] = save_path
     return res
@@ -513,6 +514,7 @@ def summarize(runs: List[dict]) -> dict:
         "rss_after_imports_gb": max(r["rss_after_imports_bytes"] for r in ok) / 1e9,
         "process_maxrss_gb": max(r["process_maxrss_bytes"] for r in ok) / 1e9,
         "wall_s_all": [round(r["wall_s"], 3) for r in ok],
+        "cpu_s": min(r.get("process_cpu_s", float("nan")) for r in ok),
         "peak_rss_gb_all": [round(r["peak_rss_bytes"] / 1e9, 4) for r in ok],
         "r3h_stats": ok[-1].get("r3h_stats"),
         "repeats": len(ok),
@@ -551,10 +553,11 @@ def make_table(summary: Dict[str, dict], checks: Dict[str, dict], meta: dict) ->
         f"Wall = model pool construction + `method.run` in a fresh process, best of {meta['repeats_ta']} "
         f"(task arithmetic) / {meta['repeats_ties']} (TIES). Peak RSS = the child's own high-water mark "
         f"(VmHWM) right after the merge, before any saving; it includes ~{meta['import_rss_gb']:.2f} GB "
-        f"of imports, the same in every child. GB = 1e9 bytes.",
+        f"of imports, the same in every child. CPU = the child's user + system time over its life "
+        f"(saving included), less sensitive than wall time to other work on a shared machine. GB = 1e9 bytes.",
         "",
-        "| method | peak RSS (GB) | wall (s) | RSS vs fb | time vs fb | target RSS (0.4x fb; 0.3x for Iso-C, Iso-CTS, WUDI) | target time <= fb |",
-        "|---|---:|---:|---:|---:|:---:|:---:|",
+        "| method | peak RSS (GB) | wall (s) | CPU (s) | RSS vs fb | time vs fb | CPU vs fb | target RSS (0.4x fb; 0.3x for Iso-C, Iso-CTS, WUDI) | target time <= fb |",
+        "|---|---:|---:|---:|---:|---:|---:|:---:|:---:|",
     ]
     v = verdicts(summary)
     for run in RUNS:
@@ -562,24 +565,25 @@ def make_table(summary: Dict[str, dict], checks: Dict[str, dict], meta: dict) ->
             continue
         s = summary[run]
         if "failed" in s:
-            lines.append(f"| {LABELS[run]} | {'skipped' if s.get('skipped') else 'failed'}: {s['failed']} | | | | | |")
+            lines.append(f"| {LABELS[run]} | {'skipped' if s.get('skipped') else 'failed'}: {s['failed']} | | | | | | | |")
             continue
         peer = PEER.get(run)
         p = summary.get(peer) if peer else None
-        rss_ratio = time_ratio = "–"
+        rss_ratio = time_ratio = cpu_ratio = "–"
         rss_t = time_t = ""
         if p and "failed" not in p:
             rss_ratio = f"{s['peak_rss_gb'] / p['peak_rss_gb']:.2f}x"
             time_ratio = f"{s['wall_s'] / p['wall_s']:.2f}x"
+            cpu_ratio = f"{s['cpu_s'] / p['cpu_s']:.2f}x"
             if run in v:
                 rss_t = "PASS" if v[run]["rss_pass"] else "FAIL"
                 time_t = "PASS" if v[run]["time_pass"] else "FAIL"
             else:
                 rss_t = time_t = "n/a (TIES differ)"
         elif peer:
-            rss_ratio = time_ratio = "no peer"
-        lines.append(f"| {LABELS[run]} | {s['peak_rss_gb']:.2f} | {s['wall_s']:.1f} | {rss_ratio} | "
-                     f"{time_ratio} | {rss_t} | {time_t} |")
+            rss_ratio = time_ratio = cpu_ratio = "no peer"
+        lines.append(f"| {LABELS[run]} | {s['peak_rss_gb']:.2f} | {s['wall_s']:.1f} | {s['cpu_s']:.1f} | {rss_ratio} | "
+                     f"{time_ratio} | {cpu_ratio} | {rss_t} | {time_t} |")
     lines.append("")
     if any(r in summary for r in TA_RUNS):
         lines.append("Wall times of every repeat (s): " + "; ".join(
