@@ -348,7 +348,8 @@ def child_main(args) -> None:
         if run == "r3h_iso_cts":
             return pool, IsoCTS(scaling_factor=1.0, common_space_fraction=0.8, progress=False, **stream_kw)
         if run == "r3h_wudi":
-            return pool, WUDI(iterations=args.wudi_iterations, learning_rate=1e-5, norm="squared", device="cpu",
+            return pool, WUDI(iterations=args.wudi_iterations, learning_rate=1e-5, norm="squared", scaling_factor=1.0,
+                              device="cpu",
                               exclude_keys=[re.escape(k) for k in WUDI_EXCLUDE], progress=False, **stream_kw)
         return pool, TiesMerging(scaling_factor=1.0, density=0.2, progress=False)
 
