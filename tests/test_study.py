@@ -122,6 +122,30 @@ def test_wilson_and_paired_bootstrap_follow_their_definitions():
     assert lo <= d <= hi and lo > 0
 
 
+def test_findings_keep_the_paper_claims_among_its_methods_and_ask_about_the_newer_merges():
+    """Claims 1 and 3 compare the paper's methods only; finding 7 asks whether the newer subspace
+    merges (Iso-C, Iso-CTS, WUDI) beat TSVM/R-TSVM and task arithmetic (issue 19)."""
+    from r3h.evaluation.intervals import averages
+    from r3h.study.findings import claims
+
+    dims = {"a": "helpful", "b": "honest", "c": "harmless"}
+
+    def row(k, group="default"):  # k of 10 items right in every column
+        out = {c: [1] * k + [0] * (10 - k) for c in dims}
+        return {"group": group, "outcomes": out, "averages": averages({c: 10.0 * k for c in dims}, dims)}
+
+    rows = {"r3h_task_arithmetic": row(6), "ties": row(5), "tsvm": row(7), "r_tsvm": row(4), "iso_c": row(9),
+            "wudi": row(3), "ram": row(10), "mixture": row(8, "baseline")}
+    got = {f["claim"]: f for f in claims(rows, dims, reps=50)}
+    one = got["1. SVD merges beat the other merges on AVG (defaults: best vs best)"]
+    assert (one["a"], one["b"]) == ("tsvm", "r3h_task_arithmetic")  # not iso_c, not ram
+    three = got["3. merging ≥ the data mixture at equal data (defaults: best merge)"]
+    assert three["a"] == "tsvm"
+    seven = got["7. the newer subspace merges (Iso-C, Iso-CTS, WUDI) beat TSVM/R-TSVM and task arithmetic on AVG "
+                "(defaults: best vs best)"]
+    assert (seven["a"], seven["b"]) == ("iso_c", "tsvm") and seven["diff"] == pytest.approx(20.0)
+
+
 def test_verdicts():
     from r3h.study.findings import verdict
 
