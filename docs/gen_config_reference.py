@@ -170,7 +170,7 @@ def config_files(group: str) -> List[Tuple[str, str]]:
     for dirpath, dirnames, filenames in os.walk(base):
         dirnames.sort()
         for f in sorted(filenames):
-            if f.endswith(".yaml"):
+            if f.endswith(".yaml") and not f.startswith("_"):  # `_base.yaml`: a shared block, not a config
                 rel = os.path.relpath(os.path.join(dirpath, f), base)
                 name = rel[: -len(".yaml")].replace(os.sep, "/")
                 (sub if "/" in name else top).append((name, os.path.join(dirpath, f)))
@@ -215,11 +215,50 @@ def method_page(name: str) -> Optional[str]:
     return f"methods/{name}.md" if os.path.exists(path) else None
 
 
-def render_config(group: str, prefix: str, name: str, path: str) -> List[str]:
+def shared_blocks(path: str, data: dict) -> List[str]:
+    """The files of the `_`-named blocks (`search/_base.yaml`) that `data`'s Hydra `defaults`
+    pull in, first to last; the other defaults (other configs, groups) are named, not inlined."""
+    out = []
+    for d in data.get("defaults") or []:
+        if not isinstance(d, str) or d == "_self_":
+            continue
+        rel = d.split("@")[0]
+        file = os.path.join(CONFIG, rel.lstrip("/")) if rel.startswith("/") else \
+            os.path.join(os.path.dirname(path), rel)
+        if os.path.basename(file).startswith("_") and os.path.isfile(file + ".yaml"):
+            out.append(file + ".yaml")
+    return out
+
+
+def read_config(path: str) -> Tuple[dict, List[str], Dict[str, str], List[str]]:
+    """(options, header, comments, shared blocks) of a config file, its shared blocks
+    (`shared_blocks`) merged in first, as Hydra composes them (the file's own options win)."""
     with open(path, encoding="utf-8") as f:
         text = f.read()
-    data = yaml.safe_load(text) or {}
-    header, comments = parse_comments(text)
+    own = yaml.safe_load(text) or {}
+    header, own_comments = parse_comments(text)
+    blocks = shared_blocks(path, own)
+    if not blocks:
+        return own, header, own_comments, []
+    shared: dict = {}
+    comments: Dict[str, str] = {}
+    for block in blocks:
+        bdata, _, bcomments, _ = read_config(block)
+        shared.update({k: v for k, v in bdata.items() if k != "defaults"})
+        comments.update(bcomments)
+    # the file's own options first (the space), then the shared ones, the file's values winning
+    data = {k: v for k, v in own.items() if k != "defaults" and k not in shared}
+    data.update({k: own.get(k, v) for k, v in shared.items()})
+    comments.update(own_comments)
+    rest = [d for d in own.get("defaults") or [] if d != "_self_" and not (
+        isinstance(d, str) and d.split("@")[0].rsplit("/", 1)[-1].startswith("_"))]
+    if rest:
+        data["defaults"] = rest
+    return data, header, comments, [os.path.relpath(b, CONFIG).replace(os.sep, "/") for b in blocks]
+
+
+def render_config(group: str, prefix: str, name: str, path: str) -> List[str]:
+    data, header, comments, blocks = read_config(path)
     out = [f"### `{name}`", ""]
     facts = [f"`config/{group}/{name}.yaml`"]
     if "_target_" in data:
@@ -228,6 +267,9 @@ def render_config(group: str, prefix: str, name: str, path: str) -> List[str]:
     if defaults:
         bases = [d.split("@")[0] if isinstance(d, str) else format_value(d) for d in defaults if d != "_self_"]
         facts.append("based on " + ", ".join(f"`{b}`" for b in bases) + " (options below override it)")
+    if blocks:
+        facts.append("shared options from " + ", ".join(f"`config/{b}`" for b in blocks)
+                     + " (Hydra `defaults`; included below)")
     if group == "method" and method_page(name):
         facts.append(f"page: [{name}]({method_page(name)})")
     out += ["; ".join(facts) + ".", ""]
