@@ -40,22 +40,31 @@ print("REPORT " + json.dumps({"chosen": rep["chosen"]["trial"], "n_trials": rep[
 
 
 class SlowAlphaDimension(AlphaDimension):
-    """`AlphaDimension`, `delay` seconds slower; it hangs while the file `hang` exists."""
+    """`AlphaDimension`, `delay` seconds slower; it hangs while the file `hang` exists. With
+    `ready`, a worker's first trial writes its file there and waits (up to 5 minutes) until
+    `workers` workers have, so every worker is inside a trial at once."""
 
-    def __init__(self, column, dimension, best, split="test", stderr=None, delay=0.0, hang=None):
+    def __init__(self, column, dimension, best, split="test", stderr=None, delay=0.0, hang=None, ready=None,
+                 workers=1):
         super().__init__(column, dimension, best, split, stderr)
-        self.delay, self.hang = delay, hang
+        self.delay, self.hang, self.ready, self.workers = delay, hang, ready, workers
 
     def run(self, ctx):
+        if self.ready:
+            Path(self.ready, str(os.getpid())).touch()
+            deadline = time.time() + 300
+            while len(os.listdir(self.ready)) < self.workers and time.time() < deadline:
+                time.sleep(0.2)
         while self.hang and os.path.exists(self.hang):
             time.sleep(0.2)
         time.sleep(self.delay)
         return super().run(ctx)
 
 
-def taskpool(tokenizer, delay, hang=None):
+def taskpool(tokenizer, delay, hang=None, ready=None, workers=1):
     bench = lambda c, d: {"_target_": "tests.test_search_workers.SlowAlphaDimension", "column": c,  # noqa: E731
-                          "dimension": d, "best": BESTS[d], "delay": delay, "hang": hang}
+                          "dimension": d, "best": BESTS[d], "delay": delay, "hang": hang, "ready": ready,
+                          "workers": workers}
     return {"_target_": "r3h.evaluation.taskpool.ThreeHTaskPool", "tokenizer": tokenizer,
             "benchmarks": {f"Probe-{d}": bench(f"Probe-{d}", d) for d in BESTS}}
 
@@ -79,8 +88,10 @@ def paths(tmp_path_factory):
 
 def test_two_workers_share_one_budget_and_one_selection(paths, tmp_path, tiny_lm_path):
     storage = f"sqlite:///{tmp_path / 'study.sqlite'}"
-    kw = dict(taskpool=taskpool(tiny_lm_path, delay=0.3), storage=storage, n_trials=8,
-              output_dir=str(tmp_path / "out"))
+    ready = tmp_path / "ready"  # no worker scores before both are up, so both take part
+    ready.mkdir()
+    kw = dict(taskpool=taskpool(tiny_lm_path, delay=0.1, ready=str(ready), workers=2), storage=storage,
+              n_trials=8, output_dir=str(tmp_path / "out"))
     workers = [start(paths, **kw), start(paths, **kw)]
     reports = [finish(p) for p in workers]
     study = optuna.load_study(study_name="r3h_search", storage=storage)
@@ -89,7 +100,7 @@ def test_two_workers_share_one_budget_and_one_selection(paths, tmp_path, tiny_lm
     assert len(complete) == 8  # the study's total, not 8 per worker
     assert len(numbers) == len(set(numbers))
     assert not [t for t in study.trials if t.state in (TrialState.RUNNING, TrialState.WAITING, TrialState.FAIL)]
-    # both workers took part (each ran a trial: its process id is in the trials it ran)
+    # both workers took part (the trials name the process that ran them)
     assert len({t.user_attrs.get("worker") for t in complete}) == 2
     # one selection: both workers saw the same 8 trials and chose the same one
     assert reports[0] == reports[1] and reports[0]["n_trials"] == 8
