@@ -172,6 +172,7 @@ def part_tsvm_devices(a) -> Dict[str, Any]:
         gap = task_vector_gap(got, ref, base)
         ok &= gap["relative"] <= TOLERANCE
         out[cls.__name__] = {**gap, "seconds_device": round(t_dev, 2), "seconds_cpu": round(t_cpu, 2)}
+        print(f"gpu_check: tsvm_devices {cls.__name__}: {json.dumps(out[cls.__name__])}", flush=True)
         del got, ref
         if cuda:
             torch.cuda.empty_cache()
