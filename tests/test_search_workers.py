@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -117,14 +118,20 @@ def test_a_killed_workers_trial_is_failed_and_retried(paths, tmp_path, tiny_lm_p
     first = start(paths, taskpool=taskpool(tiny_lm_path, 0.0, str(hang)), **kw)
     deadline = time.time() + 300
     running = []
-    while not running:  # the first worker's first trial (tsvm at its defaults) hangs in its scoring
+    beats = 0
+    # the first worker's first trial (tsvm at its defaults) hangs in its scoring; it is killed once
+    # that trial has sent a heartbeat (Optuna counts a running trial that never sent one as alive)
+    while not running or not beats:
         assert first.poll() is None and time.time() < deadline, first.stdout.read() if first.poll() else "timeout"
         time.sleep(0.5)
         try:
             running = optuna.load_study(study_name="r3h_search", storage=storage).get_trials(
                 states=(TrialState.RUNNING,))
         except (KeyError, ValueError):  # the study is not created yet
-            pass
+            continue
+        if running:
+            with sqlite3.connect(str(tmp_path / "study.sqlite"), timeout=60) as db:
+                beats = db.execute("SELECT COUNT(*) FROM trial_heartbeats").fetchone()[0]
     first.send_signal(signal.SIGKILL)
     first.wait()
     hang.unlink()

@@ -14,7 +14,10 @@ holds `n_trials` completed ones:
 - **A killed worker's trial is retried.** A running trial sends a heartbeat every
   `heartbeat` seconds; one silent for twice that is marked failed by the next worker that
   looks (Optuna's `fail_stale_trials`) and enqueued again with the same options
-  (`RetryHeartbeatStaleTrialCallback`, up to 3 times). Failed trials do not count.
+  (`RetryHeartbeatStaleTrialCallback`, up to 3 times). Failed trials do not count. (Optuna
+  counts a running trial that never sent a heartbeat as alive: a worker killed in the instant
+  between starting a trial and its first heartbeat leaves that trial running, and the other
+  workers wait for it; mark it failed by hand, `study.tell(number, state=TrialState.FAIL)`.)
 - **SQLite** takes one writer at a time: a worker waits up to 60 s for the lock
   (`connect_args.timeout`) instead of failing with "database is locked".
 """
