@@ -77,7 +77,12 @@ def start(paths, **kw) -> subprocess.Popen:
 
 
 def finish(p: subprocess.Popen, timeout=600) -> dict:
-    out, _ = p.communicate(timeout=timeout)
+    try:
+        out, _ = p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        p.kill()  # leave no worker behind
+        p.communicate()
+        raise
     assert p.returncode == 0, out[-4000:]
     return json.loads(next(line for line in out.splitlines() if line.startswith("REPORT "))[len("REPORT "):])
 
