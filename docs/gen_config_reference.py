@@ -181,7 +181,7 @@ def config_files(group: str) -> List[Tuple[str, str]]:
     for dirpath, dirnames, filenames in os.walk(base):
         dirnames.sort()
         for f in sorted(filenames):
-            if f.endswith(".yaml"):
+            if f.endswith(".yaml") and not f.startswith("_"):  # `_base.yaml`: a shared block, not a config
                 rel = os.path.relpath(os.path.join(dirpath, f), base)
                 name = rel[: -len(".yaml")].replace(os.sep, "/")
                 (sub if "/" in name else top).append((name, os.path.join(dirpath, f)))
@@ -282,7 +282,10 @@ def render_config(group: str, prefix: str, name: str, path: str) -> List[str]:
     elif name.split("/")[-1].startswith("_"):
         facts.append("not a config to run: other configs pull it in with `defaults`")
     if bases:
-        facts.append("based on " + ", ".join(f"`{b}`" for b in bases) + " (the table lists the composed options)")
+        files = [b.lstrip("/") if b.startswith("/") else
+                 os.path.relpath(os.path.join(os.path.dirname(path), b), CONFIG).replace(os.sep, "/") for b in bases]
+        facts.append("composed from " + ", ".join(f"`config/{f}.yaml`" for f in files)
+                     + " (Hydra `defaults`; the table lists the composed options)")
     if group == "method" and method_page(name):
         facts.append(f"page: [{name}]({method_page(name)})")
     out += ["; ".join(facts) + ".", ""]

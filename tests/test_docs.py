@@ -80,8 +80,8 @@ def test_config_reference_resolves_defaults_as_hydra_does():
     from r3h.methods.configs import load_config
 
     gen = _generator()
-    names = [n for n, _ in gen.config_files("method")]
-    assert "_engine" in names and "r_tsvm_no_rank" in names
+    names = [n for n, _ in gen.config_files("method")] + ["_engine", "search/_base"]  # the blocks, too
+    assert "r_tsvm_no_rank" in names and "search/tsvm" in names
     for name in names:
         data, _, _ = gen.resolve(os.path.join(CONFIG, "method", f"{name}.yaml"))
         assert data == load_config("method", name), name

@@ -256,11 +256,18 @@ def test_weights_pick_the_member_and_multi_objective_front(paths, tmp_path, task
 
 @pytest.mark.slow
 def test_every_search_preset_builds():
-    names = sorted(p.stem for p in SEARCH_CONFIGS.glob("*.yaml"))
-    assert names == sorted([*METHODS, "all"])  # one preset per registered method
+    from r3h.methods.configs import load_config
+
+    names = sorted(p.stem for p in SEARCH_CONFIGS.glob("*.yaml") if not p.stem.startswith("_"))
+    assert names == sorted([*METHODS, "all"])  # one preset per registered method; `_base` is none
+    base = OmegaConf.load(SEARCH_CONFIGS / "_base.yaml")
+    assert base._target_ == "r3h.search.MergeSearch" and "methods" not in base
     for name in names:
-        cfg = OmegaConf.load(SEARCH_CONFIGS / f"{name}.yaml")
+        raw = OmegaConf.load(SEARCH_CONFIGS / f"{name}.yaml")
+        assert "/method/search/_base@_here_" in raw.defaults  # the shared options come from _base
+        cfg = OmegaConf.create(load_config("method", f"search/{name}"))  # composed as method=search/<name>
         assert cfg._target_ == "r3h.search.MergeSearch"
+        assert {k: v for k, v in cfg.items() if k not in raw} == {k: v for k, v in base.items() if k not in raw}
         kwargs = {k: v for k, v in OmegaConf.to_container(cfg).items() if k != "_target_"}
         s = MergeSearch(**kwargs)
         if name == "all":
@@ -270,5 +277,5 @@ def test_every_search_preset_builds():
             assert list(s._space) == [name]
             # the method's default lies inside its space (the search starts from it)
             assert s.default_params(name, ["a", "b"]) is not None, name
-    base = OmegaConf.load(REPO / "config" / "method" / "search.yaml")
-    assert base._target_ == "r3h.search.MergeSearch"
+    top = load_config("method", "search")
+    assert top["_target_"] == "r3h.search.MergeSearch" and top["n_trials"] == 30 and top["heartbeat"] == 30
