@@ -334,6 +334,54 @@ def test_fingerprint_follows_the_recipe(monkeypatch):
     assert build.fingerprint() == fp
 
 
+# --------------------------------------------------------------------------- stage fingerprints
+
+
+def test_tensors_digest_is_canonical():
+    from r3h.toy.fingerprints import tensors_digest
+
+    a = {"w": torch.arange(6, dtype=torch.float32).reshape(2, 3), "b": torch.ones(3)}
+    d = tensors_digest(a)
+    assert re.fullmatch(r"[0-9a-f]{16}", d)
+    assert tensors_digest({"b": a["b"], "w": a["w"]}) == d  # name order, not insertion order
+    assert tensors_digest({k: v.double() for k, v in a.items()}) == d  # hashed as float32
+    assert tensors_digest({"w": a["w"].t().contiguous().t(), "b": a["b"]}) == d  # layout does not count
+    assert tensors_digest({"w": a["w"].reshape(3, 2), "b": a["b"]}) != d  # the shape does
+    assert tensors_digest({"v": a["w"], "b": a["b"]}) != d  # and the names
+    last_bit = a["w"].clone()
+    last_bit.view(torch.int32)[0, 1] += 1  # one float32 one ulp away
+    assert tensors_digest({"w": last_bit, "b": a["b"]}) != d
+
+
+def test_fingerprint_lines_and_compare():
+    from r3h.toy.fingerprints import compare, lines
+
+    a = {"tokenizer": {"digest": "t1"}, "base": {"weights": "w1", "answers": "a1", "AVG": 51.89},
+         "honesty": {"weights": "w2", "answers": "a2", "AVG": 78.23}}
+    assert lines(a) == ["tokenizer  digest t1", "base       weights w1  answers a1  AVG 51.89",
+                        "honesty    weights w2  answers a2  AVG 78.23"]
+    b = {"tokenizer": {"digest": "t1"}, "base": {"weights": "w1x", "answers": "a1", "AVG": 51.89},
+         "honesty": {"weights": "w2x", "answers": "a2x", "AVG": 70.0}}
+    assert compare(a, b) == ["base weights", "honesty weights", "honesty answers"]
+    assert compare(a, a) == [] and compare(a, {"tokenizer": {"digest": "t1"}}) == []
+
+
+#: The stages of toy seed 0 that no floating-point training decides: the same bits on every
+#: machine with the library versions scripts/install.sh pins (the initial weights too: torch's
+#: seeded CPU generator; they were also the same with ATEN_CPU_CAPABILITY=avx2 and MKL_CBWR=COMPATIBLE).
+INPUT_STAGES = {"tokenizer": "556243abc9f40ed0", "data:sft": "bc057dee7f1203b0",
+                "data:toy_helpsteer": "e7b0176cf6134cdb", "data:toy_truthy": "c7af675eca71836b",
+                "data:toy_safety": "956bee915ac4e96e", "data:toy_ultrafeedback": "0e343c94977c6f1a",
+                "data:toy_saferlhf": "39f575fcc7739f6a", "init": "6f7b20508b3a6b5c"}
+
+
+def test_input_stage_fingerprints_are_pinned():
+    from r3h.toy.fingerprints import input_stages
+
+    got = {name: fp.get("digest") or fp["weights"] for name, fp in input_stages(0).items()}
+    assert got == INPUT_STAGES
+
+
 # --------------------------------------------------------------------------- the cached pool
 
 
