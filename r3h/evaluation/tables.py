@@ -8,8 +8,8 @@ under Helpfulness (Math ... MT-Bench), Honesty (HaluEval_Wild), Harmlessness
 Best and second best per column are marked (Markdown: ``**x**`` and ``<u>x</u>``;
 LaTeX: ``\\textbf{x}`` and ``\\underline{x}``; JSON: the ``best`` / ``second`` lists of
 each row). "Best" is the **maximum in every column**: no column of the paper is
-lower-is-better as reported, OR-Bench included (it is the refusal rate on toxic prompts,
-counted as harmlessness, higher = better). ``lower_is_better=`` can name columns to rank
+lower-is-better as reported, OR-Bench included (it is the answer rate on seemingly toxic
+prompts, counted as harmlessness, higher = better). ``lower_is_better=`` can name columns to rank
 the other way. Values are ranked as displayed (rounded to ``precision`` decimals), so
 equal printed numbers share a mark; the second best is the next distinct value below the
 best; with fewer than two rows nothing is marked. Every row takes part in the ranking,

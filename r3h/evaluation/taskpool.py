@@ -84,6 +84,18 @@ def _instantiate(cfg, what: str):
     return cfg
 
 
+def _takes(cfg, option: str) -> bool:
+    """Whether the class a config builds (``_target_``) takes ``option``."""
+    import inspect
+
+    from hydra.utils import get_class
+
+    try:
+        return option in inspect.signature(get_class(str(cfg["_target_"]))).parameters
+    except Exception:  # an unknown target fails with its own error when it is built
+        return False
+
+
 class LazyJudges(_MappingABC):
     """name -> judge, each built from its config on first access (a judge object given
     instead of a config is used as is). Only the judges a benchmark asks for are built."""
@@ -182,13 +194,18 @@ class ThreeHTaskPool(BaseTaskPool):
         split: the held-out split to score, for benchmarks that have splits (the toy
             world's ``validation`` / ``test``); passed as each benchmark's ``split``
             option. Default: each benchmark's own (the toy's: ``test``).
+        protocol: the lm-eval harness settings of the helpfulness columns, ``paper`` (the
+            settings that reach the paper's magnitudes) or ``harness`` (lm-eval's defaults);
+            passed as ``protocol`` to each benchmark that takes one and sets none
+            (:data:`~r3h.evaluation.lm_eval_adapter.PROTOCOLS`). Default: each benchmark's own.
     """
 
     def __init__(self, benchmarks: Optional[Mapping[str, Any]] = None, judges: Optional[Mapping[str, Any]] = None,
                  columns: Optional[Sequence[str]] = None, generation: Optional[Mapping[str, Any]] = None,
                  tokenizer: Optional[str] = None, output_dir: Optional[str] = None, limit: Optional[int] = None,
                  allow_partial: bool = True, name: Optional[str] = None, device: Optional[str] = None,
-                 caption: Optional[str] = None, print_table: bool = True, split: Optional[str] = None, **kwargs):
+                 caption: Optional[str] = None, print_table: bool = True, split: Optional[str] = None,
+                 protocol: Optional[str] = None, **kwargs):
         super().__init__(**kwargs)
         bench_cfg = benchmarks if benchmarks is not None else {}
         if not isinstance(bench_cfg, (Mapping, DictConfig)):
@@ -238,6 +255,9 @@ class ThreeHTaskPool(BaseTaskPool):
                 cfg = self.benchmarks[col]
                 if self.split is not None and isinstance(cfg, (DictConfig, _MappingABC)):
                     cfg = {**to_container(cfg), "split": str(self.split)}
+                if self.protocol is not None and isinstance(cfg, (DictConfig, _MappingABC)) \
+                        and cfg.get("protocol") is None and _takes(cfg, "protocol"):
+                    cfg = {**to_container(cfg), "protocol": str(self.protocol)}
                 b = _instantiate(cfg, f"benchmarks.{col}")
                 if not isinstance(b, Benchmark):
                     raise TypeError(f"benchmarks.{col} built a {type(b).__name__}, not an "

@@ -10,7 +10,7 @@ import json
 import threading
 from typing import Callable, Dict, List, Mapping, Sequence, Tuple, Union
 
-from r3h.evaluation.judges.verdicts import JudgeRequest, JudgeStats, RUBRICS, Verdict, parse_verdict
+from r3h.evaluation.judges.verdicts import PARSERS, JudgeRequest, JudgeStats, RUBRICS, Verdict, parse_verdict
 from r3h.evaluation.judges.templates import DEFAULT_TEMPLATES, Template, template_preset
 from r3h.evaluation.judges.cache import _open_cache
 
@@ -100,6 +100,8 @@ class TemplateJudge(Judge):
                 raise ValueError(f"template key {key!r} is not '<rubric>:<single|single_ref|multi|multi_ref>'")
             if not isinstance(template, Template):
                 raise TypeError(f"templates[{key!r}] must be a Template")
+            if template.parser is not None and PARSERS.get(template.parser, (None,))[0] != rubric:
+                raise ValueError(f"templates[{key!r}]: verdict parser {template.parser!r} does not parse {rubric!r}")
         return dict(templates)
 
     def template_for(self, request: JudgeRequest) -> Template:
@@ -138,7 +140,8 @@ class TemplateJudge(Judge):
             if key in raws or key in todo:
                 continue
             hit = self.cache.get(key) if self.cache is not None else None
-            if hit is not None and (not self.refresh_failed or parse_verdict(req.rubric, hit).ok):
+            if hit is not None and (not self.refresh_failed or
+                                    parse_verdict(req.rubric, hit, parser=self.template_for(req).parser).ok):
                 raws[key] = hit
                 cached.add(key)
             else:
@@ -161,7 +164,8 @@ class TemplateJudge(Judge):
         verdicts = []
         for key, req in zip(keys, requests):
             if key in raws:
-                verdicts.append(parse_verdict(req.rubric, raws[key], cached=key in cached,
+                verdicts.append(parse_verdict(req.rubric, raws[key], parser=self.template_for(req).parser,
+                                              cached=key in cached,
                                               judge=self.judge_id, id=req.id))
             else:
                 verdicts.append(Verdict(rubric=req.rubric, value=None, raw="", ok=False,

@@ -28,7 +28,13 @@ class HFJudge(TemplateJudge):
     ``False`` sends system and user text joined by a blank line, with the tokenizer's
     special tokens -- what MD-Judge v0.1's own ``[INST]`` prompt needs. With a template
     preset (``templates="md-judge-v0.1"`` / ``"md-judge-v0.2"``) ``None`` takes the preset's
-    choice (v0.1: plain text; v0.2: the chat template).
+    choice (v0.1: plain text; v0.2: the chat template). ``add_generation_prompt``: whether
+    the chat template's generation prompt ends the text; ``None`` takes the preset's choice
+    (v0.2: no, as its model card's snippet calls ``apply_chat_template`` without it), else yes.
+    A chat-template text holds the tokenizer's BOS once, at its start: the card's snippet
+    tokenizes the templated text (whose template already starts with BOS) with
+    ``add_special_tokens=True``, which would give a second BOS; r3h adds it only where the
+    template does not.
 
     ``revision``: the hub revision of model and tokenizer. ``trust_remote_code``: run the
     Python code a hub repository ships (MD-Judge v0.2 is an InternLM2 model with its own
@@ -38,6 +44,7 @@ class HFJudge(TemplateJudge):
 
     def __init__(self, model, *, tokenizer=None, name: Optional[str] = None, batch_size: int = 8,
                  max_new_tokens: int = 256, device=None, dtype=None, use_chat_template: Optional[bool] = None,
+                 add_generation_prompt: Optional[bool] = None,
                  revision: Optional[str] = None, trust_remote_code: bool = False,
                  model_kwargs: Optional[Mapping[str, Any]] = None, generate_kwargs: Optional[Mapping[str, Any]] = None,
                  templates: Union[None, str, Mapping[str, Template]] = None, cache=True,
@@ -45,6 +52,10 @@ class HFJudge(TemplateJudge):
         super().__init__(templates=templates, cache=cache, refresh_failed=refresh_failed, preflight=preflight)
         if use_chat_template is None and self.preset is not None:
             use_chat_template = bool(TEMPLATE_PRESETS[self.preset]["use_chat_template"])
+        if add_generation_prompt is None:
+            preset = TEMPLATE_PRESETS[self.preset] if self.preset is not None else {}
+            add_generation_prompt = bool(preset.get("add_generation_prompt", True))
+        self.add_generation_prompt = bool(add_generation_prompt)
         if not isinstance(trust_remote_code, bool):
             raise TypeError(f"HFJudge: trust_remote_code must be true or false, got {trust_remote_code!r}")
         self.revision = revision
@@ -136,13 +147,18 @@ class HFJudge(TemplateJudge):
     def _text(self, messages: List[Dict[str, str]]) -> str:
         if not self._chat_template():
             return "\n\n".join(m["content"] for m in messages)
+        apply = self.tokenizer.apply_chat_template
         try:
-            return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            text = apply(messages, tokenize=False, add_generation_prompt=self.add_generation_prompt)
         except Exception:
             if messages[0]["role"] != "system":
                 raise
             merged = [{"role": "user", "content": messages[0]["content"] + "\n\n" + messages[1]["content"]}]
-            return self.tokenizer.apply_chat_template(merged, tokenize=False, add_generation_prompt=True)
+            text = apply(merged, tokenize=False, add_generation_prompt=self.add_generation_prompt)
+        bos = getattr(self.tokenizer, "bos_token", None)
+        if bos and not text.startswith(bos):  # one BOS: the template's, else the tokenizer's
+            text = bos + text
+        return text
 
     def _complete(self, items, emit) -> Dict[str, str]:
         import torch

@@ -1,6 +1,7 @@
 """Judge prompts: :class:`Template`, r3h's built-in wordings (:data:`DEFAULT_TEMPLATES`),
-FastChat's MT-Bench prompts (:func:`load_fastchat_templates`) and the MD-Judge presets
-(:data:`TEMPLATE_PRESETS`, shipped in ``r3h/evaluation/data/judge_prompts/md_judge.json``)."""
+FastChat's MT-Bench prompts (:func:`load_fastchat_templates`) and the published presets
+(:data:`TEMPLATE_PRESETS`: MD-Judge's, ``r3h/evaluation/data/judge_prompts/md_judge.json``, and
+OR-Bench's response checker, ``.../or_bench.json``)."""
 
 from __future__ import annotations
 
@@ -38,10 +39,13 @@ class Template:
     #: strip surrounding whitespace from the question and answer texts (as SALAD-BENCH's
     #: MD_Prompter does)
     strip_fields: bool = False
+    #: the verdict parser the prompt's source uses (``parse_verdict(..., parser=)``); None: the rubric's
+    parser: Optional[str] = None
 
     @property
     def fingerprint(self) -> str:
-        parts = [self.name, self.version, self.system, self.prompt] + (["strip"] if self.strip_fields else [])
+        parts = [self.name, self.version, self.system, self.prompt] + (["strip"] if self.strip_fields else []) \
+            + ([f"parser={self.parser}"] if self.parser else [])
         blob = json.dumps(parts, ensure_ascii=False)
         return f"{self.name}@{self.version}#{hashlib.sha256(blob.encode()).hexdigest()[:16]}"
 
@@ -239,16 +243,23 @@ def load_fastchat_templates(path: str) -> Dict[str, Template]:
         raise ValueError(f"{path}: {e}") from None
 
 
+_PRESET_FILES = ("md_judge.json", "or_bench.json")
+
+
 def _load_presets() -> Dict[str, Dict[str, Any]]:
     from importlib import resources
 
-    text = resources.files("r3h.evaluation").joinpath("data/judge_prompts/md_judge.json").read_text("utf-8")
-    return json.loads(text)
+    out: Dict[str, Dict[str, Any]] = {}
+    for name in _PRESET_FILES:
+        text = resources.files("r3h.evaluation").joinpath(f"data/judge_prompts/{name}").read_text("utf-8")
+        out.update(json.loads(text))
+    return out
 
 
-#: Named template sets, for ``templates="<name>"``: MD-Judge's published evaluation prompts,
-#: keyed by version (each: ``prompt`` with {question}/{answer}, ``use_chat_template``,
-#: ``strip_fields``, ``model``, ``source``).
+#: Named template sets, for ``templates="<name>"``: MD-Judge's published evaluation prompts
+#: (``md-judge-v0.1``, ``md-judge-v0.2``) and OR-Bench's response checker (``or-bench``). Each:
+#: ``prompt`` with {question}/{answer}, ``rubric`` (default ``safety``), ``parser`` (optional),
+#: ``use_chat_template``, ``add_generation_prompt`` (optional), ``strip_fields``, ``model``, ``source``.
 TEMPLATE_PRESETS: Dict[str, Dict[str, Any]] = _load_presets()
 
 
@@ -257,5 +268,6 @@ def template_preset(name: str) -> Dict[str, Template]:
     if name not in TEMPLATE_PRESETS:
         raise ValueError(f"unknown judge template preset {name!r}; presets: {', '.join(TEMPLATE_PRESETS)}")
     p = TEMPLATE_PRESETS[name]
-    return {"safety:single": Template(name, prompt=p["prompt"], version="official",
-                                      strip_fields=bool(p.get("strip_fields")))}
+    return {f"{p.get('rubric', 'safety')}:single": Template(name, prompt=p["prompt"], version="official",
+                                                          strip_fields=bool(p.get("strip_fields")),
+                                                          parser=p.get("parser"))}
