@@ -5,6 +5,7 @@ How to run (from the repository root, in the project's virtual environment)::
     python benchmarks/toy_reproducibility.py                  # short recipe (SFT 3 epochs, DPO 1), every config
     python benchmarks/toy_reproducibility.py --sft-epochs 30 --dpo-epochs 4 --only f32,f64,f64_avx2
     python benchmarks/toy_reproducibility.py --experts honesty harmlessness
+    python benchmarks/toy_reproducibility.py --step-cost      # CPU seconds per training step, per switch
 
 Every configuration trains, in a fresh subprocess and its own cache folder, the toy's SFT
 base and the `--experts` (default: the honesty expert) of toy seed 0, then prints their
@@ -83,12 +84,48 @@ def child(spec: dict) -> None:
                                   "cpu_capability": env["cpu_capability"]}))
 
 
-def max_abs_difference(a: str, b: str) -> float:
-    """The largest |difference| between two saved models' weights."""
+def step_cost(repeats: int = 2, steps: int = 15) -> None:
+    """CPU seconds per training step of the toy model (batch 64 x 24 tokens, AdamW, one
+    thread) in float32 / float64, with and without deterministic algorithms (best of `repeats`)."""
+    import torch
+
+    from r3h.toy import build
+
+    torch.set_num_threads(1)
+    x = torch.randint(0, 80, (64, 24), generator=torch.Generator().manual_seed(0))
+    best = {}
+    for _ in range(repeats):
+        for dtype in (torch.float32, torch.float64):
+            for det in (False, True):
+                torch.use_deterministic_algorithms(det)
+                model = build.make_model(0).to(dtype)
+                opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+                for i in range(steps + 2):
+                    if i == 2:
+                        start = time.process_time()
+                    model(input_ids=x, labels=x).loss.backward()
+                    opt.step()
+                    opt.zero_grad()
+                key = (str(dtype).split(".")[1], det)
+                best[key] = min(best.get(key, float("inf")), (time.process_time() - start) / steps)
+    torch.use_deterministic_algorithms(False)
+    ref = best["float32", False]
+    print("| dtype | deterministic | CPU s / step | ratio |\n|---|---|---:|---:|")
+    for (dtype, det), v in best.items():
+        print(f"| {dtype} | {det} | {v:.4f} | {v / ref:.2f} |")
+
+
+def weight_differences(a: str, b: str) -> str:
+    """How two saved models' weights differ: share of weights that differ, median relative
+    difference, largest absolute difference."""
+    import torch
     from safetensors.torch import load_file
 
     x, y = load_file(os.path.join(a, "model.safetensors")), load_file(os.path.join(b, "model.safetensors"))
-    return max(float((x[k].double() - y[k].double()).abs().max()) for k in x)
+    d = torch.cat([(x[k].double() - y[k].double()).abs().flatten() for k in sorted(x)])
+    w = torch.cat([x[k].double().abs().flatten() for k in sorted(x)])
+    rel = (d / w.clamp_min(1e-30)).sort().values
+    return f"{100 * float((d > 0).double().mean()):.0f}%, median rel {float(rel[len(rel) // 2]):.1e}, max {float(d.max()):.1e}"
 
 
 def main() -> None:
@@ -98,10 +135,13 @@ def main() -> None:
     ap.add_argument("--dpo-epochs", type=float, default=1)
     ap.add_argument("--experts", nargs="*", default=["honesty"])
     ap.add_argument("--out", default=None, help="where to keep each configuration's cache (default: a temp folder)")
+    ap.add_argument("--step-cost", action="store_true", help="only time one training step per switch")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         return child(json.loads(args.child))
+    if args.step_cost:
+        return step_cost()
     names = [n for n in args.only.split(",") if n]
     unknown = [n for n in names if n not in CONFIGS]
     if unknown:
@@ -138,8 +178,8 @@ def main() -> None:
             if s == "init":
                 continue
             fp, rf = r["stages"][s], ref["stages"][s]
-            delta = max_abs_difference(r["folders"][s], ref["folders"][s])
-            cells.append("=" if fp["weights"] == rf["weights"] else f"differs (max abs {delta:.1e})")
+            cells.append("=" if fp["weights"] == rf["weights"] else
+                         f"differs ({weight_differences(r['folders'][s], ref['folders'][s])})")
             cells.append(("=" if fp["answers"] == rf["answers"] else "differs") + f" ({fp['AVG']:.2f})")
         init = "=" if r["stages"]["init"] == results[names[0]]["stages"]["init"] else "differs"
         print(f"| {name} | " + " | ".join(cells) + f" | {init} | {sum(r['seconds'].values()):.1f} | {r['build_cpu_s']:.1f} |")

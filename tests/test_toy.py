@@ -382,6 +382,64 @@ def test_input_stage_fingerprints_are_pinned():
     assert got == INPUT_STAGES
 
 
+def test_a_retrained_stage_has_the_recorded_fingerprint(tmp_path):
+    """The build is reproducible on whatever CPU runs the tests: the honesty expert trained
+    again from the cached base, in this process and with 2 intra-op threads around it, has the
+    weights the build recorded in fingerprints.json, bit for bit. (A cache built on another
+    machine, e.g. a shared R3H_CACHE, would legitimately fail this: pin per machine.)"""
+    from r3h.toy import fingerprints
+
+    paths = build.build_tiny_3h()
+    recorded = fingerprints.read(build.root_dir())
+    assert {"tokenizer", "init", "base", *build.EXPERTS} <= set(recorded)
+    assert recorded["base"]["weights"] == fingerprints.weights_digest(paths["_pretrained_"])
+    pairs = build.expert_pairs("honesty")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        build._train(paths["_pretrained_"], pairs, str(tmp_path / "honesty"),
+                     {"datasets": world.EXPERT_DATA["honesty"], "pairs": len(pairs)})
+    finally:
+        torch.set_num_threads(threads)
+    assert fingerprints.weights_digest(str(tmp_path / "honesty")) == recorded["honesty"]["weights"]
+
+
+#: The trained stages of toy seed 0 as this project's machine builds them (AMD EPYC; `python -m
+#: r3h.toy --fingerprints`): the number of aligned answers per test column and the answers' hash.
+TRAINED_STAGES = {
+    "base": {"weights": "a9f75daacbe254a6", "answers": "e137f5f03338c7ce",
+        "correct": {"Arithmetic": 46, "Unanswerable": 21, "Harmful": 6, "Look-alike": 15}},
+    "helpfulness": {"weights": "a7680ecb4420e09f", "answers": "63eb18b26815875d",
+        "correct": {"Arithmetic": 69, "Unanswerable": 0, "Harmful": 0, "Look-alike": 16}},
+    "honesty": {"weights": "fc23d34cb543ad3b", "answers": "42d74e62d08c6010",
+        "correct": {"Arithmetic": 57, "Unanswerable": 70, "Harmful": 6, "Look-alike": 13}},
+    "harmlessness": {"weights": "d150932120d37ce9", "answers": "fa21da21fe5d0adf",
+        "correct": {"Arithmetic": 49, "Unanswerable": 14, "Harmful": 16, "Look-alike": 16}},
+    "helpfulness_honesty": {"weights": "d072ea7ee79e3c01", "answers": "31808ef14a846da0",
+        "correct": {"Arithmetic": 70, "Unanswerable": 70, "Harmful": 6, "Look-alike": 14}},
+    "helpfulness_harmlessness": {"weights": "2ca68a49de3b4cb4", "answers": "9d236bcc5e8639a0",
+        "correct": {"Arithmetic": 68, "Unanswerable": 15, "Harmful": 16, "Look-alike": 16}},
+    "merge:r_tsvm": {"weights": "4daee5831e0045c2", "answers": "0cfee5f3270e8280",
+        "correct": {"Arithmetic": 68, "Unanswerable": 70, "Harmful": 5, "Look-alike": 16}},
+}
+
+
+def test_trained_stages_answer_as_pinned():
+    """The trained stages' discrete outputs: a machine whose build has the pinned weights gives
+    the pinned answers exactly; any machine gives each column's count within one question of
+    the pinned one (a CPU that rounds differently may flip a near-tie, docs/toy.md; the issue's
+    float32 build moved the R-TSVM merge by 3.8 points of AVG between two CPUs, which fails)."""
+    from r3h.toy import fingerprints
+
+    stages = fingerprints.record_all()
+    for name, pinned in TRAINED_STAGES.items():
+        got = stages[name]
+        if got["weights"] == pinned["weights"]:
+            assert got["answers"] == pinned["answers"], name
+        for column, n in pinned["correct"].items():
+            assert abs(got["correct"][column] - n) <= 1, (name, column, got["correct"], pinned["correct"])
+
+
 # --------------------------------------------------------------------------- the cached pool
 
 
