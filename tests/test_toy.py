@@ -404,8 +404,9 @@ def test_a_retrained_stage_has_the_recorded_fingerprint(tmp_path):
     assert fingerprints.weights_digest(str(tmp_path / "honesty")) == recorded["honesty"]["weights"]
 
 
-#: The trained stages of toy seed 0 as this project's machine builds them (AMD EPYC; `python -m
-#: r3h.toy --fingerprints`): the number of aligned answers per test column and the answers' hash.
+#: The trained stages of toy seed 0 as this project's machine kind builds them (`python -m r3h.toy
+#: --fingerprints`): the weights' and answers' hashes and the aligned answers per test column.
+TRAINED_ON = {"cpu": "AMD EPYC", "cpu_capability": "AVX512"}
 TRAINED_STAGES = {
     "base": {"weights": "a9f75daacbe254a6", "answers": "e137f5f03338c7ce",
         "correct": {"Arithmetic": 46, "Unanswerable": 21, "Harmful": 6, "Look-alike": 15}},
@@ -425,12 +426,17 @@ TRAINED_STAGES = {
 
 
 def test_trained_stages_answer_as_pinned():
-    """The trained stages' discrete outputs: a machine whose build has the pinned weights gives
-    the pinned answers exactly; any machine gives each column's count within one question of
-    the pinned one (a CPU that rounds differently may flip a near-tie, docs/toy.md; the issue's
-    float32 build moved the R-TSVM merge by 3.8 points of AVG between two CPUs, which fails)."""
+    """The trained stages' discrete outputs on the machine kind that pinned them: the pinned
+    weights give exactly the pinned answers, and each column's count stays within one question
+    of the pinned one (one question per column moves AVG by at most 3.0; the issue's float32
+    build moved the R-TSVM merge by 3.8 between two CPUs). Another CPU model trains other
+    weights, and the toy's training amplifies last-bit differences into other answers
+    (docs/toy.md, "Reproducibility"): there the retrained-stage test above is the check."""
     from r3h.toy import fingerprints
 
+    env = fingerprints.environment()
+    if {k: env[k] for k in TRAINED_ON} != TRAINED_ON:
+        pytest.skip(f"pinned on {TRAINED_ON}, this machine is {env['cpu']} / {env['cpu_capability']}")
     stages = fingerprints.record_all()
     for name, pinned in TRAINED_STAGES.items():
         got = stages[name]
