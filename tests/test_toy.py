@@ -738,3 +738,28 @@ def test_findings_of_the_toy_command_from_rows():
     assert line.endswith("| -4.2 ± 8.2 | 1/2 seeds |")
     tuned = [ln for ln in md.splitlines() if "r_tsvm − tsvm, AVG (tuned)" in ln][0]
     assert "| – |" in tuned and tuned.endswith("| yes |")
+
+
+def test_findings_ask_whether_the_newer_subspace_merges_beat_tsvm_and_task_arithmetic():
+    """The question of issue 19, decided like the claims; the paper's claims stay among the
+    paper's methods (a newer merge is neither the 'other merge' of the SVD claim nor a 'merge'
+    of the mixture claim)."""
+    from r3h.toy.__main__ import claims, findings_markdown
+
+    def row(avg):
+        return {"Helpful_Avg": avg, "Honest_Avg": avg, "Harmless_Avg": avg, "AVG": avg}
+
+    methods = ["r3h_task_arithmetic", "ties", "tsvm", "r_tsvm", "iso_c", "iso_cts", "wudi", "ram"]
+    rows = {"r3h_task_arithmetic": row(80), "ties": row(70), "tsvm": row(82), "r_tsvm": row(81),
+            "iso_c": row(85), "iso_cts": row(60), "wudi": row(84), "ram": row(99), "mixture_hummer": row(90),
+            "tsvm (tuned)": row(88), "iso_c (tuned)": row(86), "r3h_task_arithmetic (tuned)": row(87)}
+    got = {c["measure"]: c for c in claims(rows, methods)}
+    q = got["best of iso_c, iso_cts, wudi − best of tsvm, r_tsvm, task arithmetic, AVG (defaults)"]
+    assert q["value"] == pytest.approx(3) and q["holds"] and q["detail"] == "iso_c 85.0 vs tsvm 82.0"
+    tuned = got["best of iso_c, iso_cts, wudi − best of tsvm, r_tsvm, task arithmetic, AVG (tuned)"]
+    assert tuned["value"] == pytest.approx(-2) and not tuned["holds"]
+    svd = got["best SVD merge − best other merge, AVG (defaults)"]
+    assert svd["detail"] == "tsvm 82.0 vs r3h_task_arithmetic 80.0"  # not iso_c, not ram
+    mix = got["best merge − best mixture, AVG (defaults)"]
+    assert mix["detail"] == "tsvm 82.0 vs mixture_hummer 90.0"  # ram (99) is not the paper's
+    assert "newer subspace merges" in findings_markdown({0: rows}, methods)

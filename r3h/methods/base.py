@@ -35,6 +35,7 @@ from r3h.core.distributed import (
     shared_tmp_dir,
 )
 from r3h.core.paths import write_run_report
+from r3h.ops import svc
 from r3h.core.plain import to_container
 from r3h.io.model import (
     build_model,
@@ -110,7 +111,13 @@ class MergeAlgorithm(BaseAlgorithm):
         max_shard_size: shard size when writing (`out_dir`), e.g. "5GB".
         device: where the arithmetic runs: "cpu", "cuda", "cuda:1" or "auto" (GPU if any).
         progress: show a tqdm bar per tensor.
+        calibration: `svc` calibrates every merged matrix (SVC, arXiv 2602.05536:
+            `r3h.ops.svc`; needs the pool's base); default `null`, none.
+        calibration_alpha: SVC's α > 0, the floor of each expert's projection
+            coefficient; default 1.0 (γ ≤ 1: SVC only shrinks over-counted directions).
     """
+
+    CALIBRATIONS = ("svc",)
 
     needs_base: bool = True
     min_experts: int = 1
@@ -128,9 +135,19 @@ class MergeAlgorithm(BaseAlgorithm):
         max_shard_size: str = "5GB",
         device: str = "cpu",
         progress: bool = True,
+        calibration: Optional[str] = None,
+        calibration_alpha: float = 1.0,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        if calibration is not None and calibration not in self.CALIBRATIONS:
+            raise ValueError(f"calibration must be null or one of {', '.join(self.CALIBRATIONS)}; got {calibration!r}")
+        try:
+            calibration_alpha = float(calibration_alpha)
+        except (TypeError, ValueError):
+            raise ValueError(f"calibration_alpha={calibration_alpha!r} is not a number") from None
+        if not (calibration_alpha > 0 and calibration_alpha < float("inf")):
+            raise ValueError(f"calibration_alpha={calibration_alpha} must be a finite number > 0")
         self.exclude_keys = list(to_container(exclude_keys) or [])
         for p in self.exclude_keys:
             try:
@@ -139,12 +156,15 @@ class MergeAlgorithm(BaseAlgorithm):
                 raise ValueError(f"exclude_keys: {p!r} is not a regular expression ({exc})") from exc
         parse_dtype(out_dtype)
         self.last_report: Dict[str, Any] = {}
+        self.tensor_reports: Dict[str, Dict[str, Any]] = {}
 
     # -- for subclasses ---------------------------------------------------------------
     def hyperparameters(self) -> Dict[str, Any]:
         """The method's configuration, as recorded in the model card."""
         cfg = OmegaConf.to_container(self.config, resolve=True)
         skip = {"progress", "out_dir", "device", "max_shard_size", "tmp_dir"}
+        if cfg.get("calibration") is None:
+            skip |= {"calibration", "calibration_alpha"}
         return {k: v for k, v in cfg.items() if not k.startswith("_") and k not in skip}
 
     def setup(self, expert_names: List[str]) -> None:
@@ -186,7 +206,33 @@ class MergeAlgorithm(BaseAlgorithm):
         if len(experts) < self.min_experts:
             raise ValueError(f"{type(self).__name__} needs at least {self.min_experts} experts; the pool has {names}")
         self.setup(names)
+        if self.calibration is not None and base is None:
+            raise ValueError(f"calibration={self.calibration} needs the pool's base model ('{BASE}'): "
+                             f"it calibrates θmerged − θ0 against each τi = θi − θ0")
+        self.tensor_reports = {}
         return plan_merge(base, experts)
+
+    def record(self, name: str, **report) -> None:
+        """Add to tensor `name`'s entry of the report (`tensors` in `r3h_merge.json`)."""
+        self.tensor_reports.setdefault(name, {}).update(report)
+
+    def calibrated_merge(self, name: str, base: Optional[torch.Tensor], experts):
+        """`merge_tensor`, then (with `calibration: svc`) each merged matrix calibrated against
+        the τi (read again, one at a time): θ0 + SVC(θmerged − θ0)."""
+        merged = self.merge_tensor(name, base, experts)
+        if base is None or base.dim() != 2 or any(re.fullmatch(p, name) for p in self.exclude_keys):
+            return merged
+        outs = [merged] if isinstance(merged, torch.Tensor) else list(merged)
+        calibrated, gammas = [], []
+        for out in outs:
+            delta, gamma = svc(out - base, (e.sub_(base) for e in experts), self.calibration_alpha)
+            calibrated.append(delta.add_(base))
+            gammas.append(gamma)
+            del delta
+        g = torch.cat(gammas)
+        self.record(name, calibration="svc", gamma_min=round(float(g.min()), 6),
+                    gamma_mean=round(float(g.mean()), 6), gamma_max=round(float(g.max()), 6))
+        return calibrated[0] if isinstance(merged, torch.Tensor) else calibrated
 
     def merge_info(self, modelpool, plan: MergePlan, stats: dict) -> dict:
         sources = pool_sources(modelpool)
@@ -198,6 +244,8 @@ class MergeAlgorithm(BaseAlgorithm):
             "models": {k: v for k, v in sources.items() if k != BASE},
             "r3h_version": r3h.__version__,
             "stats": stats,
+            **({"tensors": {n: self.tensor_reports[n] for n in plan.names if n in self.tensor_reports}}
+               if self.tensor_reports else {}),
         }
 
     @property
@@ -215,12 +263,13 @@ class MergeAlgorithm(BaseAlgorithm):
         return fabric if fabric is not None and fabric.world_size > 1 else None
 
     def rank_state(self) -> Dict[str, Any]:
-        """What this rank's merge adds to the report besides its tensors (JSON-able; e.g.
-        TSVM's per-tensor records). Every rank hands every rank's to `absorb_rank_state`."""
-        return {}
+        """What this rank's merge adds to the report besides its tensors (JSON-able): its
+        per-tensor records. Every rank hands every rank's to `absorb_rank_state`."""
+        return {"tensor_reports": self.tensor_reports}
 
     def absorb_rank_state(self, state: Dict[str, Any]) -> None:
         """Take in one rank's `rank_state` (on every rank, for every rank, in rank order)."""
+        self.tensor_reports.update(state.get("tensor_reports", {}))
 
     # -- the run --------------------------------------------------------------------
     def run(self, modelpool):
@@ -244,7 +293,8 @@ class MergeAlgorithm(BaseAlgorithm):
 
     def _stream(self, plan: MergePlan, out: _Output, sinks, names=None, rank: Optional[int] = None) -> dict:
         """`stream_merge` of the plan's tensors (or `names`, this rank's share) into `sinks`."""
-        return stream_merge(plan, self.merge_tensor, sinks, exclude_keys=self.engine_exclude_keys(),
+        merge_fn = self.merge_tensor if self.calibration is None else self.calibrated_merge
+        return stream_merge(plan, merge_fn, sinks, exclude_keys=self.engine_exclude_keys(),
                             out_dtype=out.dtype, device=self.torch_device, names=names,
                             progress=self.progress and rank in (None, 0),
                             desc=self.method_name if rank is None else f"{self.method_name} (rank {rank})")

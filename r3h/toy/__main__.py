@@ -14,8 +14,9 @@ trials, the defaults first) and the chosen merge scored on test. It writes, unde
 
 - `3h_results.{json,csv,md,tex}` and the trade-off bars / radar: every row on the first seed;
 - `spread.md`: every row's AVG as mean ± sd and min–max over the seeds;
-- `findings.md`: each of the paper's four claims, with the numbers that decide it per seed
-  and whether it holds on the toy;
+- `findings.md`: each of the paper's four claims (decided among the paper's methods), and the
+  question whether the newer subspace merges (Iso-C, Iso-CTS, WUDI) beat TSVM/R-TSVM and task
+  arithmetic, with the numbers that decide each per seed and whether it holds on the toy;
 - `fingerprints.txt`: the first seed's stage fingerprints (`r3h.toy.fingerprints`), also
   printed: compare them with another machine's line by line.
 
@@ -36,7 +37,7 @@ import shutil
 import statistics
 from typing import Dict, List
 
-from r3h.methods import METHODS
+from r3h.methods import BEYOND_PAPER, METHODS, NEWER_SUBSPACE
 from omegaconf import OmegaConf
 
 from r3h.methods.configs import declares, load_config
@@ -127,11 +128,13 @@ def _best(rows: Dict[str, dict], names) -> tuple:
 
 
 def claims(rows: Dict[str, dict], methods: List[str]) -> List[dict]:
-    """The paper's four claims on one seed's rows: [{claim, measure, value, holds, detail}]."""
+    """The paper's four claims on one seed's rows (the SVD claim among the paper's methods), and
+    whether the newer subspace merges beat TSVM/R-TSVM and task arithmetic:
+    [{claim, measure, value, holds, detail}]."""
     out = []
     for tag, suffix in (("defaults", ""), ("tuned", TUNED)):
         svd = [m + suffix for m in methods if m in SVD_MERGES]
-        other = [m + suffix for m in methods if m not in SVD_MERGES]
+        other = [m + suffix for m in methods if m not in SVD_MERGES and m not in BEYOND_PAPER]
         if svd and other:
             (a, va), (b, vb) = _best(rows, svd), _best(rows, other)
             if a and b:
@@ -143,8 +146,17 @@ def claims(rows: Dict[str, dict], methods: List[str]) -> List[dict]:
             out.append({"claim": "R-TSVM ≥ TSVM", "measure": f"r_tsvm − tsvm, AVG ({tag})", "value": d,
                         "holds": d >= 0, "detail": f"{rows['r_tsvm' + suffix]['AVG']:.1f} vs "
                                                    f"{rows['tsvm' + suffix]['AVG']:.1f}"})
+        newer = [m + suffix for m in methods if m in NEWER_SUBSPACE]
+        older = [m + suffix for m in methods if m in SVD_MERGES or m == "r3h_task_arithmetic"]
+        if newer and older:
+            (a, va), (b, vb) = _best(rows, newer), _best(rows, older)
+            if a and b:
+                out.append({"claim": "the newer subspace merges beat TSVM/R-TSVM and task arithmetic on AVG",
+                            "measure": f"best of iso_c, iso_cts, wudi − best of tsvm, r_tsvm, task arithmetic, "
+                                       f"AVG ({tag})", "value": va - vb, "holds": va - vb > 0,
+                            "detail": f"{a} {va:.1f} vs {b} {vb:.1f}"})
         mixtures = [n for n in rows if n.startswith("mixture_")]
-        merges = [m + suffix for m in methods]
+        merges = [m + suffix for m in methods if m not in BEYOND_PAPER]
         if mixtures and merges:
             (a, va), (b, vb) = _best(rows, merges), _best(rows, mixtures)
             if a and b:

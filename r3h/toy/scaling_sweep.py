@@ -20,7 +20,8 @@ from typing import Dict
 #: method -> its scaling option
 SCALED = {"r3h_task_arithmetic": "scaling_factor", "ties": "scaling_factor", "dare": "scaling_factor",
           "dare_ties": "scaling_factor", "della": "scaling_factor", "della_ties": "scaling_factor",
-          "breadcrumbs": "scaling_factor", "breadcrumbs_ties": "scaling_factor", "tsvm": "alpha", "r_tsvm": "alpha"}
+          "breadcrumbs": "scaling_factor", "breadcrumbs_ties": "scaling_factor", "tsvm": "alpha", "r_tsvm": "alpha",
+          "iso_c": "scaling_factor", "iso_cts": "scaling_factor", "wudi": "scaling_factor"}
 VALUES = [0.1, 0.2, 0.3, 0.5, 0.7, 1.0]
 DIMS = ("Helpful_Avg", "Honest_Avg", "Harmless_Avg")
 
