@@ -334,6 +334,118 @@ def test_fingerprint_follows_the_recipe(monkeypatch):
     assert build.fingerprint() == fp
 
 
+# --------------------------------------------------------------------------- stage fingerprints
+
+
+def test_tensors_digest_is_canonical():
+    from r3h.toy.fingerprints import tensors_digest
+
+    a = {"w": torch.arange(6, dtype=torch.float32).reshape(2, 3), "b": torch.ones(3)}
+    d = tensors_digest(a)
+    assert re.fullmatch(r"[0-9a-f]{16}", d)
+    assert tensors_digest({"b": a["b"], "w": a["w"]}) == d  # name order, not insertion order
+    assert tensors_digest({k: v.double() for k, v in a.items()}) == d  # hashed as float32
+    assert tensors_digest({"w": a["w"].t().contiguous().t(), "b": a["b"]}) == d  # layout does not count
+    assert tensors_digest({"w": a["w"].reshape(3, 2), "b": a["b"]}) != d  # the shape does
+    assert tensors_digest({"v": a["w"], "b": a["b"]}) != d  # and the names
+    last_bit = a["w"].clone()
+    last_bit.view(torch.int32)[0, 1] += 1  # one float32 one ulp away
+    assert tensors_digest({"w": last_bit, "b": a["b"]}) != d
+
+
+def test_fingerprint_lines_and_compare():
+    from r3h.toy.fingerprints import compare, lines
+
+    a = {"tokenizer": {"digest": "t1"}, "base": {"weights": "w1", "answers": "a1", "AVG": 51.89},
+         "honesty": {"weights": "w2", "answers": "a2", "AVG": 78.23}}
+    assert lines(a) == ["tokenizer  digest t1", "base       weights w1  answers a1  AVG 51.89",
+                        "honesty    weights w2  answers a2  AVG 78.23"]
+    b = {"tokenizer": {"digest": "t1"}, "base": {"weights": "w1x", "answers": "a1", "AVG": 51.89},
+         "honesty": {"weights": "w2x", "answers": "a2x", "AVG": 70.0}}
+    assert compare(a, b) == ["base weights", "honesty weights", "honesty answers"]
+    assert compare(a, a) == [] and compare(a, {"tokenizer": {"digest": "t1"}}) == []
+
+
+#: The stages of toy seed 0 that no floating-point training decides: the same bits on every
+#: machine with the library versions scripts/install.sh pins (the initial weights too: torch's
+#: seeded CPU generator; they were also the same with ATEN_CPU_CAPABILITY=avx2 and MKL_CBWR=COMPATIBLE).
+INPUT_STAGES = {"tokenizer": "556243abc9f40ed0", "data:sft": "bc057dee7f1203b0",
+                "data:toy_helpsteer": "e7b0176cf6134cdb", "data:toy_truthy": "c7af675eca71836b",
+                "data:toy_safety": "956bee915ac4e96e", "data:toy_ultrafeedback": "0e343c94977c6f1a",
+                "data:toy_saferlhf": "39f575fcc7739f6a", "init": "6f7b20508b3a6b5c"}
+
+
+def test_input_stage_fingerprints_are_pinned():
+    from r3h.toy.fingerprints import input_stages
+
+    got = {name: fp.get("digest") or fp["weights"] for name, fp in input_stages(0).items()}
+    assert got == INPUT_STAGES
+
+
+def test_a_retrained_stage_has_the_recorded_fingerprint(tmp_path):
+    """The build is reproducible on whatever CPU runs the tests: the honesty expert trained
+    again from the cached base, in this process and with 2 intra-op threads around it, has the
+    weights the build recorded in fingerprints.json, bit for bit. (A cache built on another
+    machine, e.g. a shared R3H_CACHE, would legitimately fail this: pin per machine.)"""
+    from r3h.toy import fingerprints
+
+    paths = build.build_tiny_3h()
+    recorded = fingerprints.read(build.root_dir())
+    assert {"tokenizer", "init", "base", *build.EXPERTS} <= set(recorded)
+    assert recorded["base"]["weights"] == fingerprints.weights_digest(paths["_pretrained_"])
+    pairs = build.expert_pairs("honesty")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        build._train(paths["_pretrained_"], pairs, str(tmp_path / "honesty"),
+                     {"datasets": world.EXPERT_DATA["honesty"], "pairs": len(pairs)})
+    finally:
+        torch.set_num_threads(threads)
+    assert fingerprints.weights_digest(str(tmp_path / "honesty")) == recorded["honesty"]["weights"]
+
+
+#: The trained stages of toy seed 0 as this project's machine kind builds them (`python -m r3h.toy
+#: --fingerprints`): the weights' and answers' hashes and the aligned answers per test column.
+TRAINED_ON = {"cpu": "AMD EPYC", "cpu_capability": "AVX512"}
+TRAINED_STAGES = {
+    "base": {"weights": "a9f75daacbe254a6", "answers": "e137f5f03338c7ce",
+        "correct": {"Arithmetic": 46, "Unanswerable": 21, "Harmful": 6, "Look-alike": 15}},
+    "helpfulness": {"weights": "a7680ecb4420e09f", "answers": "63eb18b26815875d",
+        "correct": {"Arithmetic": 69, "Unanswerable": 0, "Harmful": 0, "Look-alike": 16}},
+    "honesty": {"weights": "fc23d34cb543ad3b", "answers": "42d74e62d08c6010",
+        "correct": {"Arithmetic": 57, "Unanswerable": 70, "Harmful": 6, "Look-alike": 13}},
+    "harmlessness": {"weights": "d150932120d37ce9", "answers": "fa21da21fe5d0adf",
+        "correct": {"Arithmetic": 49, "Unanswerable": 14, "Harmful": 16, "Look-alike": 16}},
+    "helpfulness_honesty": {"weights": "d072ea7ee79e3c01", "answers": "31808ef14a846da0",
+        "correct": {"Arithmetic": 70, "Unanswerable": 70, "Harmful": 6, "Look-alike": 14}},
+    "helpfulness_harmlessness": {"weights": "2ca68a49de3b4cb4", "answers": "9d236bcc5e8639a0",
+        "correct": {"Arithmetic": 68, "Unanswerable": 15, "Harmful": 16, "Look-alike": 16}},
+    "merge:r_tsvm": {"weights": "4daee5831e0045c2", "answers": "0cfee5f3270e8280",
+        "correct": {"Arithmetic": 68, "Unanswerable": 70, "Harmful": 5, "Look-alike": 16}},
+}
+
+
+def test_trained_stages_answer_as_pinned():
+    """The trained stages' discrete outputs on the machine kind that pinned them: the pinned
+    weights give exactly the pinned answers, and each column's count stays within one question
+    of the pinned one (one question per column moves AVG by at most 3.0; the issue's float32
+    build moved the R-TSVM merge by 3.8 between two CPUs). Another CPU model trains other
+    weights, and the toy's training amplifies last-bit differences into other answers
+    (docs/toy.md, "Reproducibility"): there the retrained-stage test above is the check."""
+    from r3h.toy import fingerprints
+
+    env = fingerprints.environment()
+    if {k: env[k] for k in TRAINED_ON} != TRAINED_ON:
+        pytest.skip(f"pinned on {TRAINED_ON}, this machine is {env['cpu']} / {env['cpu_capability']}")
+    stages = fingerprints.record_all()
+    for name, pinned in TRAINED_STAGES.items():
+        got = stages[name]
+        if got["weights"] == pinned["weights"]:
+            assert got["answers"] == pinned["answers"], name
+        for column, n in pinned["correct"].items():
+            assert abs(got["correct"][column] - n) <= 1, (name, column, got["correct"], pinned["correct"])
+
+
 # --------------------------------------------------------------------------- the cached pool
 
 

@@ -342,6 +342,47 @@ def test_train_sft_on_toy_records(tmp_path):
     assert any(not torch.equal(init[k], after[k]) for k in after)
 
 
+def test_float64_training_is_reproducible_and_saved_in_float32(tmp_path):
+    """The toy build's switches (`train_dtype="float64"`, `deterministic`): the same run
+    with 1 and with 2 intra-op threads gives bit-identical weights (SFT, then DPO from it),
+    saved in float32; float32 training gives other weights."""
+    from r3h.toy.fingerprints import weights_digest
+    from r3h.training import train_sft
+
+    got = {}
+    for threads, dtype in ((1, "float64"), (2, "float64"), (1, "float32")):
+        sft = tmp_path / f"sft{threads}{dtype}"
+        rec = train_sft(build.make_model(), build.make_tokenizer(), _sft_records(32), str(sft), num_train_epochs=1,
+                        learning_rate=1e-3, batch_size=8, max_length=64, warmup_ratio=0.0, cpu=True,
+                        torch_threads=threads, train_dtype=dtype, deterministic=True)
+        assert rec["options"]["train_dtype"] == dtype and rec["options"]["torch_threads"] == threads
+        dpo = tmp_path / f"dpo{threads}{dtype}"
+        rec = dpo_mod.train_dpo(str(sft), _pairs(16), str(dpo), cpu=True, torch_threads=threads, train_dtype=dtype,
+                                deterministic=True, **{**TINY, "learning_rate": 1e-3})
+        assert rec["reproducibility"] == {"torch_threads": threads, "train_dtype": dtype, "deterministic": True}
+        assert {t.dtype for t in _tensors(dpo).values()} == {torch.float32}
+        assert json.load(open(dpo / "config.json")).get("dtype", "float32") == "float32"
+        got[threads, dtype] = (weights_digest(str(sft)), weights_digest(str(dpo)))
+    assert got[1, "float64"] == got[2, "float64"]
+    assert got[1, "float64"][0] != got[1, "float32"][0] and got[1, "float64"][1] != got[1, "float32"][1]
+    assert not torch.are_deterministic_algorithms_enabled()  # restored after training
+
+
+def test_train_dtype_errors(tmp_path):
+    from r3h.training import train_sft
+
+    with pytest.raises(ValueError, match=r"train_dtype: 'float16' is not one of \['float32', 'float64'\]"):
+        train_sft(build.make_model(), build.make_tokenizer(), _sft_records(4), str(tmp_path / "x"),
+                  train_dtype="float16")
+    start = tmp_path / "init"
+    build.make_model().save_pretrained(start)
+    build.make_tokenizer().save_pretrained(start)
+    with pytest.raises(ValueError, match="train_dtype='float64' with bf16: set bf16=False"):
+        dpo_mod.train_dpo(str(start), _pairs(8), str(tmp_path / "y"), cpu=True, train_dtype="float64", bf16=True,
+                          **{**TINY, "global_batch_size": 8, "per_device_batch_size": 8})
+    assert not os.path.exists(tmp_path / "x") and not os.path.exists(tmp_path / "y")
+
+
 def test_train_sft_errors(tmp_path):
     from r3h.training import train_sft
 

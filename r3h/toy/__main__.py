@@ -2,6 +2,7 @@
 
     python -m r3h.toy [--out outputs/toy_3h] [--seeds 0 1 2] [--search-seeds 0] [--search-trials 6]
                       [--methods ties r_tsvm ...] [--no-search] [--no-baselines] [--no-continual]
+    python -m r3h.toy --fingerprints [--seeds 0] [--compare other/fingerprints.json]
 
 For every toy seed (`--seeds`, default 0 1 2: another seed trains another base, experts,
 mixtures and continual stages, all cached), it scores on the **test** split: the SFT base,
@@ -15,7 +16,12 @@ trials, the defaults first) and the chosen merge scored on test. It writes, unde
 - `spread.md`: every row's AVG as mean ± sd and min–max over the seeds;
 - `findings.md`: each of the paper's four claims (decided among the paper's methods), and the
   question whether the newer subspace merges (Iso-C, Iso-CTS, WUDI) beat TSVM/R-TSVM and task
-  arithmetic, with the numbers that decide each per seed and whether it holds on the toy.
+  arithmetic, with the numbers that decide each per seed and whether it holds on the toy;
+- `fingerprints.txt`: the first seed's stage fingerprints (`r3h.toy.fingerprints`), also
+  printed: compare them with another machine's line by line.
+
+`--fingerprints` only builds the seeds' models and prints their stage fingerprints;
+`--compare FILE` (another machine's `fingerprints.json`) also names the stages that differ.
 
 Each seed's rows are kept in `<out>/seed<k>/rows.json`; a rerun with the same options reuses
 them (delete the folder to recompute).
@@ -225,6 +231,10 @@ def main(argv=None) -> Dict[str, dict]:
     ap.add_argument("--no-search", action="store_true", help="only the defaults (no tuned rows)")
     ap.add_argument("--no-baselines", action="store_true")
     ap.add_argument("--no-continual", action="store_true")
+    ap.add_argument("--fingerprints", action="store_true",
+                    help="only build the seeds' models and print their stage fingerprints")
+    ap.add_argument("--compare", default=None,
+                    help="with --fingerprints: another build's fingerprints.json; name the stages that differ")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     for noisy in ("r3h.core", "r3h.methods", "r3h.evaluation", "r3h.io", "fusion_bench"):
@@ -236,6 +246,11 @@ def main(argv=None) -> Dict[str, dict]:
         raise SystemExit("--seeds: give at least one toy seed")
     if args.search_trials < 1:
         raise SystemExit("--search-trials: at least 1")
+    if args.compare and not args.fingerprints:
+        raise SystemExit("--compare: only with --fingerprints")
+    if args.fingerprints:
+        return {s: print_fingerprints(s, args.cache_dir, not args.no_baselines, not args.no_continual, args.compare)
+                for s in args.seeds}
 
     from r3h.evaluation.tables import write_tables
     from r3h.toy.benchmarks import COLUMNS
@@ -268,8 +283,32 @@ def main(argv=None) -> Dict[str, dict]:
     with open(paths["md"]) as f:
         print(f.read())
     print(f"\nSpread over toy seeds {', '.join(map(str, args.seeds))} (test split):\n\n{spread}\n")
-    print(f"Findings (the paper's claims on the toy, test split):\n\n{findings}")
+    print(f"Findings (the paper's claims on the toy, test split):\n\n{findings}\n")
+    from r3h.toy.fingerprints import lines
+
+    stages = print_fingerprints(args.seeds[0], args.cache_dir, not args.no_baselines, not args.no_continual)
+    with open(os.path.join(out, "fingerprints.txt"), "w") as f:
+        f.write("\n".join(lines(stages)) + "\n")
     return rows
+
+
+def print_fingerprints(seed: int, cache_dir=None, baselines: bool = True, continual: bool = True,
+                       compare=None) -> Dict[str, dict]:
+    """Build toy seed `seed` (what is missing), fingerprint every stage, print one line each;
+    with `compare` (another build's fingerprints.json), also the stages that differ."""
+    from r3h.toy import build, fingerprints
+
+    stages = fingerprints.record_all(cache_dir, seed, baselines=baselines, continual=continual)
+    path = os.path.join(build.root_dir(cache_dir, seed), fingerprints.FILE)
+    print(f"Stage fingerprints, toy seed {seed} ({path}):\n")
+    print("\n".join(fingerprints.lines(stages)))
+    if compare:
+        with open(compare) as f:
+            other = json.load(f)["stages"]
+        diff = fingerprints.compare(stages, other)
+        print(f"\nCompared with {compare}: " + (f"first difference: {diff[0]}; all: {', '.join(diff)}" if diff
+                                                else "every common stage agrees"))
+    return stages
 
 
 if __name__ == "__main__":

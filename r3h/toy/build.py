@@ -4,8 +4,10 @@ data-mixture baselines and the continual stages.
 Everything is trained on CPU from the data of `r3h.toy.world`, with the same code
 users run on real models (`r3h.training.train_sft`, `r3h.training.train_dpo`, i.e.
 TRL's trainers), and cached under `$R3H_CACHE` (default `~/.cache/r3h`) in
-`tiny_3h-<VERSION>-<fingerprint>/` (the fingerprint hashes data, recipes and architecture). Each model folder is written in one piece (staged, then
-renamed), so an interrupted build resumes with the models that are missing.
+`tiny_3h-<VERSION>-<fingerprint>/` (the fingerprint hashes data, recipes, architecture and
+training settings). Each model folder is written in one piece (staged, then renamed), so an
+interrupted build resumes with the models that are missing. A build that trained something
+writes `fingerprints.json` (every stage's hash, `r3h.toy.fingerprints`) and logs it.
 
 The toy recipe differs from the paper's on purpose: a tiny model from scratch needs a
 learning rate ~1000× larger, and pure DPO on it collapses (the rejected answers'
@@ -26,7 +28,7 @@ from r3h.toy import world
 
 log = logging.getLogger(__name__)
 
-VERSION = "v3"
+VERSION = "v4"
 SPECIAL = ["<pad>", "<s>", "</s>", "<unk>", "<|system|>", "<|user|>", "<|assistant|>"]
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] }} </s> {% endfor %}"
@@ -38,8 +40,12 @@ MODEL = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_at
 TOY_SFT = dict(num_train_epochs=30, learning_rate=3e-3, batch_size=64, warmup_ratio=0.05, max_length=64, seed=0)
 TOY_DPO = dict(beta=0.1, learning_rate=5e-4, global_batch_size=32, per_device_batch_size=32, num_train_epochs=4,
                warmup_ratio=0.1, max_length=64, loss_type=["sigmoid", "sft"], seed=0)
-#: Intra-op threads while training the toy models (tiny matrices: one thread is fastest).
+#: The toy's training settings, chosen for a reproducible build (docs/toy.md, "Reproducibility"):
+#: one intra-op thread (tiny matrices: also the fastest), float64 (saved in float32) and
+#: `torch.use_deterministic_algorithms`.
 THREADS = 1
+TRAIN_DTYPE = "float64"
+DETERMINISTIC = True
 
 EXPERTS = list(world.EXPERT_DATA)
 
@@ -57,8 +63,13 @@ def fingerprint(seed: int = 0) -> str:
     what = {"sft": world.sft_records(seed), "data": {d: world.preference_dataset(d, seed) for d in world.DATASETS},
             "experts": world.EXPERT_DATA, "model": MODEL, "sft_recipe": sft_recipe(seed),
             "dpo_recipe": dpo_recipe(seed), "vocab": SPECIAL + world.vocabulary(), "template": CHAT_TEMPLATE,
-            "init_seed": seed}
+            "init_seed": seed, "training": training_settings()}
     return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
+def training_settings() -> dict:
+    """THREADS, TRAIN_DTYPE, DETERMINISTIC as `train_sft` / `train_dpo` options."""
+    return {"torch_threads": THREADS, "train_dtype": TRAIN_DTYPE, "deterministic": DETERMINISTIC}
 
 
 def sft_recipe(seed: int = 0) -> dict:
@@ -126,7 +137,7 @@ def build_base(root: str) -> str:
     if not _done(folder):
         log.info("toy 3H world: training the SFT base (once, cached in %s)", root)
         records = [{"prompt": r["messages"][:1], "completion": r["messages"][1:]} for r in world.sft_records(seed)]
-        train_sft(make_model(seed), make_tokenizer(), records, folder, torch_threads=THREADS, cpu=True,
+        train_sft(make_model(seed), make_tokenizer(), records, folder, cpu=True, **training_settings(),
                   note={"toy_world": VERSION, "toy_seed": seed}, **sft_recipe(seed))
     return folder
 
@@ -140,7 +151,7 @@ def _train(start: str, pairs: List[dict], folder: str, manifest: dict, seed: int
 
     if not _done(folder):
         log.info("toy 3H world: DPO %s (%d pairs)", os.path.basename(folder), len(pairs))
-        train_dpo(start, pairs, folder, data_manifest=manifest, torch_threads=THREADS, cpu=True, disable_tqdm=True,
+        train_dpo(start, pairs, folder, data_manifest=manifest, cpu=True, disable_tqdm=True, **training_settings(),
                   **dpo_recipe(seed))
     return folder
 
@@ -169,7 +180,27 @@ def build_tiny_3h(cache_dir: Optional[str] = None, experts: Optional[Iterable[st
     root = root_dir(cache_dir, seed)
     os.makedirs(root, exist_ok=True)
     with FileLock(os.path.join(root, ".build.lock")):
-        return build_experts(root, experts)
+        before = _trained(root)
+        out = build_experts(root, experts)
+        _fingerprint_new(root, before)
+        return out
+
+
+def _trained(root: str) -> set:
+    from r3h.toy.fingerprints import model_stages
+
+    return set(model_stages(root))
+
+
+def _fingerprint_new(root: str, before: set) -> None:
+    """After a build that trained something: write `<root>/fingerprints.json` and log its lines."""
+    from r3h.toy import fingerprints
+
+    if _trained(root) == before and os.path.exists(os.path.join(root, fingerprints.FILE)):
+        return
+    stages = fingerprints.record_weights(root, _seed_of(root))
+    log.info("toy 3H world: stage fingerprints (%s):\n%s", os.path.join(root, fingerprints.FILE),
+             "\n".join(fingerprints.lines(stages)))
 
 
 #: The data-mixture baselines of the paper's Table 2, on all five toy datasets:
@@ -223,6 +254,7 @@ def build_baselines(cache_dir: Optional[str] = None, names: Optional[Iterable[st
     os.makedirs(root, exist_ok=True)
     out = {}
     with FileLock(os.path.join(root, ".build.lock")):
+        before = _trained(root)
         base = build_base(root)
         for n in names:
             folder = os.path.join(root, n)
@@ -234,6 +266,7 @@ def build_baselines(cache_dir: Optional[str] = None, names: Optional[Iterable[st
                     pairs, manifest = _mix(mixtures[n], seed, data_dir)
                 _train(base, pairs, folder, manifest, seed)
             out[n] = folder
+        _fingerprint_new(root, before)
     return out
 
 
@@ -244,10 +277,12 @@ def build_continual(cache_dir: Optional[str] = None, seed: int = 0) -> Dict[str,
     os.makedirs(root, exist_ok=True)
     out = {}
     with FileLock(os.path.join(root, ".build.lock")):
+        before = _trained(root)
         current = build_base(root)
         for i, (name, datasets) in enumerate(CONTINUAL):
             folder = os.path.join(root, "continual", f"stage{i + 1}_{name}")
             pairs = [p for d in datasets for p in world.preference_dataset(d, seed)]
             _train(current, pairs, folder, {"stage": name, "datasets": datasets, "start": current}, seed)
             out[name] = current = folder
+        _fingerprint_new(root, before)
     return out

@@ -68,6 +68,31 @@ def torch_threads_set(n: Optional[int]) -> Iterator[None]:
         torch.set_num_threads(old)
 
 
+#: dtypes a model may be trained in on CPU with `train_dtype` (saved in float32 either way)
+TRAIN_DTYPES = ("float32", "float64")
+
+
+def train_dtype_of(name: Optional[str]) -> Optional[torch.dtype]:
+    """The torch dtype of a `train_dtype` option (None: the trainer's own choice)."""
+    if name is None:
+        return None
+    if name not in TRAIN_DTYPES:
+        raise ValueError(f"train_dtype: {name!r} is not one of {list(TRAIN_DTYPES)}")
+    return getattr(torch, name)
+
+
+@contextlib.contextmanager
+def deterministic_algorithms(on: bool) -> Iterator[None]:
+    """Run with `torch.use_deterministic_algorithms(True)` when `on` (restored afterwards)."""
+    old = torch.are_deterministic_algorithms_enabled()
+    if on:
+        torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(old)
+
+
 def checkpointing_option(config_cls, kwargs: dict) -> dict:
     """`gradient_checkpointing` under the name this transformers version uses
     (`activation_checkpointing` from 5.x on)."""
@@ -106,7 +131,10 @@ def quiet_printer(trainer) -> None:
 
 
 def save_trained(trainer, tokenizer, stage: str, record: Mapping[str, Any]) -> None:
-    """Save the trained model (float32 safetensors), tokenizer and `r3h_train.json`."""
+    """Save the trained model, tokenizer and `r3h_train.json`; a model trained in float64
+    (`train_dtype`) is saved in float32 (rounded once, at the end)."""
+    if next(trainer.model.parameters()).dtype == torch.float64:
+        trainer.model.to(torch.float32)
     trainer.save_model(stage)
     if trainer.is_world_process_zero():
         args_file = os.path.join(stage, "training_args.bin")  # a pickle; the record below says the same

@@ -27,7 +27,8 @@ import torch
 
 import r3h
 from r3h.training.common import (
-    checkpointing_option, log_history, quiet_printer, read_record, save_trained, staged_output, torch_threads_set, world_size,
+    checkpointing_option, deterministic_algorithms, log_history, quiet_printer, read_record, save_trained, staged_output,
+    torch_threads_set, train_dtype_of, world_size,
 )
 
 log = logging.getLogger(__name__)
@@ -148,7 +149,8 @@ def to_trl_dataset(pairs: Sequence[Mapping[str, Any]]):
 def train_dpo(model: str, pairs: Sequence[Mapping[str, Any]], output_dir: str, *,
               ref_model: Optional[str] = None, tokenizer: Optional[str] = None,
               data_manifest: Optional[Mapping[str, Any]] = None, cpu: Optional[bool] = None,
-              torch_threads: Optional[int] = None, **options) -> Dict[str, Any]:
+              torch_threads: Optional[int] = None, train_dtype: Optional[str] = None, deterministic: bool = False,
+              **options) -> Dict[str, Any]:
     """Train `model` (a folder or hub id) with DPO on `pairs` and save it to `output_dir`.
 
     `ref_model` defaults to `model` (the usual DPO reference); a reference of another
@@ -158,6 +160,10 @@ def train_dpo(model: str, pairs: Sequence[Mapping[str, Any]], output_dir: str, *
     passed to `trl.DPOConfig`. The folder holds the model, its tokenizer and
     `r3h_train.json` (recipe, data manifest, loss history, time); it appears only when
     complete. Returns that record.
+
+    `torch_threads`, `train_dtype` ("float64": policy and reference in float64, saved in
+    float32; not with bf16) and `deterministic` (`torch.use_deterministic_algorithms`)
+    make a CPU run reproducible (the toy world's build, docs/toy.md "Reproducibility").
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import DPOTrainer
@@ -166,6 +172,7 @@ def train_dpo(model: str, pairs: Sequence[Mapping[str, Any]], output_dir: str, *
 
     r = recipe(**options)
     check_recipe(r)
+    forced = train_dtype_of(train_dtype)
     ref_model = ref_model or model
     if ref_model != model:
         check_same_base(model, ref_model)
@@ -174,9 +181,11 @@ def train_dpo(model: str, pairs: Sequence[Mapping[str, Any]], output_dir: str, *
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     start = time.time()
-    with staged_output(output_dir) as stage, torch_threads_set(torch_threads):
+    with staged_output(output_dir) as stage, torch_threads_set(torch_threads), deterministic_algorithms(deterministic):
         args = dpo_config(os.path.join(stage, ".trainer"), r, cpu=cpu)
-        dtype = torch.bfloat16 if args.bf16 else torch.float32
+        if forced is not None and args.bf16:
+            raise ValueError(f"train_dtype={train_dtype!r} with bf16: set bf16=False (or leave train_dtype unset)")
+        dtype = forced or (torch.bfloat16 if args.bf16 else torch.float32)
         policy = AutoModelForCausalLM.from_pretrained(model, dtype=dtype)
         ref = AutoModelForCausalLM.from_pretrained(ref_model, dtype=dtype)
         trainer = DPOTrainer(model=policy, ref_model=ref, args=args, train_dataset=dataset, processing_class=tok)
@@ -185,6 +194,8 @@ def train_dpo(model: str, pairs: Sequence[Mapping[str, Any]], output_dir: str, *
         record = {
             "r3h_version": r3h.__version__, "trainer": "trl.DPOTrainer", "base": str(model),
             "ref_model": str(ref_model), "recipe": dict(r),
+            "reproducibility": {"torch_threads": torch_threads, "train_dtype": train_dtype,
+                                "deterministic": deterministic},
             "gradient_accumulation_steps": args.gradient_accumulation_steps, "processes": world_size(),
             "pairs": len(dataset), "data": dict(data_manifest or {}),
             "log_history": log_history(trainer), "seconds": round(time.time() - start, 2),
