@@ -151,3 +151,44 @@ def test_a_killed_workers_trial_is_failed_and_retried(paths, tmp_path, tiny_lm_p
         retried = [t for t in complete if optuna.storages.RetryFailedTrialCallback.retried_trial_number(t) is not None]
     assert len(retried) == 1 and retried[0].params == failed[0].params  # the same options, run again
     assert retried[0].user_attrs.get("defaults")  # still the defaults trial the selection compares against
+
+
+def test_open_storage_waits_for_a_schema_another_worker_creates(monkeypatch, tmp_path):
+    """Two workers opening a new database at once both create Optuna's schema: the one whose
+    INSERT INTO alembic_version loses opens again; any other failure is an error naming the URL."""
+    from sqlalchemy.exc import IntegrityError
+
+    from r3h.tuning import workers
+
+    calls = []
+
+    def racing(url, **kw):
+        calls.append(url)
+        if len(calls) == 1:
+            raise IntegrityError("INSERT INTO alembic_version", {}, Exception("UNIQUE constraint failed"))
+        return "storage"
+
+    monkeypatch.setattr(optuna.storages, "RDBStorage", racing)
+    monkeypatch.setattr(workers.time, "sleep", lambda s: None)
+    url = f"sqlite:///{tmp_path / 'study.sqlite'}"
+    assert workers.open_storage(url, heartbeat=None) == "storage" and len(calls) == 2
+
+    def broken(url, **kw):
+        calls.append(url)
+        raise RuntimeError("no such dialect")
+
+    calls.clear()
+    monkeypatch.setattr(optuna.storages, "RDBStorage", broken)
+    with pytest.raises(ValueError, match="storage: cannot open 'nosuch://x'"):
+        workers.open_storage("nosuch://x", heartbeat=None)
+    assert len(calls) == 1  # not a schema race: no second try
+
+    def always_racing(url, **kw):
+        calls.append(url)
+        raise IntegrityError("INSERT INTO alembic_version", {}, Exception("UNIQUE constraint failed"))
+
+    calls.clear()
+    monkeypatch.setattr(optuna.storages, "RDBStorage", always_racing)
+    with pytest.raises(ValueError, match="storage: cannot open"):
+        workers.open_storage(url, heartbeat=None)
+    assert len(calls) == workers.SCHEMA_RETRIES + 1

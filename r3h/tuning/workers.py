@@ -37,6 +37,8 @@ __all__ = ["open_storage", "BudgetTaken", "check_budget", "run_trials"]
 SQLITE_TIMEOUT_S = 60
 #: retries of a trial whose worker died
 MAX_RETRY = 3
+#: attempts at opening a storage whose schema another worker is creating at the same time
+SCHEMA_RETRIES = 5
 
 
 class BudgetTaken(Exception):
@@ -60,11 +62,28 @@ def open_storage(url: str, heartbeat: Optional[int] = 30):
                 else "failed_trial_callback"
             kwargs = {"heartbeat_interval": int(heartbeat), "grace_period": 2 * int(heartbeat),
                       stale: retry(max_retry=MAX_RETRY)}
-        try:
-            return RDBStorage(str(url), engine_kwargs=engine_kwargs, **kwargs)
-        except Exception as exc:
-            raise ValueError(f"storage: cannot open {url!r} as an Optuna RDB storage (a SQLAlchemy URL such as "
-                             f"sqlite:///study.sqlite or postgresql://user@host/db): {exc}") from exc
+        for attempt in range(SCHEMA_RETRIES + 1):
+            try:
+                return RDBStorage(str(url), engine_kwargs=engine_kwargs, **kwargs)
+            except Exception as exc:
+                # Two workers that open a new database at once both create Optuna's schema: the
+                # loser's INSERT INTO alembic_version fails (IntegrityError, or "table already
+                # exists"); once the winner's schema is there, opening again succeeds.
+                if attempt < SCHEMA_RETRIES and _is_schema_race(exc):
+                    log.info("storage %s: schema created by another worker, opening again", url)
+                    time.sleep(0.2 * (attempt + 1))
+                    continue
+                raise ValueError(f"storage: cannot open {url!r} as an Optuna RDB storage (a SQLAlchemy URL such "
+                                 f"as sqlite:///study.sqlite or postgresql://user@host/db): {exc}") from exc
+
+
+def _is_schema_race(exc: Exception) -> bool:
+    """Whether `exc` is the database error of a schema another worker is creating at the same time."""
+    try:
+        from sqlalchemy.exc import IntegrityError, OperationalError
+    except ImportError:  # pragma: no cover - optuna's RDB storage needs sqlalchemy
+        return False
+    return isinstance(exc, (IntegrityError, OperationalError))
 
 
 def _count(study, *states) -> int:
