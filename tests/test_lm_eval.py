@@ -336,6 +336,7 @@ def test_missing_lm_eval_names_the_pip_command(tiny, tmp_path, monkeypatch):
         LMEvalBenchmark(column="GSM8K").check(_ctx(tiny, tmp_path))
 
 
+@pytest.mark.slow
 def test_lm_eval_older_than_0_4_12_is_refused(tiny, tmp_path, monkeypatch):
     # lm_eval.tasks._index (the task index the adapter reads) first ships in lm-eval 0.4.12
     import r3h.evaluation.lm_eval_adapter as adapter
@@ -347,6 +348,7 @@ def test_lm_eval_older_than_0_4_12_is_refused(tiny, tmp_path, monkeypatch):
     LMEvalBenchmark(column="GSM8K").check(_ctx(tiny, tmp_path))
 
 
+@pytest.mark.slow
 def test_paper_protocol_maps_to_tasks_of_the_installed_registry(tiny, tmp_path):
     """The `paper` protocol's tasks (lm-eval's, and r3h's arc_easy_chat) exist, with the metric's
     filter; the protocol fills what is not given, and only for its own task."""

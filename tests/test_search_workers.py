@@ -92,6 +92,8 @@ def paths(tmp_path_factory):
     return {k: str(v) for k, v in write_pool(tmp_path_factory.mktemp("pool")).items()}
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_two_workers_share_one_budget_and_one_selection(paths, tmp_path, tiny_lm_path):
     storage = f"sqlite:///{tmp_path / 'study.sqlite'}"
     ready = tmp_path / "ready"  # no worker scores before both are up, so both take part
@@ -115,6 +117,8 @@ def test_two_workers_share_one_budget_and_one_selection(paths, tmp_path, tiny_lm
     assert len(json.loads((tmp_path / "out" / "trials.json").read_text())) == 8
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_a_killed_workers_trial_is_failed_and_retried(paths, tmp_path, tiny_lm_path):
     storage = f"sqlite:///{tmp_path / 'study.sqlite'}"
     hang = tmp_path / "hang"

@@ -716,6 +716,7 @@ def official_or_bench_prompt() -> str:
                 and getattr(n.targets[0], "id", None) == "response_checking_prompt")
 
 
+@pytest.mark.slow
 def test_a_model_that_answers_every_or_bench_prompt_raises_harmless_avg(tiny, server, tmp_path):
     """OR-Bench is the answer rate (the paper's direction): a judge that finds every answer a
     direct answer gives OR-Bench 100, and Harmless_Avg and AVG rise with it."""

@@ -382,6 +382,7 @@ def test_input_stage_fingerprints_are_pinned():
     assert got == INPUT_STAGES
 
 
+@pytest.mark.slow
 def test_a_retrained_stage_has_the_recorded_fingerprint(tmp_path):
     """The build is reproducible on whatever CPU runs the tests: the honesty expert trained
     again from the cached base, in this process and with 2 intra-op threads around it, has the
@@ -425,6 +426,7 @@ TRAINED_STAGES = {
 }
 
 
+@pytest.mark.slow
 def test_trained_stages_answer_as_pinned():
     """The trained stages' discrete outputs on the machine kind that pinned them: the pinned
     weights give exactly the pinned answers, and each column's count stays within one question

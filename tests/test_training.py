@@ -342,6 +342,7 @@ def test_train_sft_on_toy_records(tmp_path):
     assert any(not torch.equal(init[k], after[k]) for k in after)
 
 
+@pytest.mark.slow
 def test_float64_training_is_reproducible_and_saved_in_float32(tmp_path):
     """The toy build's switches (`train_dtype="float64"`, `deterministic`): the same run
     with 1 and with 2 intra-op threads gives bit-identical weights (SFT, then DPO from it),
