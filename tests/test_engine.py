@@ -347,6 +347,7 @@ def test_checkpoint_errors(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.slow
 def test_in_memory_model_is_usable(tmp_path):
     """The returned model is a working transformers model with the merged weights."""
     from r3h.toy import Tiny3HPool
