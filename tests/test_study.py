@@ -208,7 +208,8 @@ def test_preference_column_follows_its_definition_and_caches(wheels, tiny_llama,
             assert r["correct"] == (a > b)
     k = sum(r["correct"] for r in rows)
     assert res.score == pytest.approx(100 * k / 6) and (res.details["ci_low"], res.details["ci_high"]) == wilson(k, 6)
-    monkeypatch.setattr(lite, "answer_loglikelihoods", lambda *a, **kw: pytest.fail("scored again"))
+    from r3h.evaluation import packed
+    monkeypatch.setattr(packed, "shared_context_loglikelihoods", lambda *a, **kw: pytest.fail("scored again"))
     assert bench.run(ctx).score == res.score
 
 

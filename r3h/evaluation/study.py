@@ -4,8 +4,8 @@ on the study's data (:mod:`r3h.data.study`), shared by ``python -m r3h.study`` a
 * :class:`PreferenceColumn` (the ``*-pref`` columns): for each item of the column's ``split``,
   the chosen and the rejected reply are scored as the assistant's turn under the model's chat
   template by their mean log-likelihood per token
-  (:func:`r3h.evaluation.lite.answer_loglikelihoods`); the item counts when the chosen reply's is
-  higher (a tie counts as wrong). Score = % of items, with its 95% Wilson interval. A likelihood
+  (:func:`r3h.evaluation.packed.shared_context_loglikelihoods`: the prompt runs once for both
+  replies); the item counts when the chosen reply's is higher (a tie counts as wrong). Score = % of items, with its 95% Wilson interval. A likelihood
   measure: no floor or ceiling from decoding, and cheap (two forward passes per item).
 * :class:`RefusalGeneration` (``Refusal-gen``): greedy answers (``max_new_tokens`` bounded) to
   harmful test prompts and to as many benign ones (benign-edgy and benign-contrast), judged by the
@@ -69,20 +69,21 @@ class _StudyColumn(Benchmark):
 class PreferenceColumn(_StudyColumn):
     """% of the column's pairs whose chosen reply has the higher mean log-likelihood per token."""
 
-    def __init__(self, column: str, n: Optional[int] = None, split: str = "test", batch_size: int = 8,
-                 max_length: Optional[int] = 768):
+    def __init__(self, column: str, n: Optional[int] = None, split: str = "test", batch_size: int = 4,
+                 max_length: Optional[int] = 768, pack_tokens: int = 384):
         super().__init__(column, n, split)
         if self.column not in data.COLUMNS:
             raise ValueError(f"column {column!r} is not a study column ({', '.join(data.COLUMNS)})")
         self.dimension = data.COLUMNS[self.column]
         self.batch_size = int(batch_size)
         self.max_length = max_length
+        self.pack_tokens = int(pack_tokens)
 
     def items(self) -> List[dict]:
         return data.column_items(self.column, self.split, self.n)
 
     def run(self, ctx: EvalContext) -> BenchmarkResult:
-        from .lite import answer_loglikelihoods
+        from .packed import shared_context_loglikelihoods
 
         items = self.items()
         gen = ctx.generator
@@ -91,19 +92,14 @@ class PreferenceColumn(_StudyColumn):
         path = os.path.join(self._folder(ctx), "scores.jsonl")
         rows = self._cached(path, [it["id"] for it in items], settings)
         if rows is None:
-            ctx_text = [gen.render(it["prompt"]) for it in items]
-            # chosen and rejected side by side, and items by length: batches with little padding
-            seqs = [(c, it[f]) for c, it in zip(ctx_text, items) for f in ("chosen", "rejected")]
-            order = sorted(range(len(seqs)), key=lambda j: len(seqs[j][0]) + len(seqs[j][1]))
-            got = answer_loglikelihoods(gen.model, gen.tokenizer, [seqs[j][0] for j in order],
-                                        [seqs[j][1] for j in order], add_special_tokens=not gen.config.use_chat_template,
-                                        batch_size=self.batch_size, max_length=self.max_length)
-            by_seq = dict(zip(order, got))
-            k = len(items)
-            ll = [by_seq[2 * i] for i in range(k)] + [by_seq[2 * i + 1] for i in range(k)]
-            rows = [{"id": it["id"], "source": it["source"], "chosen": ll[i]["mean"], "rejected": ll[k + i]["mean"],
-                     "margin_sum": ll[i]["sum"] - ll[k + i]["sum"], "correct": ll[i]["mean"] > ll[k + i]["mean"],
-                     "settings": settings} for i, it in enumerate(items)]
+            # the prompt is run once for both replies, the template's shared prefix once per pack
+            got = shared_context_loglikelihoods(
+                gen.model, gen.tokenizer, [(gen.render(it["prompt"]), [it["chosen"], it["rejected"]]) for it in items],
+                add_special_tokens=not gen.config.use_chat_template, pack_tokens=self.pack_tokens,
+                batch_size=self.batch_size, max_length=self.max_length)
+            rows = [{"id": it["id"], "source": it["source"], "chosen": c["mean"], "rejected": r["mean"],
+                     "margin_sum": c["sum"] - r["sum"], "correct": c["mean"] > r["mean"], "settings": settings}
+                    for it, (c, r) in zip(items, got)]
             write_records(path, rows)
         return self._result(rows, settings, path)
 

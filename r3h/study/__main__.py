@@ -30,7 +30,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--beta", type=float, default=None)
     ap.add_argument("--batch-size", type=int, default=None)
     ap.add_argument("--epochs", type=float, default=None)
-    ap.add_argument("--test-n", type=int, default=None, help="test items per column (default: all, <= 300)")
+    ap.add_argument("--test-n", type=int, default=None, help="test items per column (default: 200; 0: all, <= 300)")
     ap.add_argument("--validation-n", type=int, default=None)
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args(argv)
@@ -42,6 +42,8 @@ def main(argv=None) -> dict:
               batch_size=args.batch_size, epochs=args.epochs, test_n=args.test_n, validation_n=args.validation_n,
               threads=args.threads)
     kw = {k: v for k, v in kw.items() if v is not None}
+    if kw.get("test_n") == 0:
+        kw["test_n"] = None  # every test item
     settings = Settings.quick(**kw) if args.quick else Settings(**kw)
     import torch
 

@@ -1,6 +1,9 @@
 """The study's stages, each cached and resumable (docs/study.md).
 
-    data -> experts -> merges -> search -> scoring -> tables
+    data -> experts -> reference -> merges -> search -> scoring -> tables
+
+(``reference`` scores the base, the experts, the mixture and the continual model on test;
+``scoring`` scores the tuned merges on test.)
 
 Everything lives under ``--out``. A stage is done when ``stages/<stage>[-seed<k>].json`` exists
 (written atomically, last); inside a stage every unit is cached on its own: a trained model is a
@@ -42,19 +45,20 @@ class Settings:
     # the expert recipe (DPO through TRL, r3h.training.train_dpo)
     pairs: int = 64  # train pairs per expert (the mixture gets the three sets: 3x); docs/study.md, the recipe
     batch_size: int = 8
+    micro_batch_size: int = 1  # pairs per forward pass (gradient accumulation makes up batch_size): no padding waste
     learning_rate: float = 2e-5
     beta: float = 0.1
     epochs: float = 1.0
     max_length: int = 512
     # scoring (taskpool=3h_study)
-    test_n: Optional[int] = None  # items per column on test (None: every test item, <= 300)
-    validation_n: int = 60  # items per column on validation (the search)
-    generation_n: int = 100  # Refusal-gen items
+    test_n: Optional[int] = 200  # items per column on test (None: every test item, <= 300)
+    validation_n: int = 50  # items per column on validation (the search)
+    generation_n: int = 200  # Refusal-gen items (half harmful, half benign)
     max_new_tokens: int = 32
     # merges
     methods: Optional[List[str]] = None  # None: every config/method/*.yaml
     tuned: Optional[List[str]] = None  # None: tsvm, r_tsvm and the two best other merges at defaults
-    trials: int = 8
+    trials: int = 6
     threads: int = 2
     bootstrap: int = 2000
 
@@ -101,7 +105,8 @@ class Study:
 
     def _recipe(self) -> Dict[str, Any]:
         s = self.s
-        return {k: getattr(s, k) for k in ("pairs", "batch_size", "learning_rate", "beta", "epochs", "max_length")}
+        return {k: getattr(s, k) for k in ("pairs", "batch_size", "micro_batch_size", "learning_rate", "beta", "epochs",
+                                           "max_length")}
 
     def _scoring(self) -> Dict[str, Any]:
         s = self.s
@@ -161,7 +166,7 @@ class Study:
             return folder
         s = self.s
         train_dpo(start, pairs, folder, cpu=s.device == "cpu", torch_threads=s.threads, beta=s.beta,
-                  learning_rate=s.learning_rate, global_batch_size=s.batch_size, per_device_batch_size=s.batch_size,
+                  learning_rate=s.learning_rate, global_batch_size=s.batch_size, per_device_batch_size=s.micro_batch_size,
                   num_train_epochs=s.epochs, max_length=s.max_length, warmup_ratio=0.0, lr_scheduler_type="constant",
                   gradient_checkpointing=False, bf16=False if s.device == "cpu" else "auto", seed=seed,
                   precompute_ref_log_probs=True, logging_steps=1)
@@ -284,13 +289,18 @@ class Study:
                 out[n] = cfg
         return out
 
-    def merges(self, seed: int) -> List[str]:
+    def merges(self, seed: int, only: Optional[List[str]] = None) -> List[str]:
+        """Merge every method at defaults (``only``: those methods) and score each on test."""
+        configs = self.method_configs()
+        if only is not None:
+            configs = {n: c for n, c in configs.items() if n in only}
+
         def work():
             from r3h.methods.configs import build_method
 
             pool = self.pool(seed)
             names = []
-            for name, cfg in self.method_configs().items():
+            for name, cfg in configs.items():
                 if self.row(seed, name) is None:
                     t = time.time()
                     merged = build_method(cfg, **({"progress": False} if "progress" in cfg else {})).run(pool)
@@ -304,7 +314,24 @@ class Study:
             return names
 
         return self._stage(f"merges-seed{seed}", {"recipe": self._recipe(), "scoring": self._scoring(),
-                                                  "methods": list(self.method_configs())}, work)
+                                                  "methods": list(configs)}, work)
+
+    def deciding_methods(self, seed: int) -> List[str]:
+        """The merges at defaults that the findings on ``seed`` compare (the rows the extra seeds
+        repeat, for the spread beside the verdicts)."""
+        from r3h.study.findings import claims
+        from r3h.evaluation.intervals import averages
+
+        rows = {}
+        for name in os.listdir(os.path.join(self.out, f"seed{seed}", "rows")):
+            with open(os.path.join(self.out, f"seed{seed}", "rows", name)) as f:
+                r = json.load(f)
+            r["averages"] = averages({c: v["score"] for c, v in r["columns"].items()}, r["dimensions"])
+            rows[r["name"]] = r
+        dims = next(iter(rows.values()))["dimensions"]
+        named = {n for f in claims(rows, dims, reps=50) for n in (f["a"], f["b"])}
+        return [n for n, r in rows.items() if r["group"] == "default" and n in named and "method" in r
+                and r["method"] == n]
 
     # -- stage 4: search ----------------------------------------------------------------
     def tuned_methods(self, seed: int) -> List[str]:
@@ -345,34 +372,40 @@ class Study:
         return self._stage(f"search-seed{seed}", {"recipe": self._recipe(), "scoring": self._scoring(),
                                                   "tuned": tuned, "trials": self.s.trials}, work)
 
-    # -- stage 5: scoring (reference rows and tuned merges) ------------------------------
-    def scoring(self, seed: int, search: bool) -> List[str]:
+    # -- stage 2b: the reference rows (scored before the merges: the recipe's check comes first) --
+    def reference(self, seed: int) -> List[str]:
+        def work():
+            names = []
+            for name, folder in {"base": self.base(), **self.experts(seed)}.items():
+                if self.row(seed, name) is None:
+                    self.score(seed, name, self._load(folder, self.base()), "reference")
+                names.append(name)
+            return names
+
+        return self._stage(f"reference-seed{seed}", {"recipe": self._recipe(), "scoring": self._scoring()}, work)
+
+    # -- stage 5: scoring the tuned merges on test ----------------------------------------
+    def scoring(self, seed: int) -> List[str]:
         def work():
             from r3h.methods.configs import build_method, load_method_config
 
             names = []
-            ex = self.experts(seed)
-            for name, folder in {"base": self.base(), **ex}.items():
+            pool = self.pool(seed)
+            for m, ch in self.search(seed).items():
+                name = m + " (tuned)"
                 if self.row(seed, name) is None:
-                    self.score(seed, name, self._load(folder, self.base()), "reference")
+                    cfg = {**load_method_config(m), **ch["options"]}
+                    if "progress" in cfg:
+                        cfg["progress"] = False
+                    model = build_method(cfg).run(pool)
+                    self.score(seed, name, model, "tuned", {"method": m, "options": ch["options"],
+                                                           "selection": ch["selection"]})
+                    del model
                 names.append(name)
-            if search:
-                pool = self.pool(seed)
-                for m, ch in self.search(seed).items():
-                    name = m + " (tuned)"
-                    if self.row(seed, name) is None:
-                        cfg = {**load_method_config(m), **ch["options"]}
-                        if "progress" in cfg:
-                            cfg["progress"] = False
-                        model = build_method(cfg).run(pool)
-                        self.score(seed, name, model, "tuned", {"method": m, "options": ch["options"],
-                                                               "selection": ch["selection"]})
-                        del model
-                    names.append(name)
             return names
 
         return self._stage(f"scoring-seed{seed}", {"recipe": self._recipe(), "scoring": self._scoring(),
-                                                   "search": search}, work)
+                                                   "tuned": self.tuned_methods(seed), "trials": self.s.trials}, work)
 
     # -- everything ---------------------------------------------------------------------
     def run(self) -> dict:
@@ -382,10 +415,11 @@ class Study:
         self.data()
         for i, seed in enumerate(self.s.seeds):
             self.experts(seed)
-            self.merges(seed)
-            if i == 0:
+            self.reference(seed)
+            self.merges(seed, None if i == 0 else self.deciding_methods(self.s.seeds[0]))
+            if i == 0:  # the search and the tuned rows: first seed only
                 self.search(seed)
-            self.scoring(seed, search=i == 0)
+                self.scoring(seed)
         return write_results(self, round(time.time() - t0, 2))
 
     def stage_seconds(self) -> Dict[str, float]:
