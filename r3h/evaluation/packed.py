@@ -53,14 +53,28 @@ def _pack_mask(owner: torch.Tensor, part: torch.Tensor) -> torch.Tensor:
     return allowed
 
 
+def _autocast(dtype: Optional[str], device: torch.device):
+    import contextlib
+
+    if dtype is None:
+        return contextlib.nullcontext()
+    if dtype != "bfloat16":
+        raise ValueError(f"autocast: {dtype!r} is not supported (None or 'bfloat16')")
+    return torch.autocast(device.type, dtype=torch.bfloat16)
+
+
 @torch.no_grad()
 def shared_context_loglikelihoods(model, tokenizer, items: Sequence[Tuple[str, Sequence[str]]], *,
                                   add_special_tokens: bool = False, pack_tokens: int = 384, batch_size: int = 4,
-                                  max_length: Optional[int] = None) -> List[List[Dict[str, Any]]]:
+                                  max_length: Optional[int] = None,
+                                  autocast: Optional[str] = None) -> List[List[Dict[str, Any]]]:
     """Per item, per reply: ``{"sum", "tokens", "mean", "truncated"}`` (as ``answer_loglikelihoods``).
 
     ``items``: ``(context, replies)`` with ``context`` already rendered (the chat template applied).
     ``pack_tokens``: the longest packed sequence; ``batch_size``: packed sequences per forward pass.
+    ``autocast``: ``"bfloat16"`` runs the transformer body under ``torch.autocast`` (matrix products
+    in bf16, the residual stream and norms in the model's dtype); the vocabulary projection and the
+    log-softmax stay in float32. ``None``: the model's own dtype throughout.
     """
     from .lite import _encode_pair, answer_loglikelihoods
 
@@ -146,8 +160,11 @@ def shared_context_loglikelihoods(model, tokenizer, items: Sequence[Tuple[str, S
             p = torch.zeros(L, dtype=torch.long)
             o[:n], p[:n] = torch.tensor(owner), torch.tensor(part)
             mask[row, 0] = _pack_mask(o, p)
-        hidden = body(input_ids=input_ids.to(device), attention_mask=mask.to(device),
-                      position_ids=position_ids.to(device), use_cache=False).last_hidden_state
+        with _autocast(autocast, device):
+            hidden = body(input_ids=input_ids.to(device), attention_mask=mask.to(device),
+                          position_ids=position_ids.to(device), use_cache=False).last_hidden_state
+        if autocast is not None:
+            hidden = hidden.to(head.weight.dtype)
         rows = torch.tensor([t[0] for t in targets])
         where = torch.tensor([t[1] for t in targets])
         tok = torch.tensor([t[2] for t in targets])
