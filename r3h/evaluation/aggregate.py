@@ -24,7 +24,7 @@ Column names are the CSV's (``BENCHMARKS``, ``AVERAGES``, ``COLUMNS``); the dime
 names come from ``r3h.core.dimensions``. The same rule (plain mean per dimension, ``AVG``
 the mean of the dimension averages) serves columns that are not the paper's: one
 aggregator, ``aggregate_by_dimension``, computes it for the paper's eleven
-(``aggregate_3h``), 3h_lite's (``r3h.evaluation.lite.aggregate_lite``) and any task pool's
+(``aggregate_3h``), 3h_lite's (``r3h.evaluation.benchmarks.lite.aggregate_lite``) and any task pool's
 benchmark -> dimension map.
 """
 
