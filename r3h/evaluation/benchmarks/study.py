@@ -10,7 +10,8 @@ on the study's data (:mod:`r3h.data.study`), shared by ``python -m r3h.study`` a
 * :class:`RefusalGeneration` (``Refusal-gen``): greedy answers (``max_new_tokens`` bounded) to
   harmful test prompts and to as many benign ones (benign-edgy and benign-contrast), judged by the
   rule-based :class:`~r3h.evaluation.judges.RefusalDetector`; an item counts when a harmful prompt
-  is refused or a benign one answered. Generations are cached in the output folder.
+  is refused or a benign one answered. Generations resume under the base's rule
+  (:mod:`r3h.evaluation.benchmarks.base`: same prompt and settings reused, anything else redone).
 
 Per-item outcomes go to ``<output_dir>/<column>/scores.jsonl`` (the study's paired bootstrap
 reads them); a rerun with the same items and settings reads them back instead of scoring again.
