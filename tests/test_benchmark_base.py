@@ -54,7 +54,7 @@ def test_one_limit_rule(own, run_limit, want):
 
 def test_every_family_takes_the_limit_folder_and_resume_rule_from_the_base():
     for cls in FAMILIES:
-        for name in ("item_limit", "folder", "answers", "generator"):
+        for name in ("own_limit", "item_limit", "folder", "answers", "generator"):
             assert getattr(cls, name) is getattr(Benchmark, name), f"{cls.__name__} overrides {name}"
 
 

@@ -45,10 +45,6 @@ class ToyBenchmark(Benchmark):
 
     folder_name = "toy"  # the four columns share one folder, a file per kind and split
 
-    @property
-    def own_limit(self) -> Optional[int]:
-        return self.n
-
     def questions(self, ctx: Optional[EvalContext] = None):
         return world.eval_questions(self.kind, self.item_limit(ctx), self.seed, split=self.split)
 

@@ -9,7 +9,7 @@ in the paper's units: percentages in [0, 100], MT-Bench on 1-10.
 The base owns three rules, written here once for every benchmark family:
 
 * **Limit.** A benchmark scores ``combine_limits(own, ctx.limit)`` items: the smaller of
-  its own cap (``limit`` or ``n``) and the run's smoke-test ``ctx.limit``; ``None`` on
+  its own cap (its ``limit`` or ``n`` option) and the run's smoke-test ``ctx.limit``; ``None`` on
   either side means no cap. An own cap below 1 is a fraction of the task (lm-eval only):
   ``ctx.limit`` then wins when it is set.
 * **Folder.** Everything a benchmark writes goes under ``folder(ctx)`` =
@@ -86,8 +86,9 @@ class Benchmark(ABC):
     # -- limit ------------------------------------------------------------------------
     @property
     def own_limit(self) -> Optional[Union[int, float]]:
-        """The benchmark's own cap on items (``limit``; families with ``n`` override)."""
-        return getattr(self, "limit", None)
+        """The benchmark's own cap on items: its ``limit`` option, else its ``n`` (None: none)."""
+        limit = getattr(self, "limit", None)
+        return limit if limit is not None else getattr(self, "n", None)
 
     def item_limit(self, ctx: Optional[EvalContext]) -> Optional[Union[int, float]]:
         """How many items this run scores: :func:`combine_limits` of ``own_limit`` and ``ctx.limit``."""

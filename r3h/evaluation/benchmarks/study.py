@@ -41,10 +41,6 @@ class _StudyColumn(Benchmark):
     def check(self, ctx: EvalContext) -> None:
         self.items()  # the wheels are read (and checked) here, before any model work
 
-    @property
-    def own_limit(self) -> Optional[int]:
-        return self.n
-
     def _result(self, rows: List[dict], settings: Dict[str, Any], path: str) -> BenchmarkResult:
         n, k = len(rows), sum(bool(r["correct"]) for r in rows)
         lo, hi = wilson(k, n)
