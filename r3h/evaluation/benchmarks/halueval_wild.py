@@ -7,7 +7,7 @@ from collections import Counter
 from typing import Any, Dict, Optional, Sequence, Tuple
 
 from r3h.io.plain import to_container
-from r3h.evaluation.benchmarks.judged import DatasetFieldError, JudgedBenchmark, _first, _is_text
+from r3h.evaluation.benchmarks.judged import DatasetFieldError, JudgedBenchmark, first_field, is_text
 
 __all__ = ['HaluEvalWild', 'HALUEVAL_WILD_COMMIT', 'HALUEVAL_WILD_URL', 'HALUEVAL_WILD_TYPES']
 
@@ -73,7 +73,7 @@ class HaluEvalWild(JudgedBenchmark):
             self.selection = {"query_types": "all", "n_records": len(rows)}
             return rows
         for i, row in enumerate(rows):
-            if not _is_text(row.get("query_type")):
+            if not is_text(row.get("query_type")):
                 raise self._missing(i, row, ("query_type",), "non-empty field")
         counts = Counter(row["query_type"] for row in rows)
         absent = [t for t in self.query_types if t not in counts]
@@ -92,12 +92,12 @@ class HaluEvalWild(JudgedBenchmark):
         if self.reference_field is None:
             return item
         if self.reference_field == "auto":
-            f = _first(row, self.REFERENCE_FIELDS)
+            f = first_field(row, self.REFERENCE_FIELDS)
         else:
             if self.reference_field not in row:
                 raise self._missing(i, row, (self.reference_field,))
             f = self.reference_field
-        if f is not None and _is_text(row[f]):
+        if f is not None and is_text(row[f]):
             item["reference"] = row[f]
         return item
 

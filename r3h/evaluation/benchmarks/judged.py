@@ -40,7 +40,7 @@ from r3h.evaluation.judges import (
     summarize,
 )
 
-__all__ = ["DatasetFieldError", "JudgedBenchmark"]
+__all__ = ["DatasetFieldError", "JudgedBenchmark", "first_field", "is_text"]
 
 log = logging.getLogger(__name__)
 
@@ -49,15 +49,16 @@ class DatasetFieldError(ValueError):
     """A dataset lacks a field a benchmark needs (or holds a wrong type)."""
 
 
-
-def _first(record: Mapping, fields: Sequence[str]) -> Optional[str]:
+def first_field(record: Mapping, fields: Sequence[str]) -> Optional[str]:
+    """The first of ``fields`` that ``record`` holds (not None), else None."""
     for f in fields:
         if f in record and record[f] is not None:
             return f
     return None
 
 
-def _is_text(x) -> bool:
+def is_text(x) -> bool:
+    """A non-empty, not blank string."""
     return isinstance(x, str) and x.strip() != ""
 
 
@@ -163,26 +164,26 @@ class JudgedBenchmark(Benchmark):
 
     def _field(self, i: int, row: Mapping, override: Optional[str], fields: Sequence[str]) -> str:
         candidates = (override,) if override else tuple(fields)
-        f = _first(row, candidates)
+        f = first_field(row, candidates)
         if f is None:
             raise self._missing(i, row, candidates)
         return f
 
     def _text(self, i: int, row: Mapping, override: Optional[str], fields: Sequence[str]) -> str:
         f = self._field(i, row, override, fields)
-        if not _is_text(row[f]):
+        if not is_text(row[f]):
             raise DatasetFieldError(f"{self.dataset} ({self.source}): record {i} field {f!r} must be a "
                                     f"non-empty string, got {row[f]!r:.80}")
         return row[f]
 
     def _id(self, i: int, row: Mapping) -> str:
-        f = self.id_field if self.id_field else _first(row, self.id_fields)
+        f = self.id_field if self.id_field else first_field(row, self.id_fields)
         if self.id_field and f not in row:
             raise self._missing(i, row, (self.id_field,))
         return str(row[f]) if f is not None else str(i)
 
     def _category(self, row: Mapping) -> Optional[str]:
-        f = _first(row, self.category_fields)
+        f = first_field(row, self.category_fields)
         return None if f is None else str(row[f])
 
     def select(self, rows: List[dict]) -> List[dict]:

@@ -9,7 +9,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from r3h.io.datasets import load_records
 from r3h.io.plain import to_container
-from r3h.evaluation.benchmarks.judged import DatasetFieldError, JudgedBenchmark, _is_text
+from r3h.evaluation.benchmarks.judged import DatasetFieldError, JudgedBenchmark, is_text
 from r3h.evaluation.judges import JudgeRequest
 
 __all__ = ['MTBench', 'FASTCHAT_COMMIT', 'FASTCHAT_DATA_URL', 'MT_BENCH_QUESTIONS_URL', 'MT_BENCH_REFERENCES_URL', 'FASTCHAT_JUDGE_PROMPTS_URL', 'FASTCHAT_DATA_BLOBS', 'FASTCHAT_TEMPERATURES', 'FASTCHAT_DEFAULT_TEMPERATURE']
@@ -124,7 +124,7 @@ class MTBench(JudgedBenchmark):
                 turns = choices[0].get("turns") if isinstance(choices, list) and choices and \
                     isinstance(choices[0], Mapping) else None
                 if "question_id" not in rec or not isinstance(turns, list) or not turns or \
-                        not all(_is_text(t) for t in turns):
+                        not all(is_text(t) for t in turns):
                     raise DatasetFieldError(
                         f"{self.dataset} reference answers ({self.reference_answers}): record {i} must hold "
                         f"'question_id' and 'choices': [{{'turns': [<answer per turn>]}}] (FastChat's layout); "
@@ -152,7 +152,7 @@ class MTBench(JudgedBenchmark):
         turns = to_container(row[f])
         if isinstance(turns, str):
             turns = [turns]
-        if not isinstance(turns, list) or not turns or not all(_is_text(t) for t in turns):
+        if not isinstance(turns, list) or not turns or not all(is_text(t) for t in turns):
             raise DatasetFieldError(f"{self.dataset} ({self.source}): record {i} field {f!r} must be a non-empty "
                                     f"list of user messages, got {turns!r:.80}")
         if self.max_turns is not None:
@@ -165,7 +165,7 @@ class MTBench(JudgedBenchmark):
             ref = to_container(row.get("reference"))
             if isinstance(ref, str):
                 ref = [ref]
-            if not isinstance(ref, list) or not ref or not all(_is_text(r) for r in ref):
+            if not isinstance(ref, list) or not ref or not all(is_text(r) for r in ref):
                 ref = None
         elif use_ref and self.reference_answers is not None:
             ref = self.reference_table().get(qid)
