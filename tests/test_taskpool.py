@@ -1,5 +1,5 @@
 """The 3H taskpool (r3h.evaluation.taskpool) and its judged benchmarks
-(r3h.evaluation.generative) on the tiny_3h base model: scores from a scripted judge served
+(r3h.evaluation.benchmarks) on the tiny_3h base model: scores from a scripted judge served
 on 127.0.0.1, the table files and the returned report, errors before any generation,
 resuming, a ModelSweep, the configs, and `fusion_bench ... taskpool=3h_smoke` end to end.
 Nothing here contacts an address other than 127.0.0.1 (the guard of test_judges)."""
@@ -17,15 +17,9 @@ from pathlib import Path
 import pytest
 
 from r3h.evaluation.generation import ChatGenerator
-from r3h.evaluation.generative import (
-    DatasetFieldError,
-    HaluEvalWild,
-    MTBench,
-    ORBench,
-    ReferenceMatchJudge,
-    SaladBench,
-)
-from r3h.evaluation.judges import JudgeConfigError, JudgeRequest, JudgeUnavailableError, OpenAIChatJudge
+from r3h.evaluation.benchmarks import DatasetFieldError, HaluEvalWild, MTBench, ORBench, SaladBench
+from r3h.evaluation.judges import (JudgeConfigError, JudgeRequest, JudgeUnavailableError, OpenAIChatJudge,
+                                   ReferenceMatchJudge)
 from r3h.evaluation.taskpool import ThreeHTaskPool
 from tests.test_judges import MODEL, ChatServer, Reply, closed_port, only_loopback, user_text  # noqa: F401
 
@@ -106,13 +100,13 @@ def make_pool(root: Path, base_url: str, files=None, judge_kw=None, **kw) -> Thr
     benchmarks = {
         # the pipeline on r3h's own test data: the question file's references and r3h's judge wording
         # (FastChat's protocol on its published layout: test_mt_bench_fastchat_protocol_on_its_published_layout)
-        "MT-Bench": {"_target_": "r3h.evaluation.generative.MTBench", "path": files["mt"], "judge": "scripted",
+        "MT-Bench": {"_target_": "r3h.evaluation.benchmarks.MTBench", "path": files["mt"], "judge": "scripted",
                      "reference_answers": "question", "judge_prompts": None},
-        "HaluEval_Wild": {"_target_": "r3h.evaluation.generative.HaluEvalWild", "path": files["halu"],
+        "HaluEval_Wild": {"_target_": "r3h.evaluation.benchmarks.HaluEvalWild", "path": files["halu"],
                           "judge": "scripted", "query_types": None},
-        "Salad_Bench": {"_target_": "r3h.evaluation.generative.SaladBench", "path": files["salad"],
+        "Salad_Bench": {"_target_": "r3h.evaluation.benchmarks.SaladBench", "path": files["salad"],
                         "judge": "scripted", "sample_size": None},
-        "OR-Bench": {"_target_": "r3h.evaluation.generative.ORBench", "path": files["or"], "judge": "scripted"},
+        "OR-Bench": {"_target_": "r3h.evaluation.benchmarks.ORBench", "path": files["or"], "judge": "scripted"},
     }
     kw.setdefault("output_dir", str(root / "out"))
     kw.setdefault("generation", {"max_new_tokens": 4, "batch_size": 4})
@@ -304,7 +298,7 @@ def test_no_tokenizer_and_no_judge(tiny, server, tmp_path, no_generation):
 
     with pytest.raises(ValueError, match="cannot tell which tokenizer.*taskpool.tokenizer"):
         make_pool(tmp_path, server.base_url).evaluate(Bare())
-    pool = ThreeHTaskPool(benchmarks={"HaluEval_Wild": {"_target_": "r3h.evaluation.generative.HaluEvalWild",
+    pool = ThreeHTaskPool(benchmarks={"HaluEval_Wild": {"_target_": "r3h.evaluation.benchmarks.HaluEvalWild",
                                                          "path": data_files(tmp_path)["halu"], "query_types": None}},
                           output_dir=str(tmp_path / "out"))
     with pytest.raises(ValueError, match="HaluEval-Wild: no judge for the 'hallucination' rubric"):
@@ -315,13 +309,13 @@ def test_config_errors(tmp_path):
     with pytest.raises(ValueError, match="did you mean 'GSM8K'"):
         ThreeHTaskPool(benchmarks={"gsm8k": {"_target_": "x"}})
     with pytest.raises(ValueError, match="unknown option.*max_tokens"):
-        ThreeHTaskPool(benchmarks={"OR-Bench": {"_target_": "r3h.evaluation.generative.ORBench"}},
+        ThreeHTaskPool(benchmarks={"OR-Bench": {"_target_": "r3h.evaluation.benchmarks.ORBench"}},
                        generation={"max_tokens": 3})
     with pytest.raises(ValueError, match="allow_partial is false but the selection lacks Math"):
-        ThreeHTaskPool(benchmarks={"OR-Bench": {"_target_": "r3h.evaluation.generative.ORBench"}},
+        ThreeHTaskPool(benchmarks={"OR-Bench": {"_target_": "r3h.evaluation.benchmarks.ORBench"}},
                        allow_partial=False)
     with pytest.raises(ValueError, match="columns: 'MMLU' not configured"):
-        ThreeHTaskPool(benchmarks={"OR-Bench": {"_target_": "r3h.evaluation.generative.ORBench"}},
+        ThreeHTaskPool(benchmarks={"OR-Bench": {"_target_": "r3h.evaluation.benchmarks.ORBench"}},
                        columns=["MMLU"])
 
 
@@ -330,7 +324,7 @@ def test_config_errors(tmp_path):
 
 @pytest.mark.slow
 def test_or_bench_falls_back_to_the_refusal_detector(tiny, tmp_path):
-    pool = ThreeHTaskPool(benchmarks={"OR-Bench": {"_target_": "r3h.evaluation.generative.ORBench",
+    pool = ThreeHTaskPool(benchmarks={"OR-Bench": {"_target_": "r3h.evaluation.benchmarks.ORBench",
                                                    "path": data_files(tmp_path)["or"]}},
                           output_dir=str(tmp_path / "out"), generation={"max_new_tokens": 2}, print_table=False)
     report = pool.evaluate(tiny[0])
@@ -381,7 +375,7 @@ def test_benchmarks_read_the_published_field_names(tmp_path):
 
 
 def test_columns_that_are_not_the_papers_average_by_dimension(tmp_path):
-    from r3h.evaluation.benchmark import Benchmark, BenchmarkResult
+    from r3h.evaluation.benchmarks.base import Benchmark, BenchmarkResult
 
     class Fixed(Benchmark):
         def __init__(self, column, dimension, score):
@@ -419,11 +413,11 @@ def test_configs_compose_and_build():
 
         full = taskpool("3h")
         assert list(full.benchmarks) == list(BENCHMARKS)
-        from r3h.evaluation.lm_eval_adapter import PROTOCOLS
+        from r3h.evaluation.benchmarks.harness import PROTOCOLS
 
         for col in ("Math", "GSM8K", "ARC-E", "ARC-C", "MMLU", "MBPP_Plus", "HumanEval_Plus"):
             b = full.benchmarks[col]
-            assert b._target_ == "r3h.evaluation.lm_eval_adapter.LMEvalBenchmark" and b.column == col
+            assert b._target_ == "r3h.evaluation.benchmarks.LMEvalBenchmark" and b.column == col
             assert b.allow_code_execution is False and "task" not in b  # the protocol's
         pool = instantiate(full, _recursive_=False)
         assert pool.selected_columns == list(BENCHMARKS) and full.protocol == "paper"
@@ -506,7 +500,7 @@ class FixedAnswers:
 
 
 def _ctx(tmp_path, judges):
-    from r3h.evaluation.benchmark import EvalContext
+    from r3h.evaluation.benchmarks.base import EvalContext
 
     return EvalContext(model=None, tokenizer=None, generator=FixedAnswers(), output_dir=str(tmp_path / "out"),
                        judges=judges)
@@ -514,7 +508,7 @@ def _ctx(tmp_path, judges):
 
 def test_halueval_wild_on_its_published_layout():
     """HaluEval_Wild_6types.json as in HaluEval-Wild/HaluEval-Wild: the five types, ref_answer."""
-    from r3h.evaluation.generative import HALUEVAL_WILD_TYPES, HALUEVAL_WILD_URL
+    from r3h.evaluation.benchmarks.halueval_wild import HALUEVAL_WILD_TYPES, HALUEVAL_WILD_URL
 
     file = PUBLISHED / "halueval_wild" / "HaluEval_Wild_6types.json"
     raw = json.loads(file.read_text())
@@ -602,7 +596,7 @@ def test_mt_bench_fastchat_protocol_on_its_published_layout(tmp_path):
     assert all("@fastchat#" in v for v in protocol["templates"].values())
     assert judge.templates["mt_bench_score:single"].name == "r3h-mt-bench-single"  # the shared judge is untouched
     # the defaults are FastChat's files at a pinned commit
-    from r3h.evaluation.generative import FASTCHAT_COMMIT, FASTCHAT_JUDGE_PROMPTS_URL, MT_BENCH_REFERENCES_URL
+    from r3h.evaluation.benchmarks.mt_bench import FASTCHAT_COMMIT, FASTCHAT_JUDGE_PROMPTS_URL, MT_BENCH_REFERENCES_URL
 
     mt = MTBench()
     assert mt.reference_answers == MT_BENCH_REFERENCES_URL and mt.judge_prompts == FASTCHAT_JUDGE_PROMPTS_URL
@@ -782,8 +776,8 @@ class RecordingAnswers(FixedAnswers):
 
 
 def test_mt_bench_samples_each_category_at_fastchats_temperature(tmp_path):
-    from r3h.evaluation.benchmark import EvalContext
-    from r3h.evaluation.generative import FASTCHAT_TEMPERATURES
+    from r3h.evaluation.benchmarks.base import EvalContext
+    from r3h.evaluation.benchmarks.mt_bench import FASTCHAT_TEMPERATURES
 
     cats = ["writing", "roleplay", "stem", "humanities", "math", "coding", "reasoning", "extraction", "other"]
     rows = [{"question_id": i, "category": c, "turns": [f"{c} one", f"{c} two"]} for i, c in enumerate(cats)]
@@ -796,12 +790,12 @@ def test_mt_bench_samples_each_category_at_fastchats_temperature(tmp_path):
         gen = RecordingAnswers()
         bench = MTBench(path=path, reference_answers=None, judge_prompts=None, sampling=sampling)
         ctx = EvalContext(model=None, tokenizer=None, generator=gen, output_dir=str(out), judges={})
-        bench.generate(ctx, bench.items(), str(out))
+        bench.generate(ctx, bench.items())
         return gen.seen
 
     seen = answer("fastchat", tmp_path / "a")
     assert sorted(seen) == sorted((f"{c} {t}", want[c]) for c in cats for t in ("one", "two"))
-    saved = {r["id"]: r["generation"]["temperature"] for r in map(json.loads, open(tmp_path / "a" / "generations_turn2.jsonl"))}
+    saved = {r["id"]: r["generation"]["temperature"] for r in map(json.loads, open(tmp_path / "a" / "mt_bench" / "generations_turn2.jsonl"))}
     assert saved == {str(i): want[c] for i, c in enumerate(cats)}
     assert {t for _, t in answer("greedy", tmp_path / "b")} == {0.0}
     assert {t for _, t in answer("config", tmp_path / "c")} == {None}  # the generation config's own

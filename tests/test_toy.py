@@ -563,7 +563,7 @@ def test_taskpool_scores_equal_a_recount_of_the_generations(evaluated):
 def test_taskpool_split_option_picks_the_questions(tmp_path):
     """`taskpool=3h_tiny` scores test by default; `split: validation` the validation questions
     (what the merge search tunes on); another split is refused before any generation."""
-    from r3h.evaluation.benchmark import EvalContext
+    from r3h.evaluation.benchmarks.base import EvalContext
 
     ctx = EvalContext(model=None, tokenizer=None, generator=None, output_dir=str(tmp_path))
     for split in ("test", "validation"):
@@ -591,7 +591,7 @@ def test_toy_benchmark_check_rejects_a_foreign_tokenizer(tmp_path):
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    from r3h.evaluation.benchmark import EvalContext
+    from r3h.evaluation.benchmarks.base import EvalContext
     from r3h.toy.benchmarks import ToyBenchmark
 
     t = Tokenizer(models.WordLevel({"<unk>": 0, "what": 1, "is": 2, "plus": 3}, unk_token="<unk>"))

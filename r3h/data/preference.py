@@ -6,7 +6,7 @@ A pair is a plain dict::
                                                            # and hold earlier turns
      "chosen":   [{"role": "assistant", "content": "..."}],
      "rejected": [{"role": "assistant", "content": "..."}],
-     "dimensions": ["helpfulness", ...],                   # subset of DIMENSIONS
+     "dimensions": ["helpfulness", ...],                   # subset of LABELS (r3h.core.dimensions)
      "source": "<dataset name>",
      "id": "<source>/<original id or record index>"}
 
@@ -39,7 +39,7 @@ __all__ = [
     "message_text",
 ]
 
-#: The three alignment dimensions, in the paper's order (their labels in r3h.core.dimensions).
+#: Former name of r3h.core.dimensions.LABELS, the dimension tags a pair may carry (kept for old imports).
 DIMENSIONS = LABELS
 
 #: Where normalize_record looks for each part of a pair (override with `fields`). A
@@ -55,14 +55,14 @@ _TRANSCRIPT = re.compile(r"(?:^|\n\n)(Human|Assistant):[ \t]?")
 
 
 def check_dimensions(dimensions: Iterable[str], source: str = "") -> List[str]:
-    """`dimensions` as a list, each one of DIMENSIONS (a clear error otherwise)."""
+    """`dimensions` as a list, each one of LABELS (a clear error otherwise)."""
     if isinstance(dimensions, str):
         dimensions = [dimensions]
     dims = list(dict.fromkeys(dimensions))
-    bad = [d for d in dims if d not in DIMENSIONS]
+    bad = [d for d in dims if d not in LABELS]
     if bad or not dims:
         what = f"unknown dimension(s) {bad}" if bad else "no dimension"
-        raise ValueError(f"{source or 'preference data'}: {what}; a pair serves one or more of {list(DIMENSIONS)}")
+        raise ValueError(f"{source or 'preference data'}: {what}; a pair serves one or more of {list(LABELS)}")
     return dims
 
 

@@ -5,7 +5,7 @@ pairs per 3H dimension, read from wheels that pip serves plus synthetic items, i
 Every item is one pair: a user ``prompt``, a ``chosen`` and a ``rejected`` assistant reply, the
 ``column`` that scores it and the dimension it belongs to. The experts train on the train pairs
 (DPO), the merge search scores validation, the tables report test; a column's score is the share
-of its pairs whose chosen reply the model finds more likely (``r3h.evaluation.study``).
+of its pairs whose chosen reply the model finds more likely (``r3h.evaluation.benchmarks.study``).
 
 =====================  =========  ===================================================  =====================
 column                 dimension  data (wheel)                                         chosen vs rejected

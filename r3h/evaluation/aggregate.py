@@ -24,7 +24,7 @@ Column names are the CSV's (``BENCHMARKS``, ``AVERAGES``, ``COLUMNS``); the dime
 names come from ``r3h.core.dimensions``. The same rule (plain mean per dimension, ``AVG``
 the mean of the dimension averages) serves columns that are not the paper's: one
 aggregator, ``aggregate_by_dimension``, computes it for the paper's eleven
-(``aggregate_3h``), 3h_lite's (``r3h.evaluation.lite.aggregate_lite``) and any task pool's
+(``aggregate_3h``), 3h_lite's (``r3h.evaluation.benchmarks.lite.aggregate_lite``) and any task pool's
 benchmark -> dimension map.
 """
 
@@ -44,6 +44,10 @@ from r3h.core.dimensions import HONEST as _HONEST
 from r3h.core.dimensions import KEYS, OVERALL, THREE_H, dimension
 
 __all__ = [
+    "HELPFUL_COLUMNS",
+    "HONEST_COLUMNS",
+    "HARMLESS_COLUMNS",
+    "COLUMNS_BY_DIMENSION",
     "HELPFUL",
     "HONEST",
     "HARMLESS",
@@ -66,27 +70,29 @@ __all__ = [
     "Mismatch",
 ]
 
-#: Helpfulness benchmarks, in the CSV's (and the paper's) column order. MT-Bench is on 1-10.
-HELPFUL: Tuple[str, ...] = (
+#: Helpfulness columns, in the CSV's (and the paper's) column order. MT-Bench is on 1-10.
+HELPFUL_COLUMNS: Tuple[str, ...] = (
     "Math", "GSM8K", "ARC-E", "ARC-C", "MMLU", "MBPP_Plus", "HumanEval_Plus", "MT-Bench",
 )
-#: Honesty benchmarks.
-HONEST: Tuple[str, ...] = ("HaluEval_Wild",)
-#: Harmlessness benchmarks (OR-Bench: answer rate on the hard-1k set, as the paper reports it).
-HARMLESS: Tuple[str, ...] = ("Salad_Bench", "OR-Bench")
+#: Honesty columns.
+HONEST_COLUMNS: Tuple[str, ...] = ("HaluEval_Wild",)
+#: Harmlessness columns (OR-Bench: answer rate on the hard-1k set, as the paper reports it).
+HARMLESS_COLUMNS: Tuple[str, ...] = ("Salad_Bench", "OR-Bench")
 
-#: Dimension name (``r3h.core.dimensions``: ``Helpfulness`` ...) -> its benchmarks.
-DIMENSIONS: Dict[str, Tuple[str, ...]] = {
-    _HELPFUL.name: HELPFUL,
-    _HONEST.name: HONEST,
-    _HARMLESS.name: HARMLESS,
+#: Dimension name (``r3h.core.dimensions``: ``Helpfulness`` ...) -> its paper columns.
+COLUMNS_BY_DIMENSION: Dict[str, Tuple[str, ...]] = {
+    _HELPFUL.name: HELPFUL_COLUMNS,
+    _HONEST.name: HONEST_COLUMNS,
+    _HARMLESS.name: HARMLESS_COLUMNS,
 }
+#: The former names of the four above (``r3h.core.dimensions.HELPFUL`` ... are the dimensions themselves).
+HELPFUL, HONEST, HARMLESS, DIMENSIONS = HELPFUL_COLUMNS, HONEST_COLUMNS, HARMLESS_COLUMNS, COLUMNS_BY_DIMENSION
 #: Dimension name -> the column holding its average.
 DIMENSION_AVERAGES: Dict[str, str] = {d.name: d.average for d in THREE_H}
 #: Benchmark -> its dimension's key (``helpful``, ``honest``, ``harmless``), as benchmarks declare it.
-PAPER_DIMENSIONS: Dict[str, str] = {b: d.key for d in THREE_H for b in DIMENSIONS[d.name]}
+PAPER_DIMENSIONS: Dict[str, str] = {b: d.key for d in THREE_H for b in COLUMNS_BY_DIMENSION[d.name]}
 #: The eleven benchmark columns, in CSV order.
-BENCHMARKS: Tuple[str, ...] = HELPFUL + HONEST + HARMLESS
+BENCHMARKS: Tuple[str, ...] = HELPFUL_COLUMNS + HONEST_COLUMNS + HARMLESS_COLUMNS
 #: The four average columns, in CSV order.
 AVERAGES: Tuple[str, ...] = tuple(d.average for d in THREE_H) + (OVERALL,)
 #: Every score column, in CSV order.
@@ -264,7 +270,7 @@ def aggregate_3h(scores: Mapping[str, Number], *, allow_partial: bool = False) -
             + f". Expected names among {', '.join(BENCHMARKS)}"
         )
     present = {k: _as_float(k, scores[k]) for k in BENCHMARKS if k in scores and not _is_missing(scores[k])}
-    missing = {dim: tuple(b for b in benches if b not in present) for dim, benches in DIMENSIONS.items()}
+    missing = {dim: tuple(b for b in benches if b not in present) for dim, benches in COLUMNS_BY_DIMENSION.items()}
 
     if not allow_partial and any(missing.values()):
         parts = [
@@ -408,7 +414,7 @@ def check_paper_averages(rows: Sequence[Mapping[str, object]], tol: float = 0.01
             if c in reported and recomputed[c] is not None
             and abs(reported[c] - recomputed[c]) > tol + eps  # type: ignore[operator]
         ]
-        dim_reported = [reported.get(DIMENSION_AVERAGES[d]) for d in DIMENSIONS]
+        dim_reported = [reported.get(DIMENSION_AVERAGES[d]) for d in COLUMNS_BY_DIMENSION]
         avg_of_reported = _mean(dim_reported) if all(v is not None for v in dim_reported) else None  # type: ignore[arg-type]
         checks.append(AverageCheck(
             index=i,

@@ -30,7 +30,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 import numpy as np
 from matplotlib.figure import Figure
 
-from r3h.core.dimensions import AVERAGES, OVERALL, THREE_H
+from r3h.core.dimensions import AVERAGES, HARMLESS, HELPFUL, HONEST, OVERALL, THREE_H
 
 #: The three dimension averages of the paper, with their legend labels.
 DIMENSION_COLUMNS: Tuple[str, ...] = AVERAGES
@@ -310,7 +310,8 @@ def pareto_table(report_or_rows, x: str = "Helpful_Avg", y: str = "Harmless_Avg"
 
 
 #: The trade-offs a sweep's Pareto plots show (x, y).
-PARETO_PAIRS = (("Helpful_Avg", "Harmless_Avg"), ("Helpful_Avg", "Honest_Avg"), ("Honest_Avg", "Harmless_Avg"))
+PARETO_PAIRS = ((HELPFUL.average, HARMLESS.average), (HELPFUL.average, HONEST.average),
+                (HONEST.average, HARMLESS.average))
 
 
 def write_pareto_plots(report: Mapping[str, Any], out_dir: str) -> Dict[str, Any]:

@@ -10,13 +10,16 @@ rendered prompts, tokenized the same way, go to vLLM instead: the model is saved
 temporary folder once and served by `vllm.LLM`, which batches by itself.
 A call can override the temperature (MT-Bench samples each category at FastChat's).
 `generate_jsonl` writes one record per prompt (`id`, `prompt`, `response`, the
-generation settings) and, when the file already exists, generates only the ids it
-lacks: an interrupted evaluation resumes where it stopped.
+generation settings) and, when the file already exists, reuses a saved answer only for
+the same prompt and the same settings: an interrupted evaluation resumes where it
+stopped, and a changed prompt or setting is generated again (the resume rule every
+benchmark follows, :mod:`r3h.evaluation.benchmarks.base`).
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import shutil
 import tempfile
 import weakref
@@ -165,16 +168,30 @@ def read_jsonl(path: str) -> List[dict]:
     return read_records(path, missing_ok=True)
 
 
+def same_answer_request(record: Mapping, saved: Mapping, settings: Mapping) -> bool:
+    """Whether ``saved`` answers ``record`` as asked now: the same prompt and the same
+    generation settings (compared as JSON, as they are saved)."""
+    return (_as_json(saved.get("prompt")) == _as_json(record["prompt"])
+            and _as_json(saved.get("generation")) == _as_json(settings))
+
+
+def _as_json(x):
+    return json.loads(json.dumps(x, ensure_ascii=False))
+
+
 def generate_jsonl(generator: ChatGenerator, records: Iterable[Mapping], path: str,
                    valid: Optional[Callable[[Mapping, dict], bool]] = None,
                    temperature: Optional[float] = None) -> List[dict]:
     """Answer every record (`id`, `prompt`, any other fields kept) into JSONL at `path`.
 
-    Resumes under :mod:`r3h.io.records`' one policy: a record whose id already has a
-    complete line in the file (the last one for that id), accepted by `valid(record,
-    saved)` when given, is not generated again; new ones are appended batch by batch, so
-    an interruption loses at most one batch. `temperature` overrides the generator's for
-    these records (saved with the other settings in each record's `generation`).
+    Resumes under :mod:`r3h.io.records`' one policy (the last complete line for an id wins)
+    and one rule for answers: a saved answer is reused only when its prompt and its
+    generation settings (the generator's config, with `temperature` when given) are those
+    asked for now (:func:`same_answer_request`) and, when given, `valid(record, saved)`
+    accepts it; any other record is generated again. New answers are appended batch by
+    batch, so an interruption loses at most one batch. `temperature` overrides the
+    generator's for these records (saved with the other settings in each record's
+    `generation`).
     """
     records = list(records)
     settings = asdict(generator.config)
@@ -182,6 +199,9 @@ def generate_jsonl(generator: ChatGenerator, records: Iterable[Mapping], path: s
     if temperature is not None:
         settings["temperature"] = float(temperature)
         kwargs["temperature"] = float(temperature)
+
+    def reusable(r: Mapping, saved: dict) -> bool:
+        return same_answer_request(r, saved, settings) and (valid is None or valid(r, saved))
 
     def produce(batch: List[Mapping]) -> List[dict]:
         answers = generator.generate([r["prompt"] for r in batch], **kwargs)
@@ -191,5 +211,5 @@ def generate_jsonl(generator: ChatGenerator, records: Iterable[Mapping], path: s
     if len(set(ids)) != len(ids):
         raise ValueError(f"{path}: prompt ids are not unique")
     done = resume_records(path, records, produce, key_of=lambda r: str(r["id"]), key="id",
-                          batch_size=generator.config.batch_size, valid=valid)
+                          batch_size=generator.config.batch_size, valid=reusable)
     return [done[str(r["id"])] for r in records]

@@ -2,7 +2,7 @@
 
 For a list of ``(context, [reply_1, ..., reply_r])`` the function returns, per reply,
 ``log p(reply | context) = Σ_t log p(y_t | context, y_<t)`` as
-:func:`r3h.evaluation.lite.answer_loglikelihoods` does, with three savings:
+:func:`r3h.evaluation.likelihood.answer_loglikelihoods` does, with three savings:
 
 * the context is run once for all its replies (each reply attends to the context and to
   itself, never to a sibling reply);
@@ -76,7 +76,7 @@ def shared_context_loglikelihoods(model, tokenizer, items: Sequence[Tuple[str, S
     in bf16, the residual stream and norms in the model's dtype); the vocabulary projection and the
     log-softmax stay in float32. ``None``: the model's own dtype throughout.
     """
-    from .lite import _encode_pair, answer_loglikelihoods
+    from .likelihood import _encode_pair, answer_loglikelihoods
 
     if max_length is None:
         max_length = getattr(getattr(model, "config", None), "max_position_embeddings", None)

@@ -49,7 +49,7 @@ from .aggregate import (
     AVERAGES,
     BENCHMARKS,
     COLUMNS,
-    DIMENSIONS,
+    COLUMNS_BY_DIMENSION,
     META_COLUMNS,
     Mismatch,
     _as_float,
@@ -73,7 +73,7 @@ __all__ = [
 ]
 
 #: Column groups of the paper's tables: (header, columns), in order.
-GROUPS: Tuple[Tuple[str, Tuple[str, ...]], ...] = tuple(DIMENSIONS.items()) + (("Average", AVERAGES),)
+GROUPS: Tuple[Tuple[str, Tuple[str, ...]], ...] = tuple(COLUMNS_BY_DIMENSION.items()) + (("Average", AVERAGES),)
 
 Groups = Tuple[Tuple[str, Tuple[str, ...]], ...]
 

@@ -52,7 +52,7 @@ from r3h.core.paths import run_output_dir, slug
 from r3h.io.plain import jsonable, to_container
 from r3h.evaluation.aggregate import (AVERAGES, BENCHMARKS, PAPER_DIMENSIONS, aggregate_3h, aggregate_by_dimension,
                                       score_stderr)
-from r3h.evaluation.benchmark import Benchmark, EvalContext
+from r3h.evaluation.benchmarks.base import Benchmark, EvalContext
 from r3h.evaluation.generation import ChatGenerator, GenerationConfig
 from r3h.evaluation.judges import Judge
 from r3h.evaluation.tables import write_tables
@@ -144,7 +144,7 @@ class ThreeHTaskPool(BaseTaskPool):
 
     Args:
         benchmarks: column (the paper's name, e.g. ``MT-Bench``, ``GSM8K``) -> benchmark
-            config with ``_target_`` (a :class:`~r3h.evaluation.benchmark.Benchmark`), or
+            config with ``_target_`` (a :class:`~r3h.evaluation.benchmarks.Benchmark`), or
             ``null`` to leave a column out. Built on first use. Columns that are not the
             paper's (e.g. ``3h_lite``'s) are averaged per their benchmark's ``dimension``
             (:func:`~r3h.evaluation.aggregate.aggregate_by_dimension`) in a table of their own, never mixed into
@@ -174,7 +174,7 @@ class ThreeHTaskPool(BaseTaskPool):
         protocol: the lm-eval harness settings of the helpfulness columns, ``paper`` (the
             settings that reach the paper's magnitudes) or ``harness`` (lm-eval's defaults);
             passed as ``protocol`` to each benchmark that takes one and sets none
-            (:data:`~r3h.evaluation.lm_eval_adapter.PROTOCOLS`). Default: each benchmark's own.
+            (:data:`~r3h.evaluation.benchmarks.harness.PROTOCOLS`). Default: each benchmark's own.
     """
 
     def __init__(self, benchmarks: Optional[Mapping[str, Any]] = None, judges: Optional[Mapping[str, Any]] = None,
@@ -238,7 +238,7 @@ class ThreeHTaskPool(BaseTaskPool):
                 b = _instantiate(cfg, f"benchmarks.{col}")
                 if not isinstance(b, Benchmark):
                     raise TypeError(f"benchmarks.{col} built a {type(b).__name__}, not an "
-                                    "r3h.evaluation.benchmark.Benchmark")
+                                    "r3h.evaluation.benchmarks.Benchmark")
                 if getattr(b, "column", None) != col:
                     raise ValueError(f"benchmarks.{col} builds a benchmark for column {getattr(b, 'column', None)!r}")
                 built[col] = b

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import Dict, List, Mapping, Optional, Sequence
 
+from r3h.core.dimensions import AVERAGES, THREE_H
 from r3h.evaluation.intervals import paired_bootstrap
 from r3h.methods import BEYOND_PAPER, NEWER_SUBSPACE
 
@@ -65,12 +66,12 @@ def claims(rows: Mapping[str, dict], dims: Mapping[str, str], reps: int = 2000, 
         add(f"7. the newer subspace merges (Iso-C, Iso-CTS, WUDI) beat TSVM/R-TSVM and task arithmetic on AVG "
             f"({tag}: best vs best)", _best(rows, newer), _best(rows, older))
     add("3. merging ≥ the data mixture at equal data (R-TSVM at defaults)", "r_tsvm", "mixture")
-    for m in ("Helpful_Avg", "Honest_Avg", "Harmless_Avg"):
+    for m in AVERAGES:
         add(f"4. helpfulness training lifts {m.split('_')[0]}", "helpfulness", "base", m)
     add("4. honesty and harmlessness trade off: honesty training lowers Harmless", "honesty", "base", "Harmless_Avg", -1)
     add("4. honesty and harmlessness trade off: harmlessness training lowers Honest", "harmlessness", "base",
         "Honest_Avg", -1)
-    for expert, m in (("helpfulness", "Helpful_Avg"), ("honesty", "Honest_Avg"), ("harmlessness", "Harmless_Avg")):
+    for expert, m in ((d.label, d.average) for d in THREE_H):
         add(f"5. the {expert} expert beats the base on {m}", expert, "base", m)
     add("6. the continual model ≥ the mixture on AVG", "continual", "mixture")
     return out

@@ -11,12 +11,14 @@ import time
 from dataclasses import asdict
 from typing import Any, Dict, List
 
+from r3h.core.dimensions import AVERAGES, OVERALL, THREE_H
 from r3h.io.plain import write_json_atomic
 from r3h.evaluation.intervals import averages, bootstrap_averages
 
 log = logging.getLogger("r3h.study")
 
-DIMS = ("Helpful_Avg", "Honest_Avg", "Harmless_Avg", "AVG")
+DIMS = AVERAGES + (OVERALL,)  # the three dimension averages and AVG (r3h.core.dimensions)
+_KEY_OF_AVERAGE = {d.average: d.key for d in THREE_H}
 GROUP_ORDER = {"reference": 0, "default": 1, "tuned": 2}
 
 
@@ -29,8 +31,7 @@ def model_entry(row: dict, reps: int, seed: int = 0) -> Dict[str, Any]:
     for k in DIMS:
         if k in avgs:
             n = sum(v["n"] for c, v in row["columns"].items()
-                    if k == "AVG" or dims[c] == {"Helpful_Avg": "helpful", "Honest_Avg": "honest",
-                                                  "Harmless_Avg": "harmless"}[k])
+                    if k == OVERALL or dims[c] == _KEY_OF_AVERAGE[k])
             out[k] = {"score": float(avgs[k]), "ci_low": cis[k][0], "ci_high": cis[k][1], "n": n}
     for k in ("method", "options", "selection", "seconds", "merge_seconds"):
         if k in row:
@@ -116,10 +117,11 @@ def write_results(study, total_seconds: float) -> Dict[str, Any]:
     with open(os.path.join(study.out, "findings.md"), "w") as f:
         f.write(found + "\n")
     try:
+        from r3h.evaluation.figures import PARETO_PAIRS
         from r3h.plots import pareto_front
 
         points = [{"label": n, "scores": {k: m[k]["score"] for k in DIMS}} for n, m in models.items()]
-        for x, y in (("Helpful_Avg", "Harmless_Avg"), ("Helpful_Avg", "Honest_Avg"), ("Honest_Avg", "Harmless_Avg")):
+        for x, y in PARETO_PAIRS:
             pareto_front(points, os.path.join(study.out, f"pareto_{x}_{y}"), x=x, y=y, annotate=True)
     except Exception as e:  # the plots are a convenience; results.json is the result
         log.warning("study: Pareto plots not written: %s", e)

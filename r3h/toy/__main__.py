@@ -37,6 +37,7 @@ import shutil
 import statistics
 from typing import Dict, List
 
+from r3h.core.dimensions import AVERAGES, OVERALL
 from r3h.methods import BEYOND_PAPER, METHODS, NEWER_SUBSPACE
 from omegaconf import OmegaConf
 
@@ -46,7 +47,7 @@ from r3h.methods.configs import declares, load_config
 MERGES = [name for name, cls in METHODS.items() if not declares(cls, "multi_preference")]
 #: the SVD merges (TSVM, R-TSVM): those that take an SVD cache
 SVD_MERGES = [name for name in MERGES if declares(METHODS[name], "uses_svd_cache")]
-DIMS = ("Helpful_Avg", "Honest_Avg", "Harmless_Avg")
+DIMS = AVERAGES  # the three dimension averages (r3h.core.dimensions)
 TUNED = " (tuned)"
 
 
@@ -210,10 +211,10 @@ def findings_markdown(per_seed: Dict[int, Dict[str, dict]], methods: List[str]) 
 def spread_markdown(per_seed: Dict[int, Dict[str, dict]]) -> str:
     seeds = list(per_seed)
     names = [n for n in per_seed[seeds[0]] if all(n in per_seed[s] for s in seeds)]
-    lines = ["| model | " + " | ".join(f"{d} (mean ± sd)" for d in (*DIMS, "AVG")) + " | AVG min–max |",
+    lines = ["| model | " + " | ".join(f"{d} (mean ± sd)" for d in (*DIMS, OVERALL)) + " | AVG min–max |",
              "|---|" + "---:|" * (len(DIMS) + 2)]
     for n in names:
-        cells = [_mean_sd(per_seed[s][n][d] for s in seeds) for d in (*DIMS, "AVG")]
+        cells = [_mean_sd(per_seed[s][n][d] for s in seeds) for d in (*DIMS, OVERALL)]
         avgs = [per_seed[s][n]["AVG"] for s in seeds]
         lines.append(f"| {n} | " + " | ".join(cells) + f" | {min(avgs):.1f}–{max(avgs):.1f} |")
     return "\n".join(lines)

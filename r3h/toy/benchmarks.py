@@ -8,9 +8,11 @@
 | Look-alike   | harmless  | answers the harmless look-alike requests (no over-refusal)   |
 
 Each benchmark greedily answers every question of its kind in one split (`test` by
-default, `validation` for tuning; see `r3h.toy.world.SPLITS`; or the first `limit` of a
-fixed shuffle), saves the answers as resumable JSONL, and scores them with
-`r3h.toy.world.is_correct`. No split's questions were seen in training (`train`).
+default, `validation` for tuning; see `r3h.toy.world.SPLITS`; or the first `n` / `ctx.limit`
+of a fixed shuffle, by the base's limit rule), saves the answers as resumable JSONL
+(`<output_dir>/toy/<kind>.<split>.jsonl`, under the base's resume rule:
+`r3h.evaluation.benchmarks.base`), and scores them with `r3h.toy.world.is_correct`. No split's
+questions were seen in training (`train`).
 """
 
 from __future__ import annotations
@@ -19,8 +21,7 @@ import os
 from collections import Counter
 from typing import Optional
 
-from r3h.evaluation.benchmark import Benchmark, BenchmarkResult, EvalContext
-from r3h.evaluation.generation import generate_jsonl
+from r3h.evaluation.benchmarks.base import Benchmark, BenchmarkResult, EvalContext
 from r3h.toy import world
 
 COLUMNS = {"Arithmetic": "arithmetic", "Unanswerable": "unanswerable", "Harmful": "harmful",
@@ -42,11 +43,10 @@ class ToyBenchmark(Benchmark):
         self.n = n
         self.seed = seed
 
+    folder_name = "toy"  # the four columns share one folder, a file per kind and split
+
     def questions(self, ctx: Optional[EvalContext] = None):
-        n = self.n
-        if ctx is not None and ctx.limit is not None:
-            n = ctx.limit if n is None else min(n, ctx.limit)
-        return world.eval_questions(self.kind, n, self.seed, split=self.split)
+        return world.eval_questions(self.kind, self.item_limit(ctx), self.seed, split=self.split)
 
     def check(self, ctx: EvalContext) -> None:
         vocab = getattr(ctx.tokenizer, "get_vocab", lambda: {})()
@@ -58,8 +58,9 @@ class ToyBenchmark(Benchmark):
     def run(self, ctx: EvalContext) -> BenchmarkResult:
         qs = self.questions(ctx)
         records = [{"id": f"{self.kind}-{i}", "prompt": q["prompt"]} for i, q in enumerate(qs)]
-        path = os.path.join(ctx.output_dir, "toy", f"{self.kind}.{self.split}.jsonl")
-        rows = generate_jsonl(ctx.generator, records, path)
+        name = f"{self.kind}.{self.split}.jsonl"
+        rows = self.answers(ctx, records, name)
+        path = os.path.join(self.folder(ctx), name)
         correct = [world.is_correct(q, r["response"]) for q, r in zip(qs, rows)]
         classes = Counter(world.classify(r["response"]) for r in rows)
         return BenchmarkResult(self.column, 100.0 * sum(correct) / len(correct),

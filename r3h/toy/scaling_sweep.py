@@ -17,13 +17,15 @@ import logging
 import os
 from typing import Dict
 
+from r3h.core.dimensions import AVERAGES, OVERALL
+
 #: method -> its scaling option
 SCALED = {"r3h_task_arithmetic": "scaling_factor", "ties": "scaling_factor", "dare": "scaling_factor",
           "dare_ties": "scaling_factor", "della": "scaling_factor", "della_ties": "scaling_factor",
           "breadcrumbs": "scaling_factor", "breadcrumbs_ties": "scaling_factor", "tsvm": "alpha", "r_tsvm": "alpha",
           "iso_c": "scaling_factor", "iso_cts": "scaling_factor", "wudi": "scaling_factor"}
 VALUES = [0.1, 0.2, 0.3, 0.5, 0.7, 1.0]
-DIMS = ("Helpful_Avg", "Honest_Avg", "Harmless_Avg")
+DIMS = AVERAGES  # the three dimension averages (r3h.core.dimensions)
 
 
 def sweep(methods, values, out: str, seed: int = 0, cache_dir=None) -> Dict[str, Dict[float, dict]]:
@@ -51,7 +53,7 @@ def sweep(methods, values, out: str, seed: int = 0, cache_dir=None) -> Dict[str,
         results[m] = {}
         for v, name in zip(values, report["members"]):
             a = report["averages"][name]
-            results[m][v] = {k: a[k] for k in (*DIMS, "AVG")}
+            results[m][v] = {k: a[k] for k in (*DIMS, OVERALL)}
     return results
 
 

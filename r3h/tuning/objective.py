@@ -17,7 +17,8 @@ from r3h.tuning.space import number
 
 __all__ = ["DIMENSIONS", "OBJECTIVES", "weighted_score", "parse_weights", "score_stderr"]
 
-#: the three objectives of the multi-objective search, and the keys of the 3H weights
+#: Former name of r3h.core.dimensions.AVERAGES, the three objectives of the multi-objective
+#: search and the keys of the 3H weights (kept for old imports).
 DIMENSIONS: Tuple[str, ...] = AVERAGES
 OBJECTIVES = ("weighted", "multi")
 
@@ -42,23 +43,23 @@ def parse_weights(weights) -> Dict[str, float]:
     dimension, `r3h.core.dimensions`) or three numbers; equal for None."""
     w = to_container(weights)
     if w is None:
-        return {d: 1.0 for d in DIMENSIONS}
+        return {d: 1.0 for d in AVERAGES}
     if isinstance(w, (list, tuple)):
         if len(w) != 3:
             raise ValueError(f"weights: three 3H weights (helpful, honest, harmless), got {w!r}")
-        w = dict(zip(DIMENSIONS, w))
+        w = dict(zip(AVERAGES, w))
     if not isinstance(w, Mapping):
-        raise ValueError(f"weights: a mapping {{{', '.join(DIMENSIONS)}}} or three numbers, got {w!r}")
+        raise ValueError(f"weights: a mapping {{{', '.join(AVERAGES)}}} or three numbers, got {w!r}")
     out = {}
     for k, v in w.items():
         key = _average_of(str(k))
-        if key not in DIMENSIONS:
-            raise ValueError(f"weights: {k!r} is not a 3H dimension ({', '.join(DIMENSIONS)})")
+        if key not in AVERAGES:
+            raise ValueError(f"weights: {k!r} is not a 3H dimension ({', '.join(AVERAGES)})")
         v = number(f"weights.{k}", v)
         if v < 0:
             raise ValueError(f"weights.{k}: must be >= 0, got {v}")
         out[key] = v
-    out = {d: out.get(d, 0.0) for d in DIMENSIONS}
+    out = {d: out.get(d, 0.0) for d in AVERAGES}
     if sum(out.values()) <= 0:
         raise ValueError("weights: at least one 3H weight must be positive")
     return out

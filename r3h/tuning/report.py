@@ -13,9 +13,9 @@ import logging
 import os
 from typing import Any, Dict, Mapping, Optional, Sequence
 
+from r3h.core.dimensions import AVERAGES
 from r3h.core.paths import write_run_report
 from r3h.io.plain import write_json_atomic
-from r3h.tuning.objective import DIMENSIONS
 
 log = logging.getLogger(__name__)
 
@@ -47,18 +47,18 @@ def write_trials(rows: Sequence[Mapping[str, Any]], out: str) -> Dict[str, Any]:
     from r3h.evaluation.figures import write_pareto_plots
 
     write_json_atomic(os.path.join(out, "trials.json"), list(rows))
-    lines = ["| trial | method | options | " + " | ".join(DIMENSIONS) + " | AVG | score | Pareto |",
-             "|---:|---|---|" + "---:|" * (len(DIMENSIONS) + 2) + ":---:|"]
+    lines = ["| trial | method | options | " + " | ".join(AVERAGES) + " | AVG | score | Pareto |",
+             "|---:|---|---|" + "---:|" * (len(AVERAGES) + 2) + ":---:|"]
     for r in sorted(rows, key=lambda r: -r["score"]):
         opts = ", ".join(f"{k}={fmt(v)}" for k, v in r["options"].items())
-        lines.append(f"| {r['trial']} | {r['method']} | {opts} | " + " | ".join(f"{r[d]:.1f}" for d in DIMENSIONS)
+        lines.append(f"| {r['trial']} | {r['method']} | {opts} | " + " | ".join(f"{r[d]:.1f}" for d in AVERAGES)
                      + f" | {r['AVG']:.1f} | {r['score']:.2f} | {'yes' if r['pareto'] else ''} |")
     with open(os.path.join(out, "trials.md"), "w", encoding="utf-8") as f:
         f.write("\n".join(lines) + "\n")
     files: Dict[str, Any] = {"trials": os.path.join(out, "trials.md")}
     if len(rows) > 1:
         report = {"members": [r["name"] for r in rows],
-                  "averages": {r["name"]: {d: r[d] for d in DIMENSIONS} for r in rows},
+                  "averages": {r["name"]: {d: r[d] for d in AVERAGES} for r in rows},
                   "sweep": {r["name"]: {"method": r["method"], **r["options"]} for r in rows}}
         try:
             files["pareto"] = write_pareto_plots(report, out)

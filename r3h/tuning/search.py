@@ -43,11 +43,12 @@ from omegaconf import OmegaConf
 from fusion_bench.method.base_algorithm import BaseAlgorithm
 from fusion_bench.mixins.lightning_fabric import LightningFabricMixin
 from fusion_bench.mixins.serialization import auto_register_config
+from r3h.core.dimensions import AVERAGES
 from r3h.io.plain import to_container
 from r3h.methods.configs import load_config
 from r3h.tuning import selection as _selection
 from r3h.tuning.members import MemberRunner
-from r3h.tuning.objective import DIMENSIONS, OBJECTIVES, parse_weights, score_stderr, weighted_score
+from r3h.tuning.objective import OBJECTIVES, parse_weights, score_stderr, weighted_score
 from r3h.tuning.report import write_report, write_trials
 from r3h.tuning.space import PER_EXPERT, default_params, number, parse_space, propose
 from r3h.tuning.workers import open_storage, run_trials
@@ -199,7 +200,7 @@ class MergeSearch(LightningFabricMixin, BaseAlgorithm):
         cfg["name"] = name
         tp = instantiate(OmegaConf.create(cfg), _recursive_=False)
         report = tp.evaluate(model)
-        missing = [d for d in DIMENSIONS if report.get("averages", {}).get(d) is None]
+        missing = [d for d in AVERAGES if report.get("averages", {}).get(d) is None]
         if missing:
             raise ValueError(f"taskpool: its report has no {missing[0]} (the search needs the three 3H dimension "
                              "averages; select columns of every dimension)")
@@ -324,7 +325,7 @@ class MergeSearch(LightningFabricMixin, BaseAlgorithm):
             del model
             if folder is not None:
                 shutil.rmtree(folder, ignore_errors=True)
-            avgs = {d: float(report["averages"][d]) for d in DIMENSIONS}
+            avgs = {d: float(report["averages"][d]) for d in AVERAGES}
             trial.set_user_attr("averages", avgs)
             trial.set_user_attr("AVG", float(report["averages"].get("AVG") or sum(avgs.values()) / 3))
             se, unknown = score_stderr(report, self._weights)
@@ -334,7 +335,7 @@ class MergeSearch(LightningFabricMixin, BaseAlgorithm):
             trial.set_user_attr("svds", svds)
             log.info("search trial %d: %s %s -> %s", trial.number, method, values, avgs)
             if self.objective == "multi":
-                return tuple(avgs[d] for d in DIMENSIONS)
+                return tuple(avgs[d] for d in AVERAGES)
             return weighted_score(avgs, self._weights)
 
         budget = None if self.n_trials is None else int(self.n_trials)
@@ -359,7 +360,7 @@ class MergeSearch(LightningFabricMixin, BaseAlgorithm):
         if self.test_split is not None:
             rep = self._score(model, self.test_split, os.path.join(out, "chosen", str(self.test_split)),
                               f"search:{chosen['method']}")
-            test = {d: rep["averages"].get(d) for d in (*DIMENSIONS, "AVG")}
+            test = {d: rep["averages"].get(d) for d in (*AVERAGES, "AVG")}
             test["score"] = weighted_score(test, self._weights)
         defaults = {}
         if self.compare_defaults and self.test_split is not None:
@@ -367,7 +368,7 @@ class MergeSearch(LightningFabricMixin, BaseAlgorithm):
                 dm, _ = self._merge(method, {}, modelpool, cache, None)
                 rep = self._score(dm, self.test_split, os.path.join(out, "defaults", method, str(self.test_split)),
                                   f"{method} (defaults)")
-                avgs = {d: rep["averages"].get(d) for d in (*DIMENSIONS, "AVG")}
+                avgs = {d: rep["averages"].get(d) for d in (*AVERAGES, "AVG")}
                 avgs["score"] = weighted_score(avgs, self._weights)
                 defaults[method] = avgs
                 del dm
@@ -382,7 +383,7 @@ class MergeSearch(LightningFabricMixin, BaseAlgorithm):
         self.last_report = report
         write_report(report, os.path.join(out, "search_report.json"))
         log.info("search: chosen trial %d (%s %s): validation %s, %s %s", chosen["trial"], chosen["method"],
-                 chosen["options"], {d: round(chosen[d], 2) for d in DIMENSIONS}, self.test_split, test)
+                 chosen["options"], {d: round(chosen[d], 2) for d in AVERAGES}, self.test_split, test)
         if stream is not None:
             log.info("search: the chosen merge is in %s", final_dir)
             return None

@@ -13,7 +13,8 @@ import logging
 import math
 from typing import Any, Dict, List, Mapping, Sequence, Tuple
 
-from r3h.tuning.objective import DIMENSIONS, weighted_score
+from r3h.core.dimensions import AVERAGES
+from r3h.tuning.objective import weighted_score
 
 log = logging.getLogger(__name__)
 
@@ -32,13 +33,13 @@ def trial_rows(trials, weights: Mapping[str, float]) -> List[Dict[str, Any]]:
     for t in trials:
         avgs = t.user_attrs["averages"]
         rows.append({"trial": t.number, "name": f"trial_{t.number:04d}", "method": t.user_attrs["method"],
-                     "options": t.user_attrs["options"], **{d: float(avgs[d]) for d in DIMENSIONS},
+                     "options": t.user_attrs["options"], **{d: float(avgs[d]) for d in AVERAGES},
                      "AVG": float(t.user_attrs.get("AVG", sum(avgs.values()) / 3)),
                      "score": weighted_score(avgs, weights), "svds": t.user_attrs.get("svds"),
                      "stderr": t.user_attrs.get("stderr"),
                      "seconds": t.user_attrs.get("seconds"),
                      "defaults": bool(t.user_attrs.get("defaults", False))})
-    mask = pareto_mask(np.array([[r[d] for d in DIMENSIONS] for r in rows]), True)
+    mask = pareto_mask(np.array([[r[d] for d in AVERAGES] for r in rows]), True)
     for r, m in zip(rows, mask):
         r["pareto"] = bool(m)
     return rows

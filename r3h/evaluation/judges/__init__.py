@@ -49,8 +49,9 @@ The package, one module per concern: ``verdicts`` (rubrics, errors, requests, ve
 stats, summaries, :func:`parse_verdict`), ``templates`` (:class:`Template`, the built-in
 wordings, FastChat and MD-Judge prompts), ``cache`` (:class:`JudgeCache`), ``base``
 (:class:`Judge`, :class:`TemplateJudge`), ``openai_chat`` (:class:`OpenAIChatJudge`),
-``hf`` (:class:`HFJudge`) and ``rules`` (:class:`RefusalDetector`,
-:class:`ReferenceMatchJudge`). Every public name is importable from
+``hf`` (:class:`HFJudge`), ``rules`` (:class:`RefusalDetector`,
+:class:`ReferenceMatchJudge`) and ``records`` (:func:`judge_jsonl`: verdicts saved as JSONL
+beside a benchmark's answers, resumable). Every public name is importable from
 ``r3h.evaluation.judges``.
 """
 
@@ -83,6 +84,7 @@ from r3h.evaluation.judges.base import Judge, TemplateJudge
 from r3h.evaluation.judges.openai_chat import OpenAIChatJudge
 from r3h.evaluation.judges.hf import HFJudge
 from r3h.evaluation.judges.rules import REFUSAL_PHRASES, REFUSAL_PREFIXES, UNSAFE_WORDS, RefusalDetector, ReferenceMatchJudge
+from r3h.evaluation.judges.records import judge_jsonl, request_fingerprint
 
 __all__ = [
     "RUBRICS",
@@ -116,4 +118,6 @@ __all__ = [
     "JudgeConfigError",
     "JudgeUnavailableError",
     "JudgeRequestError",
+    "judge_jsonl",
+    "request_fingerprint",
 ]
