@@ -165,6 +165,8 @@ RAM_CASES = [(shape, n, sp) for shape in [(64,), (16, 24), (33, 17), (4, 6, 5)] 
              for sp in [0.0, 0.7]]
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess  # MergeKit 0.1.5 runs in a Python process of its own
 def test_ram_and_ram_plus_match_mergekit_015(tmp_path):
     cases, ours = [], []
     for k, (shape, n, sparsity) in enumerate(RAM_CASES):
