@@ -24,8 +24,8 @@ import torch
 
 from r3h.methods import IsoC, IsoCTS, RAM, RAMPlus, TaskArithmetic, WUDI
 from r3h.ops import svc
-from tests.optional import missing
 from tests.methods.test_recent_methods import Fresh, case, run_tensor
+from tests.optional import missing
 
 from fusion_bench.method.isotropic_merging import iso_utils as fb_iso  # noqa: E402
 from fusion_bench.method.singular_value_calibration.utils import (  # noqa: E402

@@ -21,8 +21,8 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from tests.tuning.test_search import BESTS, AlphaDimension
 from tests.core.test_svd_cache import write_pool
+from tests.tuning.test_search import BESTS, AlphaDimension
 
 REPO = Path(__file__).resolve().parents[2]
 
