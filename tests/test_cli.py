@@ -87,7 +87,7 @@ def test_fusion_bench_causal_lm_pool_of_local_models(tmp_path):
 @pytest.mark.subprocess
 def test_resm_is_r_tsvm_from_the_cli(tmp_path):
     """`method=resm` (the paper's v3 name) runs R-TSVM: the same class, options and merge, bit for bit."""
-    from tests.test_svd_cache import write_pool
+    from tests.core.test_svd_cache import write_pool
 
     paths = write_pool(tmp_path / "pool")
     (tmp_path / "config" / "modelpool").mkdir(parents=True)

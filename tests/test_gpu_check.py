@@ -15,6 +15,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "gpu_check.py"
 
+pytestmark = [pytest.mark.slow, pytest.mark.subprocess]  # each test starts scripts/gpu_check.py
+
 
 def run(*args, cwd=REPO):
     return subprocess.run([sys.executable, str(SCRIPT), *args], cwd=str(cwd), capture_output=True, text=True,

@@ -737,6 +737,7 @@ def test_a_model_that_answers_every_or_bench_prompt_raises_harmless_avg(tiny, se
         ORBench(judge_prompt="md-judge-v0.2")
 
 
+@pytest.mark.slow  # builds the toy world on an empty R3H_CACHE (the `tiny` fixture)
 def test_or_bench_judge_gets_the_official_prompt_byte_for_byte(tiny, server, tmp_path):
     """The judge's message is check_response.py's response_checking_prompt.format(prompt, response),
     as the one user message, byte for byte (the fixture is the file at the pinned commit)."""
@@ -806,6 +807,7 @@ def test_mt_bench_samples_each_category_at_fastchats_temperature(tmp_path):
         MTBench(sampling="random")
 
 
+@pytest.mark.slow  # builds the toy world on an empty R3H_CACHE (the `tiny` fixture)
 def test_sampled_answers_are_seeded(tiny):
     """A temperature override samples with the config's seed: the same answers on a rerun."""
     from transformers import AutoTokenizer

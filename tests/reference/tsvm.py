@@ -2,8 +2,8 @@
 the data the tests feed them (low-rank task vectors with spikes).
 
 They never call `r3h`: SVDs, polar factors, outlier mass, sparsity, rank budgets and the merged
-Δ are recomputed here in float64 from θ's read back in float64. Used by tests/test_tsvm.py and
-tests/test_analysis.py.
+Δ are recomputed here in float64 from θ's read back in float64. Used by tests/methods/test_tsvm.py,
+tests/analysis/test_analysis.py and tests/reference/analysis.py.
 """
 
 from __future__ import annotations
@@ -127,9 +127,9 @@ def ref_tsvm(base, experts):
 
 def ref_outlier_mass(tau: torch.Tensor) -> float:
     """Eq. 6–7 row by row: T = Σ |τ| over entries with |τ| ≥ μρ + 3σρ, σρ the population
-    standard deviation of the row's |τ| (= sqrt(mean τ² − μρ²))."""
+    standard deviation of the row's |τ| (= sqrt(mean τ² − μρ²)); a vector is one row."""
     total = 0.0
-    for row in tau.abs():
+    for row in tau.abs().reshape(1, -1) if tau.dim() == 1 else tau.abs():
         mu = row.mean()
         sigma = (row - mu).pow(2).mean().sqrt()
         total += float(row[row >= mu + 3 * sigma].sum())

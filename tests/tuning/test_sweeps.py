@@ -21,9 +21,9 @@ from r3h.modelpool import AlignedCausalLMPool, ModelSweep
 from r3h.plots import pareto_table
 from r3h.sweeps import MergeSweep, NamedModelSweep, grid_points, member_name
 from tests.conftest import read_folder
-from tests.test_svd_cache import assert_identical, pool_of, state, write_pool
+from tests.core.test_svd_cache import assert_identical, pool_of, state, write_pool
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SWEEP_CONFIGS = REPO / "config" / "method" / "sweep"
 FUSION_BENCH = str(Path(sys.executable).with_name("fusion_bench"))
 QUIET = {"progress": False}
@@ -296,7 +296,7 @@ def test_sweep_scored_by_the_3h_taskpool_into_one_table(paths, tmp_path, tiny_lm
     from r3h.evaluation.taskpool import ThreeHTaskPool
 
     res = sweep(method="tsvm", grid={"alpha": [0.25, 0.5, 1.0, 1.5]}).run(pool_of(paths))
-    probe = lambda c, d: {"_target_": "tests.test_sweeps.AlphaProbe", "column": c, "dimension": d}  # noqa: E731
+    probe = lambda c, d: {"_target_": "tests.tuning.test_sweeps.AlphaProbe", "column": c, "dimension": d}  # noqa: E731
     taskpool = ThreeHTaskPool(benchmarks={"Probe-helpful": probe("Probe-helpful", "helpful"),
                                           "Probe-harmless": probe("Probe-harmless", "harmless")},
                               tokenizer=tiny_lm_path, output_dir=str(tmp_path / "eval"), print_table=False)

@@ -15,7 +15,7 @@ import pytest
 from r3h.data import REGISTRY, load_preference_data
 from r3h.data.registry import LIONS_SOURCES, convert_records
 
-HUB = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "hub")
+HUB = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "fixtures", "hub")
 
 
 def folder_of(hub_id: str) -> str:

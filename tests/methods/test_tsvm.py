@@ -22,6 +22,7 @@ from tests.reference.tsvm import (F64, add_spikes, gen, lowrank_tau, make_case, 
                                   ref_omega_counts, ref_outlier_mass, ref_polar, ref_rank_budget, ref_rtsvm,
                                   ref_rtsvm_delta_from_factors, ref_stack, ref_tsvm, ref_tsvm_delta_from_factors,
                                   ref_weights, taus64)
+from tests.test_cli import REPO
 
 TOL = 1e-4  # relative to the scale of the merged Δ (float32 SVDs vs float64)
 
@@ -802,7 +803,7 @@ def test_resm_configs_are_r_tsvm(alias):
     import r3h.methods as methods
 
     assert methods.RESM is RTSVM and methods.ALIASES[alias] == alias.replace("resm", "r_tsvm")
-    folder = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "config", "method")
+    folder = os.path.join(REPO, "config", "method")
     from r3h.methods.configs import load_config
 
     with open(os.path.join(folder, f"{alias}.yaml")) as f:

@@ -1,15 +1,16 @@
 """The eleven merging methods against float64 references written from the definitions
 in the design (docs: methods.md), plus their edge cases, determinism and end-to-end runs.
 
-The references below never call `r3h.ops` (only `tensor_generator`, to draw the same
-uniforms for the random masks): top-k, ranks, keep probabilities, sign election,
-normalisation and Model Stock's cosines are all recomputed here in float64.
+The references (tests/reference/methods.py) never call `r3h.ops`: top-k, ranks, keep
+probabilities, sign election, normalisation and Model Stock's cosines are all recomputed there
+in float64; only the generator of the random masks' uniforms (`tensor_generator`) is r3h's, so
+that both draw the same masks.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Optional
+from typing import Dict
 
 import pytest
 import torch
@@ -17,177 +18,15 @@ import torch
 from r3h.methods import METHODS
 from r3h.ops import tensor_generator
 from tests.conftest import make_pool, read_folder
+from tests.reference import methods as ref
+from tests.reference.methods import _desc_order, ref_breadcrumbs_mask, ref_combine, ref_model_stock_t, ref_topk_mask
 
 RTOL, ATOL = 1e-5, 5e-6
 
-# ---------------------------------------------------------------------------------------
-# float64 references
-# ---------------------------------------------------------------------------------------
-
-DEFAULTS = {
-    "weight_average": {},
-    "rewarded_soup": {},
-    "r3h_task_arithmetic": dict(scaling_factor=0.2),
-    "ties": dict(density=0.2, consensus="sum", normalize=True, scaling_factor=0.7),
-    "dare": dict(density=0.5, rescale="inverse", seed=42, scaling_factor=0.2),
-    "dare_ties": dict(density=0.5, rescale="inverse", seed=42, consensus="sum", normalize=False, scaling_factor=0.2),
-    "della": dict(density=0.5, epsilon=0.1, rescale="inverse", seed=42, scaling_factor=0.2),
-    "della_ties": dict(density=0.5, epsilon=0.1, rescale="inverse", seed=42, consensus="sum", normalize=True,
-                      scaling_factor=0.5),
-    "breadcrumbs": dict(density=0.9, gamma=0.01, scaling_factor=0.2),
-    "breadcrumbs_ties": dict(density=0.9, gamma=0.01, consensus="sum", normalize=False, scaling_factor=0.2),
-    "model_stock": {},
-}
-
-def _desc_order(t: torch.Tensor) -> List[int]:
-    """Flat indices of `t` from the largest |t| to the smallest (Python sort, no torch.topk)."""
-    mags = t.reshape(-1).abs().tolist()
-    return sorted(range(len(mags)), key=lambda i: -mags[i])
-
-
-def _mask_from(indices, like: torch.Tensor) -> torch.Tensor:
-    m = torch.zeros(like.numel(), dtype=torch.bool)
-    for i in indices:
-        m[i] = True
-    return m.view(like.shape)
-
-
-def ref_topk_mask(tau, density):
-    """TIES trim: the ⌊density·numel⌋ entries of largest magnitude."""
-    if density >= 1:
-        return torch.ones(tau.shape, dtype=torch.bool)
-    k = math.floor(density * tau.numel())
-    return _mask_from(_desc_order(tau)[:k], tau)
-
-
-def ref_breadcrumbs_mask(tau, density, gamma):
-    """Skip the top ⌊γ·n⌋ by magnitude, keep the next ⌊density·n⌋ (the top shrinks when
-    both do not fit), drop the rest."""
-    if density >= 1:
-        return torch.ones(tau.shape, dtype=torch.bool)
-    n = tau.numel()
-    n_keep = math.floor(density * n)
-    n_top = math.floor(gamma * n)
-    if n_top + n_keep > n:
-        n_top = n - n_keep
-    return _mask_from(_desc_order(tau)[n_top : n_top + n_keep], tau)
-
-
-def ref_dare(tau, density, seed, name, index):
-    """Keep each entry with probability `density`; returns (mask, keep probability)."""
-    if density >= 1:
-        return torch.ones(tau.shape, dtype=torch.bool), torch.ones(tau.shape, dtype=torch.float64)
-    u = torch.rand(tau.shape, generator=tensor_generator(seed, name, index))
-    return u.double() < density, torch.full(tau.shape, float(density), dtype=torch.float64)
-
-
-def ref_magprune(tau, density, epsilon, seed, name, index):
-    """DELLA: per row, p rises linearly with the magnitude rank from density−ε to density+ε."""
-    if density >= 1:
-        return torch.ones(tau.shape, dtype=torch.bool), torch.ones(tau.shape, dtype=torch.float64)
-    rows = tau.reshape(1, -1) if tau.dim() < 2 else tau.reshape(tau.shape[0], -1)
-    n_rows, d = rows.shape
-    p = torch.empty((n_rows, d), dtype=torch.float64)
-    for r in range(n_rows):
-        mags = rows[r].abs().tolist()
-        for rank, j in enumerate(sorted(range(d), key=lambda j: mags[j])):
-            p[r, j] = density if d == 1 else (density - epsilon) + 2 * epsilon * rank / (d - 1)
-    u = torch.rand((n_rows, d), generator=tensor_generator(seed, name, index))
-    return (u.double() < p).view(tau.shape), p.view(tau.shape)
-
-
-def ref_rescale(tau, mask, p, mode):
-    kept = torch.where(mask, tau, torch.zeros_like(tau))
-    if mode == "inverse":
-        return kept / p
-    if mode == "l1":
-        before, after = tau.abs().sum(), kept.abs().sum()
-        if before < 1e-7 or after < 1e-7:
-            return kept
-        return kept * (before / after)
-    assert mode == "none"
-    return kept
-
-
-def ref_combine(taus, weights, consensus, normalize):
-    """Σ wi τ̃i, or with sign election the disjoint (weighted) merge."""
-    weighted = torch.stack([w * t for w, t in zip(weights, taus)])
-    if consensus is None:
-        return weighted.sum(dim=0)
-    if consensus == "sum":
-        score = weighted.sum(dim=0)
-    else:
-        score = (weighted > 0).double().sum(dim=0) - (weighted < 0).double().sum(dim=0)
-    positive = score >= 0  # ties elect +
-    agree = torch.where(positive, weighted > 0, weighted < 0)  # zero entries never agree
-    mixed = torch.where(agree, weighted, torch.zeros_like(weighted)).sum(dim=0)
-    if normalize:
-        w = torch.tensor(weights, dtype=torch.float64).reshape(-1, *([1] * taus[0].dim()))
-        divisor = (w * agree.double()).sum(dim=0)
-        divisor = torch.where(divisor == 0, torch.ones_like(divisor), divisor)
-        mixed = mixed / divisor
-    return mixed
-
-
-def ref_model_stock_t(taus):
-    n = len(taus)
-    flat = [t.reshape(-1) for t in taus]
-    cos = []
-    for i in range(n):
-        for j in range(i + 1, n):
-            ni, nj = math.sqrt(float((flat[i] * flat[i]).sum())), math.sqrt(float((flat[j] * flat[j]).sum()))
-            cos.append(0.0 if ni == 0 or nj == 0 else float((flat[i] * flat[j]).sum()) / (ni * nj))
-    c = sum(cos) / len(cos)
-    if c <= 0:
-        return 0.0
-    return n * c / (1 + (n - 1) * c)
-
 
 def reference(method: str, kwargs: dict, name: str, base, experts):
-    """The merged tensor (a list for rewarded_soup) in float64, from the definitions."""
-    hp = {**DEFAULTS[method], **kwargs}
-    base = None if base is None else base.double()
-    experts = [e.double() for e in experts]
-    n = len(experts)
-    weights = hp.get("weights")
-    weights = [1.0] * n if weights is None else [float(w) for w in weights]
-    if method == "weight_average":
-        return sum(w * e for w, e in zip(weights, experts)) / sum(weights)
-    if method == "rewarded_soup":
-        pref = hp.get("preference")
-        if pref is None:
-            vectors = [[1.0 / n] * n]
-        elif isinstance(pref[0], (int, float)):
-            vectors = [pref]
-        else:
-            vectors = pref
-        return [sum(l * e for l, e in zip(v, experts)) for v in vectors]
-    if method == "model_stock":
-        if n < 2:
-            raise ValueError("model stock needs two experts")
-        t = ref_model_stock_t([e - base for e in experts])
-        return t * (sum(experts) / n) + (1 - t) * base
-
-    taus = [e - base for e in experts]
-    sparse = []
-    for i, tau in enumerate(taus):
-        if method == "r3h_task_arithmetic":
-            s = tau
-        elif method == "ties":
-            s = torch.where(ref_topk_mask(tau, hp["density"]), tau, torch.zeros_like(tau))
-        elif method.startswith("breadcrumbs"):
-            s = torch.where(ref_breadcrumbs_mask(tau, hp["density"], hp["gamma"]), tau, torch.zeros_like(tau))
-        elif method.startswith("dare"):
-            mask, p = ref_dare(tau, hp["density"], hp["seed"], name, i)
-            s = ref_rescale(tau, mask, p, hp["rescale"])
-        elif method.startswith("della"):
-            mask, p = ref_magprune(tau, hp["density"], hp["epsilon"], hp["seed"], name, i)
-            s = ref_rescale(tau, mask, p, hp["rescale"])
-        else:
-            raise AssertionError(method)
-        sparse.append(s)
-    mixed = ref_combine(sparse, weights, hp.get("consensus"), hp.get("normalize", False))
-    return base + float(hp["scaling_factor"]) * mixed
+    """The float64 reference merge, its random masks drawn with r3h's seeding rule."""
+    return ref.reference(method, kwargs, name, base, experts, generator_for=tensor_generator)
 
 
 # ---------------------------------------------------------------------------------------
@@ -335,7 +174,7 @@ def test_reference_masks_are_nontrivial():
     assert ref_topk_mask(taus[0], 0.35).sum() == 33
     bc = ref_breadcrumbs_mask(taus[0], 0.6, 0.5)
     assert bc.sum() == 57 and not bc.reshape(-1)[_desc_order(taus[0])[0]]
-    mask, p = ref_magprune(taus[0], 0.5, 0.1, 42, "x", 0)
+    mask, p = ref.ref_magprune(taus[0], 0.5, 0.1, tensor_generator(42, "x", 0))
     assert 0 < mask.sum() < 96 and p.min() == pytest.approx(0.4) and p.max() == pytest.approx(0.6)
     signs = torch.stack([t.sign() for t in taus])
     assert ((signs != signs[0]).any(dim=0)).sum() > 10

@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 
 import r3h.io.checkpoint as ckpt
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 @pytest.fixture()

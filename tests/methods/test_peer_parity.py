@@ -7,7 +7,7 @@ near-tied singular values):
 - MergeKit 0.1.5's `ram` and `ramplus_tl` through `merge_tensors(..., dtype=float32)`, run in a
   subprocess on the 0.1.5 folder scripts/install.sh puts beside the environment
   (benchmarks/parity-requirements-0.1.5.txt: the environment keeps 0.1.4 for
-  tests/test_mergekit_parity.py).
+  tests/methods/test_mergekit_parity.py).
 
 Where r3h differs from a peer on purpose (docs/methods.md), a test pins the difference.
 """
@@ -24,8 +24,8 @@ import torch
 
 from r3h.methods import IsoC, IsoCTS, RAM, RAMPlus, TaskArithmetic, WUDI
 from r3h.ops import svc
+from tests.methods.test_recent_methods import Fresh, case, run_tensor
 from tests.optional import missing
-from tests.test_recent_methods import Fresh, case, run_tensor
 
 from fusion_bench.method.isotropic_merging import iso_utils as fb_iso  # noqa: E402
 from fusion_bench.method.singular_value_calibration.utils import (  # noqa: E402
@@ -96,7 +96,7 @@ def test_wudi_plain_norm_differs_from_fusion_bench():
 
 def test_wudi_fusion_bench_puts_vocabulary_matrices_through_the_optimisation():
     """fusion_bench's WUDI optimises every 2-D tensor, embeddings and lm_head included; r3h's
-    default `exclude_keys` gives them θ0 + mean τi (tests/test_recent_methods.py runs it)."""
+    default `exclude_keys` gives them θ0 + mean τi (tests/methods/test_recent_methods.py runs it)."""
     base, experts = case((24, 6), 2, seed=302)
     vec = [{"model.embed_tokens.weight": e - base} for e in experts]
     theirs = fb_wudi(vec, accelerator="cpu", iter_num=20)["model.embed_tokens.weight"].detach()
@@ -124,7 +124,7 @@ def test_exclude_keys_iso_c_differs_from_fusion_bench():
     mean = sum(e - base for e in experts) / 3
     theirs = fb_iso.iso_c(_fb_vectors(base, experts), accelerator="cpu", exclude_keys=[KEY])[KEY]
     torch.testing.assert_close(theirs, mean)  # and they scale it by α afterwards
-    # r3h: the engine's rule, shown on a pool in tests/test_recent_methods.py (exclude_keys test)
+    # r3h: the engine's rule, shown on a pool in tests/methods/test_recent_methods.py (exclude_keys test)
     assert IsoC().engine_exclude_keys() == []
     assert IsoC(exclude_keys=[KEY]).engine_exclude_keys() == [KEY]
 
@@ -165,6 +165,8 @@ RAM_CASES = [(shape, n, sp) for shape in [(64,), (16, 24), (33, 17), (4, 6, 5)] 
              for sp in [0.0, 0.7]]
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess  # MergeKit 0.1.5 runs in a Python process of its own
 def test_ram_and_ram_plus_match_mergekit_015(tmp_path):
     cases, ours = [], []
     for k, (shape, n, sparsity) in enumerate(RAM_CASES):

@@ -4,8 +4,8 @@ definitions (r3h/analysis/alignment_vectors.py, docs/analysis.md), agreement wit
 
 The pool's values lie on a dyadic grid (θ0 on multiples of 2⁻¹⁰, τ on multiples of 2⁻¹⁴,
 |θ| < 8), so θi = θ0 + τi is exact in float32 and so is r3h's float32 τ = θi − θ0: the
-references below recompute every statistic in float64 from θ read back, with no r3h code,
-and only the reductions (and the SVDs) differ in precision.
+references (tests/reference/analysis.py, tsvm.py) recompute every statistic in float64 from θ
+read back, with no r3h code, and only the reductions (and the SVDs) differ in precision.
 """
 
 from __future__ import annotations
@@ -25,8 +25,9 @@ from r3h.analysis.alignment_vectors import tsvm_interference
 from r3h.io import Checkpoint
 from r3h.methods.tsvm import RTSVM, TSVM
 from tests.conftest import make_pool, write_checkpoint
-from tests.test_cli import cli
+from tests.reference.analysis import ref_kurtosis, ref_omega, ref_outlier_mass, ref_pair, ref_summary
 from tests.reference.tsvm import add_spikes, gen, lowrank_tau, ref_factors, ref_sti
+from tests.test_cli import cli
 
 F64 = torch.float64
 EXPERTS = ["helpful", "honest", "harmless"]
@@ -98,42 +99,11 @@ def report(pool_data, tmp_path_factory):
 
 
 # ---------------------------------------------------------------------------------------
-# float64 references (from the definitions; no r3h code)
+# helpers (the float64 references are in tests/reference/analysis.py and tsvm.py)
 # ---------------------------------------------------------------------------------------
 
 def taus_of(base, experts, name) -> List[torch.Tensor]:
     return [experts[e][name] - base[name] for e in EXPERTS]
-
-
-def ref_kurtosis(t):
-    d = t.flatten() - t.mean()
-    m2 = d.pow(2).mean()
-    return float(d.pow(4).mean() / m2**2 - 3)
-
-
-def ref_outlier_mass(t):
-    """Per row of |τ| (a vector is one row): Σ|τ| over |τ| ≥ mean + 3·(population std)."""
-    rows = t.abs().reshape(1, -1) if t.dim() == 1 else t.abs()
-    total = 0.0
-    for row in rows:
-        mu, sd = row.mean(), row.std(unbiased=False)
-        total += float(row[row >= mu + 3 * sd].sum())
-    return total
-
-
-def ref_omega(ts, eps, relative):
-    flat = torch.cat([t.flatten() for t in ts])
-    if relative:
-        eps = eps * float(flat.pow(2).mean().sqrt())
-    return float((flat.abs() < eps).double().mean())
-
-
-def ref_pair(a, b):
-    a, b = a.flatten(), b.flatten()
-    both = (a != 0) & (b != 0)
-    conflicts = int(((a > 0) & (b < 0) | (a < 0) & (b > 0)).sum())
-    cos = float(a @ b / (a.norm() * b.norm())) if a.norm() > 0 and b.norm() > 0 else None
-    return cos, conflicts, int(both.sum())
 
 
 def approx(x, rel=1e-5, abs=1e-9):
@@ -233,29 +203,6 @@ def test_sti_matches_float64_and_the_tsvm_report(pool_data, report):
 # whole model and layers
 # ---------------------------------------------------------------------------------------
 
-def ref_summary(base, experts, names):
-    out = {"experts": {}, "pairs": {}}
-    cat = {e: torch.cat([(experts[e][n] - base[n]).flatten() for n in names]) for e in EXPERTS}
-    base_norm = torch.cat([base[n].flatten() for n in names]).norm()
-    numel = sum(base[n].numel() for n in names)
-    for e in EXPERTS:
-        taus = [(experts[e][n] - base[n]) for n in names]
-        kurt = [(ref_kurtosis(t), t.numel()) for t in taus if t.any()]
-        out["experts"][e] = {
-            "norm": float(cat[e].norm()),
-            "rel_norm": float(cat[e].norm() / base_norm),
-            "omega_abs": sum(ref_omega([t], EPS, False) * t.numel() for t in taus) / numel,
-            "omega_rel": sum(ref_omega([t], EPS_REL, True) * t.numel() for t in taus) / numel,
-            "kurtosis": sum(k * w for k, w in kurt) / sum(w for _, w in kurt),
-            "outlier_share": sum(ref_outlier_mass(t) for t in taus) / float(cat[e].abs().sum()),
-        }
-    for i, a in enumerate(EXPERTS):
-        for b in EXPERTS[i + 1:]:
-            cos, conflicts, both = ref_pair(cat[a], cat[b])
-            out["pairs"][a, b] = {"cosine": cos, "sign_conflict": conflicts / both, "conflicts": conflicts}
-    return out
-
-
 def check_summary(got, want):
     for e in EXPERTS:
         for k, v in want["experts"][e].items():
@@ -270,7 +217,7 @@ def check_summary(got, want):
 def test_whole_model_summary(pool_data, report):
     _, base, experts, _ = pool_data
     m, summary, out = report
-    check_summary(summary, ref_summary(base, experts, list(SHAPES)))
+    check_summary(summary, ref_summary(base, experts, list(SHAPES), EXPERTS, EPS, EPS_REL))
     assert summary["tensors"] == len(SHAPES) and summary["numel"] == sum(v.numel() for v in base.values())
     stis = [r["sti"] for r in m.last_report["tensors"] if "sti" in r]
     assert summary["sti"] == {"matrices": 4, "mean": approx(sum(stis) / 4, rel=1e-12), "max": max(stis)}
@@ -285,7 +232,7 @@ def test_per_layer_summary(pool_data, report):
     for lay in layers:
         names = [n for n in SHAPES if f"layers.{lay['layer']}." in n]
         assert lay["tensors"] == 3
-        check_summary(lay, ref_summary(base, experts, names))
+        check_summary(lay, ref_summary(base, experts, names, EXPERTS, EPS, EPS_REL))
 
 
 def test_layer_and_module_names():

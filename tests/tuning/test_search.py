@@ -20,9 +20,9 @@ from r3h.evaluation.benchmark import Benchmark, BenchmarkResult
 from r3h.search import DIMENSIONS, MergeSearch, parse_space, weighted_score
 from r3h.methods import METHODS
 from r3h.methods.configs import load_method_config
-from tests.test_svd_cache import pool_of, write_pool
+from tests.core.test_svd_cache import pool_of, write_pool
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SEARCH_CONFIGS = REPO / "config" / "method" / "search"
 
 
@@ -52,7 +52,7 @@ def score_at(alpha, split="validation", weights=(1, 1, 1)):
 
 @pytest.fixture
 def taskpool(tiny_lm_path):
-    bench = lambda c, d: {"_target_": "tests.test_search.AlphaDimension", "column": c, "dimension": d,  # noqa: E731
+    bench = lambda c, d: {"_target_": "tests.tuning.test_search.AlphaDimension", "column": c, "dimension": d,  # noqa: E731
                           "best": BESTS[d]}
     return {"_target_": "r3h.evaluation.taskpool.ThreeHTaskPool", "tokenizer": tiny_lm_path,
             "benchmarks": {f"Probe-{d}": bench(f"Probe-{d}", d) for d in BESTS}}

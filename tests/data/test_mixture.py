@@ -1,5 +1,6 @@
 """The three data-mixture baselines of Table 2, each checked against its definition
-computed independently here, on the toy 3H datasets."""
+computed independently (tests/reference/mixture.py, and the toy world's hand-written rewards
+here), on the toy 3H datasets."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from r3h.data.mixture import (
     write_mixture,
 )
 from r3h.toy.world import HARMFUL, MADE_UP, classify, vocabulary
+from tests.reference.mixture import expected_adc, expected_heuristic
 
 TOYS = ["toy_helpsteer", "toy_truthy", "toy_safety", "toy_ultrafeedback", "toy_saferlhf"]
 DIMS = ["helpfulness", "honesty", "harmlessness"]
@@ -44,26 +46,6 @@ def ids(pairs):
 
 
 # ----------------------------------------------------------------------------- heuristic
-
-
-def expected_heuristic(datasets, num, den):
-    """The heuristic mixture's counts from its definition, written out independently."""
-    n_help = sum(1 for ps in datasets.values() for p in ps if "helpfulness" in p["dimensions"])
-    budget = n_help * num // den
-    want = {"honesty": budget - budget // 2, "harmlessness": budget // 2}
-    per_source = {}
-    for dim, k in want.items():
-        pools = {n: sum(1 for p in ps if "helpfulness" not in p["dimensions"] and dim in p["dimensions"])
-                 for n, ps in datasets.items()}
-        pools = {n: c for n, c in pools.items() if c}
-        # water-filling, by hand: the highest level t with sum(min(pool, t)) <= k, the rest one
-        # each to the first datasets (sorted) above the level
-        t = max((t for t in range(k + 1) if sum(min(c, t) for c in pools.values()) <= k), default=0)
-        alloc = {n: min(c, t) for n, c in pools.items()}
-        for n in sorted(n for n in pools if pools[n] > t)[:k - sum(alloc.values())]:
-            alloc[n] += 1
-        per_source.update(alloc)
-    return n_help, want, per_source
 
 
 @pytest.mark.parametrize("ratio,num,den", [(0.2, 1, 5), ("1/10", 1, 10), (0.05, 1, 20)])
@@ -317,22 +299,11 @@ def test_sequence_classifier_scorer_num_labels_mismatch(tiny_rm):
 # ----------------------------------------------------------------------------- Hummer
 
 
-def expected_adc(pairs):
-    served = {d for p in pairs for d in p["dimensions"]}
-    conflict = {}
-    for j, d in enumerate(DIMS):
-        if d not in served:
-            against = sum(1 for p in pairs if toy_scores(p["prompt"], p["chosen"])[j] <
-                          toy_scores(p["prompt"], p["rejected"])[j])
-            conflict[d] = against / len(pairs)
-    return conflict, max(conflict.values()) if conflict else 0.0
-
-
 def test_hummer_adc_and_selection(toy):
     pairs, m = HummerSelection(HandScorer(), threshold=0.2)(toy)
     kept = []
     for name in TOYS:
-        conflict, adc = expected_adc(toy[name])
+        conflict, adc = expected_adc(toy[name], toy_scores, DIMS)
         s = m["sources"][name]
         assert s["conflict"] == pytest.approx(conflict) and s["adc"] == pytest.approx(adc)
         assert s["decision"] == ("kept" if adc <= 0.2 else "left_out")

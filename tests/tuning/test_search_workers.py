@@ -2,7 +2,7 @@
 total across worker processes, and a killed worker's running trial is failed and retried.
 
 Each worker is its own Python process on one SQLite study (`method.storage`), scoring with
-the stand-in benchmark of tests/test_search.py (a merge's score from its α), slowed down so
+the stand-in benchmark of tests/tuning/test_search.py (a merge's score from its α), slowed down so
 that the workers' trials overlap."""
 
 from __future__ import annotations
@@ -21,15 +21,15 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from tests.test_search import BESTS, AlphaDimension
-from tests.test_svd_cache import write_pool
+from tests.core.test_svd_cache import write_pool
+from tests.tuning.test_search import BESTS, AlphaDimension
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 WORKER = r"""
 import json, sys
 sys.path.insert(0, sys.argv[1])
-from tests.test_svd_cache import pool_of
+from tests.core.test_svd_cache import pool_of
 from r3h.tuning import MergeSearch
 paths, kw = json.loads(sys.argv[2]), json.loads(sys.argv[3])
 s = MergeSearch(methods={"tsvm": {"alpha": {"low": 0.0, "high": 1.2}}}, compare_defaults=False, test_split=None, **kw)
@@ -63,7 +63,7 @@ class SlowAlphaDimension(AlphaDimension):
 
 
 def taskpool(tokenizer, delay, hang=None, ready=None, workers=1):
-    bench = lambda c, d: {"_target_": "tests.test_search_workers.SlowAlphaDimension", "column": c,  # noqa: E731
+    bench = lambda c, d: {"_target_": "tests.tuning.test_search_workers.SlowAlphaDimension", "column": c,  # noqa: E731
                           "dimension": d, "best": BESTS[d], "delay": delay, "hang": hang, "ready": ready,
                           "workers": workers}
     return {"_target_": "r3h.evaluation.taskpool.ThreeHTaskPool", "tokenizer": tokenizer,

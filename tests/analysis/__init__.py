@@ -1,0 +1,1 @@
+"""Tests of r3h.analysis: the alignment-vector analysis."""

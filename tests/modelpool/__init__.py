@@ -1,0 +1,1 @@
+"""Tests of r3h.modelpool: merged folders from any pool."""

@@ -1,0 +1,1 @@
+"""Tests of r3h.toy: the toy 3H world."""
