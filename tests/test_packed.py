@@ -77,3 +77,22 @@ def test_an_item_longer_than_a_pack_is_scored_alone_and_bad_items_are_refused(mo
         shared_context_loglikelihoods(model, tok, [(short_ctx, [])])
     with pytest.raises(ValueError, match="item 1: the reply ''"):
         shared_context_loglikelihoods(model, tok, [(short_ctx, [" a"]), (short_ctx, [""])])
+
+
+def test_bf16_autocast_stays_close_to_float32_and_bad_dtypes_are_refused(model_and_tokenizer):
+    """autocast='bfloat16': matrix products in bf16 (8-bit mantissa), the head in float32; on this
+    random 2-layer model the mean log-likelihoods stay within 0.05 nats/token of float32."""
+    from r3h.evaluation.packed import shared_context_loglikelihoods
+
+    model, tok = model_and_tokenizer
+    contexts = [tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
+                for p in PROMPTS]
+    items = list(zip(contexts, REPLIES))
+    a = shared_context_loglikelihoods(model, tok, items)
+    b = shared_context_loglikelihoods(model, tok, items, autocast="bfloat16")
+    for x, y in zip(a, b):
+        for u, v in zip(x, y):
+            assert v["mean"] == pytest.approx(u["mean"], abs=0.05) and u["tokens"] == v["tokens"]
+    assert next(model.parameters()).dtype == torch.float32  # the model itself is untouched
+    with pytest.raises(ValueError, match="autocast: 'float16'"):
+        shared_context_loglikelihoods(model, tok, items, autocast="float16")

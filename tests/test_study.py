@@ -279,3 +279,13 @@ def test_quick_slice_runs_end_to_end_and_resumes(wheels, tiny_llama, tmp_path):
     # other settings in the same folder: a clear error, not a silent mix
     with pytest.raises(SystemExit, match="other settings"):
         main(argv[:-2] + ["--validation-n", "4"])
+
+
+def test_score_dtype_resolves_and_bad_values_are_refused(tmp_path):
+    from r3h.study.pipeline import Settings, Study
+
+    assert Study(str(tmp_path / "a"), Settings(score_dtype="float32")).autocast() is None
+    assert Study(str(tmp_path / "b"), Settings(score_dtype="bfloat16")).autocast() == "bfloat16"
+    assert Study(str(tmp_path / "c"), Settings()).autocast() in (None, "bfloat16")
+    with pytest.raises(SystemExit, match="--score-dtype 'half'"):
+        Study(str(tmp_path / "d"), Settings(score_dtype="half")).autocast()

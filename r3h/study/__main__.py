@@ -33,6 +33,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--test-n", type=int, default=None, help="test items per column (default: 200; 0: all, <= 300)")
     ap.add_argument("--validation-n", type=int, default=None)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--score-dtype", default=None, choices=["auto", "float32", "bfloat16"],
+                    help="precision of the *-pref columns' matrix products (default auto: bf16 where the "
+                         "hardware runs it natively)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     for noisy in ("r3h.core", "r3h.methods", "r3h.evaluation", "r3h.io", "r3h.search", "fusion_bench", "httpx"):
@@ -40,7 +43,7 @@ def main(argv=None) -> dict:
     kw = dict(base=args.base, device=args.device, seeds=args.seeds, methods=args.methods, tuned=args.tuned,
               trials=args.trials, pairs=args.pairs, learning_rate=args.learning_rate, beta=args.beta,
               batch_size=args.batch_size, epochs=args.epochs, test_n=args.test_n, validation_n=args.validation_n,
-              threads=args.threads)
+              threads=args.threads, score_dtype=args.score_dtype)
     kw = {k: v for k, v in kw.items() if v is not None}
     if kw.get("test_n") == 0:
         kw["test_n"] = None  # every test item

@@ -55,6 +55,9 @@ class Settings:
     validation_n: int = 50  # items per column on validation (the search)
     generation_n: int = 200  # Refusal-gen items (half harmful, half benign)
     max_new_tokens: int = 32
+    #: the *-pref columns' matrix products: "auto" = bf16 autocast where the CPU (AVX512-BF16 / AMX) or GPU
+    #: runs bf16 natively, else float32; "float32"; "bfloat16" (docs/study.md, "Scoring precision")
+    score_dtype: str = "auto"
     # merges
     methods: Optional[List[str]] = None  # None: every config/method/*.yaml
     tuned: Optional[List[str]] = None  # None: tsvm, r_tsvm and the two best other merges at defaults
@@ -110,7 +113,21 @@ class Study:
 
     def _scoring(self) -> Dict[str, Any]:
         s = self.s
-        return {k: getattr(s, k) for k in ("test_n", "validation_n", "generation_n", "max_new_tokens")}
+        return {**{k: getattr(s, k) for k in ("test_n", "validation_n", "generation_n", "max_new_tokens")},
+                "autocast": self.autocast()}
+
+    def autocast(self) -> Optional[str]:
+        """The *-pref columns' autocast dtype (None: float32), resolved from ``score_dtype``."""
+        d = self.s.score_dtype
+        if d not in ("auto", "float32", "bfloat16"):
+            raise SystemExit(f"--score-dtype {d!r}: one of auto, float32, bfloat16")
+        if d != "auto":
+            return None if d == "float32" else "bfloat16"
+        import torch
+
+        if self.s.device == "cpu":
+            return "bfloat16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else None
+        return "bfloat16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else None
 
     # -- stage 1: data ------------------------------------------------------------------
     def data(self) -> Dict[str, Any]:
@@ -213,7 +230,10 @@ class Study:
                 b["max_new_tokens"] = self.s.max_new_tokens
             else:
                 b["n"] = n
+                b["autocast"] = self.autocast()
         cfg.update(split=split, print_table=False)
+        # greedy generation on CPU is bound by reading the weights: a wider batch is nearly free
+        cfg.setdefault("generation", {})["batch_size"] = 32
         if self.s.device != "cpu":
             cfg["device"] = self.s.device
         return cfg

@@ -62,7 +62,7 @@ class PreferenceColumn(_StudyColumn):
     """% of the column's pairs whose chosen reply has the higher mean log-likelihood per token."""
 
     def __init__(self, column: str, n: Optional[int] = None, split: str = "test", batch_size: int = 4,
-                 max_length: Optional[int] = 768, pack_tokens: int = 384):
+                 max_length: Optional[int] = 768, pack_tokens: int = 384, autocast: Optional[str] = None):
         super().__init__(column, n, split)
         if self.column not in data.COLUMNS:
             raise ValueError(f"column {column!r} is not a study column ({', '.join(data.COLUMNS)})")
@@ -70,6 +70,9 @@ class PreferenceColumn(_StudyColumn):
         self.batch_size = int(batch_size)
         self.max_length = max_length
         self.pack_tokens = int(pack_tokens)
+        if autocast not in (None, "bfloat16"):
+            raise ValueError(f"{self.column}: autocast {autocast!r} is not None or 'bfloat16'")
+        self.autocast = autocast
 
     def items(self, n: Optional[int] = None) -> List[dict]:
         """The column's first ``n`` items of the split (default: the column's own ``n``)."""
@@ -82,6 +85,8 @@ class PreferenceColumn(_StudyColumn):
         gen = ctx.generator
         settings = {"scoring": "mean log-likelihood per token", "max_length": self.max_length,
                     "chat_template": bool(gen.config.use_chat_template)}
+        if self.autocast:
+            settings["autocast"] = self.autocast
         path = os.path.join(self.folder(ctx), "scores.jsonl")
         rows = self._cached(path, [it["id"] for it in items], settings)
         if rows is None:
@@ -89,7 +94,7 @@ class PreferenceColumn(_StudyColumn):
             got = shared_context_loglikelihoods(
                 gen.model, gen.tokenizer, [(gen.render(it["prompt"]), [it["chosen"], it["rejected"]]) for it in items],
                 add_special_tokens=not gen.config.use_chat_template, pack_tokens=self.pack_tokens,
-                batch_size=self.batch_size, max_length=self.max_length)
+                batch_size=self.batch_size, max_length=self.max_length, autocast=self.autocast)
             rows = [{"id": it["id"], "source": it["source"], "chosen": c["mean"], "rejected": r["mean"],
                      "margin_sum": c["sum"] - r["sum"], "correct": c["mean"] > r["mean"], "settings": settings}
                     for it, (c, r) in zip(items, got)]
