@@ -210,3 +210,26 @@ def test_method_class_defaults_match_config(name):
         if default is None and value == []:  # exclude_keys: None means none
             continue
         assert default == value, f"{name}.{option}: class default {default!r}, config {value!r}"
+
+
+def test_study_tables_in_the_docs_are_what_the_command_prints():
+    """docs/study.md and the README carry the recorded run's table and findings as
+    r3h.study.tables renders them from docs/study/results.json, and the run's experts moved."""
+    import json
+
+    from r3h.study.tables import markdown_findings, markdown_table
+
+    with open(os.path.join(ROOT, "docs", "study", "results.json")) as f:
+        results = json.load(f)
+    with open(os.path.join(ROOT, "docs", "study.md")) as f:
+        page = f.read()
+    with open(os.path.join(ROOT, "README.md")) as f:
+        readme = f.read()
+    table, findings = markdown_table(results["models"]), markdown_findings(results["findings"])
+    assert table in page and findings in page
+    assert findings in readme
+    moved = [f for f in results["findings"] if f["claim"].startswith("5. ")]
+    assert len(moved) == 3 and all(f["verdict"] == "holds" and f["ci_low"] > 0 for f in moved)
+    for name, m in results["models"].items():
+        for key in ("Helpful_Avg", "Honest_Avg", "Harmless_Avg", "AVG"):
+            assert m[key]["ci_low"] <= m[key]["score"] <= m[key]["ci_high"], (name, key)

@@ -240,8 +240,15 @@ def test_quick_slice_runs_end_to_end_and_resumes(wheels, tiny_llama, tmp_path):
     for f in saved["findings"]:
         assert set(f) >= {"claim", "diff", "ci_low", "ci_high", "verdict"}
         assert f["verdict"] in ("holds", "fails", "undecided") and f["ci_low"] <= f["diff"] + 1e-9
-    assert set(saved["settings"]["times_s"]["stages"]) >= {"data", "experts-seed0", "merges-seed0",
-                                                           "search-seed0", "scoring-seed0"}
+    assert set(saved["settings"]["times_s"]["stages"]) >= {"data", "experts-seed0", "reference-seed0",
+                                                           "merges-seed0", "search-seed0", "scoring-seed0"}
+    # R-TSVM's diagnostics beside the scores: every SVD matrix of the pool counted, the αi rule of each
+    diag = saved["diagnostics"]
+    assert set(diag) == {"tsvm", "r_tsvm"}
+    for d in diag.values():
+        assert d["svd_matrices"] > 0 and sum(d["alpha_rule"].values()) == d["svd_matrices"]
+    assert diag["tsvm"]["alpha_rule"] == {"off": diag["tsvm"]["svd_matrices"]}
+    assert "| r_tsvm |" in (out / "diagnostics.md").read_text()
     # the experts' training data came from train only
     train = {json.loads(line)["id"] for line in open(out / "data" / "train.jsonl")}
     for dim in ("helpfulness", "honesty", "harmlessness"):

@@ -336,6 +336,28 @@ class Study:
         return self._stage(f"merges-seed{seed}", {"recipe": self._recipe(), "scoring": self._scoring(),
                                                   "methods": list(configs)}, work)
 
+    def diagnostics(self, seed: int) -> Dict[str, dict]:
+        """The TSVM-family merges at defaults, merged again to read their per-matrix report
+        (:func:`r3h.analysis.merge_report.svd_merge_summary`: how R-TSVM chose the αi, Ω, k / r),
+        saved as ``seed<k>/diagnostics.json``. No scoring: seconds on a 135M pool."""
+        path = os.path.join(self.out, f"seed{seed}", "diagnostics.json")
+        if os.path.exists(path):
+            with open(path) as f:
+                return json.load(f)
+        from r3h.analysis.merge_report import svd_merge_summary
+        from r3h.methods.configs import build_method
+        from r3h.study.findings import SVD_METHODS
+
+        pool, out = self.pool(seed), {}
+        for name, cfg in self.method_configs().items():
+            if name in SVD_METHODS:
+                algo = build_method(cfg, **({"progress": False} if "progress" in cfg else {}))
+                merged = algo.run(pool)
+                del merged
+                out[name] = svd_merge_summary(getattr(algo, "tensor_reports", {}))
+        write_json_atomic(path, out)
+        return out
+
     def deciding_methods(self, seed: int) -> List[str]:
         """The merges at defaults that the findings on ``seed`` compare (the rows the extra seeds
         repeat, for the spread beside the verdicts)."""
@@ -437,6 +459,7 @@ class Study:
             self.experts(seed)
             self.reference(seed)
             self.merges(seed, None if i == 0 else self.deciding_methods(self.s.seeds[0]))
+            self.diagnostics(seed)
             if i == 0:  # the search and the tuned rows: first seed only
                 self.search(seed)
                 self.scoring(seed)

@@ -20,6 +20,8 @@ log = logging.getLogger("r3h.study")
 DIMS = AVERAGES + (OVERALL,)  # the three dimension averages and AVG (r3h.core.dimensions)
 _KEY_OF_AVERAGE = {d.average: d.key for d in THREE_H}
 GROUP_ORDER = {"reference": 0, "default": 1, "tuned": 2}
+#: the reference rows in the table: the base, the experts, then the two data-side baselines
+REFERENCE_ORDER = ("base", "helpfulness", "honesty", "harmlessness", "mixture", "continual")
 
 
 def model_entry(row: dict, reps: int, seed: int = 0) -> Dict[str, Any]:
@@ -64,6 +66,21 @@ def markdown_findings(findings: List[Dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def markdown_diagnostics(diagnostics: Dict[str, Dict[str, Any]]) -> str:
+    """The TSVM-family merges' per-matrix diagnostics (r3h.analysis.merge_report), one row each."""
+    lines = ["| merge | SVD matrices | αi rule (matrices) | Ω mean [min, max] | Ω = 1 | k / r mean | αmax / αmin |",
+             "|---|---:|---|---|---:|---:|---:|"]
+    for name, d in diagnostics.items():
+        om, kr = d.get("omega"), d.get("k_over_r")
+        rules = ", ".join(f"{k}: {v}" for k, v in sorted((d.get("alpha_rule") or {}).items()))
+        lines.append(f"| {name} | {d.get('svd_matrices', 0)} | {rules} | "
+                     + (f"{om['mean']:.3f} [{om['min']:.3f}, {om['max']:.3f}] | {100 * om['share_at_1']:.0f}% | "
+                        if om else "n/a | n/a | ")
+                     + (f"{kr['mean']:.2f} | " if kr else "n/a | ")
+                     + (f"{d['alpha_max_over_min']:.3f} |" if "alpha_max_over_min" in d else "n/a |"))
+    return "\n".join(lines)
+
+
 def write_results(study, total_seconds: float) -> Dict[str, Any]:
     """Gather every seed's rows, decide the findings and write the outputs; returns results.json's dict."""
     import torch
@@ -80,7 +97,9 @@ def write_results(study, total_seconds: float) -> Dict[str, Any]:
                 with open(os.path.join(folder, name)) as f:
                     r = json.load(f)
                 rows[r["name"]] = r
-        per_seed[seed] = dict(sorted(rows.items(), key=lambda kv: (GROUP_ORDER.get(kv[1]["group"], 9), kv[0])))
+        per_seed[seed] = dict(sorted(rows.items(), key=lambda kv: (
+            GROUP_ORDER.get(kv[1]["group"], 9),
+            REFERENCE_ORDER.index(kv[0]) if kv[0] in REFERENCE_ORDER else len(REFERENCE_ORDER), kv[0])))
     first = per_seed[s.seeds[0]]
     ids = {c: v for r in first.values() for c, v in r["ids"].items()}
     for name, r in first.items():  # the paired bootstrap needs the same items in the same order
@@ -100,9 +119,15 @@ def write_results(study, total_seconds: float) -> Dict[str, Any]:
     models = {name: model_entry(r, s.bootstrap) for name, r in first.items()}
     spread = {name: {seed: float(rows[name]["averages"]["AVG"]) for seed, rows in per_seed.items() if name in rows}
               for name in first}
+    diag_path = os.path.join(study.out, f"seed{s.seeds[0]}", "diagnostics.json")
+    diagnostics = {}
+    if os.path.exists(diag_path):
+        with open(diag_path) as f:
+            diagnostics = json.load(f)
     results = {
         "models": models,
         "findings": findings,
+        "diagnostics": diagnostics,
         "spread": {"AVG_by_seed": spread, "seeds": list(s.seeds),
                    "note": "merges tuned by the search only on the first seed"},
         "settings": {**asdict(s), "times_s": {"stages": study.stage_seconds(), "total_this_run": total_seconds},
@@ -116,6 +141,10 @@ def write_results(study, total_seconds: float) -> Dict[str, Any]:
         f.write(table + "\n")
     with open(os.path.join(study.out, "findings.md"), "w") as f:
         f.write(found + "\n")
+    diag = markdown_diagnostics(diagnostics) if diagnostics else ""
+    if diag:
+        with open(os.path.join(study.out, "diagnostics.md"), "w") as f:
+            f.write(diag + "\n")
     try:
         from r3h.evaluation.figures import PARETO_PAIRS
         from r3h.plots import pareto_front
@@ -125,5 +154,6 @@ def write_results(study, total_seconds: float) -> Dict[str, Any]:
             pareto_front(points, os.path.join(study.out, f"pareto_{x}_{y}"), x=x, y=y, annotate=True)
     except Exception as e:  # the plots are a convenience; results.json is the result
         log.warning("study: Pareto plots not written: %s", e)
-    print(table + "\n\nFindings (test split, paired bootstrap 95% CI):\n\n" + found, flush=True)
+    print(table + "\n\nFindings (test split, paired bootstrap 95% CI):\n\n" + found
+          + ("\n\nTSVM-family merges, per matrix:\n\n" + diag if diag else ""), flush=True)
     return results

@@ -973,3 +973,32 @@ def test_r_tsvm_holds_one_task_vector_at_a_time(mode, most):
     want = merge(rtsvm(alpha=0.7, gamma=0.5, epsilon=0.04 if mode == "absolute" else 0.5, epsilon_mode=mode,
                        outlier_min_share=0.0), "layer.weight", base, experts)
     assert torch.equal(out, want)
+
+
+def test_merge_diagnostics_count_the_guard_and_omega_at_one():
+    """r3h.analysis.merge_report.svd_merge_summary on R-TSVM's own report: Adam-like DPO updates
+    (|τ| ≈ 5e-5 against the absolute ε = 0.1) give Ω = 1 on every matrix, so k = ⌊r (1 − γ)⌋, and
+    the guard gives equal weights; a Gaussian τ of scale 1 gives Ω < 1 and Eq. 8's weights."""
+    from r3h.analysis.merge_report import svd_merge_summary
+
+    base, experts = adam_like_case()
+    m = rtsvm()
+    m.setup([f"e{i}" for i in range(len(experts))])
+    for name in ("a", "b"):
+        m.merge_tensor(name, base.clone(), [e.clone() for e in experts])
+    m.merge_tensor("bias", base[0].clone(), [e[0].clone() for e in experts])  # a vector: the mean rule
+    g = gen(7)
+    wide = [(base.double() + torch.randn(base.shape, generator=g, dtype=F64)).float() for _ in experts]
+    m.merge_tensor("c", base.clone(), wide)
+    d = svd_merge_summary(m.tensor_reports)
+    r = min(base.shape)
+    assert d["tensors"] == 4 and d["svd_matrices"] == 3 and d["rules"] == {"svd": 3, "mean": 1}
+    assert d["alpha_rule"] == {"equal (guard)": 2, "eq8": 1}
+    om = [1.0, 1.0, m.tensor_reports["c"]["omega"]]
+    assert om[2] < 0.2  # |N(0, 1)| < 0.1 for about 8% of the entries
+    assert d["omega"] == pytest.approx({"mean": sum(om) / 3, "min": om[2], "max": 1.0, "share_at_1": 2 / 3})
+    assert m.tensor_reports["a"]["k"] == int(r * (1 - 0.5))
+    assert d["k_over_r"]["min"] == pytest.approx(int(r * 0.5) / r)
+    a = m.tensor_reports["c"]["alpha"]
+    assert d["alpha_max_over_min"] == pytest.approx(max(a) / min(a))
+    assert svd_merge_summary({"x": {"rule": "mean"}}) == {"tensors": 1, "svd_matrices": 0, "rules": {"mean": 1}}
