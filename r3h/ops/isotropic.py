@@ -15,10 +15,12 @@ from typing import Callable, Iterable, Tuple
 
 import torch
 
+from r3h.ops.svd import thin_svd
+
 
 def iso_c(total: torch.Tensor) -> torch.Tensor:
     """Iso-C of the summed task matrix M = Σ τi: U · mean(σ) · Vᵀ."""
-    U, S, Vh = torch.linalg.svd(total, full_matrices=False)
+    U, S, Vh = thin_svd(total)
     return (U * S.mean()) @ Vh
 
 
@@ -33,7 +35,7 @@ def iso_cts_split(shape: Tuple[int, ...], n: int, common_space_fraction: float) 
 
 def _orthogonal(x: torch.Tensor) -> torch.Tensor:
     """The nearest matrix with orthonormal columns (rows, if wide): U Vᵀ of x's SVD."""
-    U, _, Vh = torch.linalg.svd(x, full_matrices=False)
+    U, _, Vh = thin_svd(x)
     return U @ Vh
 
 
@@ -44,7 +46,7 @@ def iso_cts(total: torch.Tensor, taus: Callable[[], Iterable[torch.Tensor]], n: 
     Returns (merged task matrix, {"common": k, "per_task": d}).
     """
     k, d = iso_cts_split(tuple(total.shape), n, common_space_fraction)
-    U, S, Vh = torch.linalg.svd(total, full_matrices=False)
+    U, S, Vh = thin_svd(total)
     del total
     Uc, Sc, Vc = U[:, :k], S[:k], Vh[:k]
     del U, S, Vh
@@ -55,7 +57,7 @@ def iso_cts(total: torch.Tensor, taus: Callable[[], Iterable[torch.Tensor]], n: 
     if d > 0:
         for i, tau in enumerate(taus()):
             tau = tau - Uc @ (Uc.T @ tau)  # remove the common subspace
-            u, s, vh = torch.linalg.svd(tau, full_matrices=False)
+            u, s, vh = thin_svd(tau)
             Ub[:, i * d:(i + 1) * d] = u[:, :d]
             Sb[i * d:(i + 1) * d] = s[:d]
             Vb[i * d:(i + 1) * d] = vh[:d]

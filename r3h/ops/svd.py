@@ -193,10 +193,23 @@ def top_triplets(
     U, S, Vh = torch.linalg.svd(tau, full_matrices=False)
     return (U[:, :q].clone(), S[:q].clone(), Vh[:q].T.clone()), Route("svd", cond, fallback=cond is not None)
 
+def thin_svd(x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``torch.linalg.svd(x, full_matrices=False)``, retried in float64 (and cast back) when
+    LAPACK does not converge: float32 gesdd can fail on nearly orthonormal input, whose singular
+    values are all ≈ 1 (seen in Iso-CTS's final orthogonalisation on real DPO experts)."""
+    try:
+        return torch.linalg.svd(x, full_matrices=False)
+    except torch.linalg.LinAlgError:
+        if x.dtype == torch.float64:
+            raise
+        U, S, Vh = torch.linalg.svd(x.double(), full_matrices=False)
+        return U.to(x.dtype), S.to(x.dtype), Vh.to(x.dtype)
+
+
 def polar(A: torch.Tensor) -> torch.Tensor:
     """Step 3: the orthogonal polar factor P Qᵀ of A = P Σ Qᵀ (nearest matrix with
     orthonormal columns: the orthogonal Procrustes solution)."""
-    P, _, Qh = torch.linalg.svd(A, full_matrices=False)
+    P, _, Qh = thin_svd(A)
     return P @ Qh
 
 def polar_factor(A: torch.Tensor, solver: str = "auto", inplace: bool = False) -> Tuple[torch.Tensor, torch.Tensor, Route]:

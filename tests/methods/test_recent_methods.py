@@ -338,3 +338,32 @@ def test_ties_with_svc_through_run(tmp_path, llama):
     torch.testing.assert_close(cal[name].double(), b + delta, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(cal["model.norm.weight"], plain["model.norm.weight"])
     assert m.last_report["tensors"][name]["calibration"] == "svc"
+
+
+def test_iso_svds_retry_in_float64_when_lapack_does_not_converge(monkeypatch):
+    """Iso-CTS's last step orthogonalises nearly orthonormal matrices (singular values all ≈ 1),
+    where float32 gesdd can fail to converge (seen on SmolLM2's DPO experts): r3h.ops.svd.thin_svd
+    retries in float64. Here float32 SVDs are made to fail; Iso-C and Iso-CTS still give the
+    float64 computation's result, in float32."""
+    import r3h.ops.isotropic as iso
+
+    g = torch.Generator().manual_seed(3)
+    taus = [torch.randn(12, 8, generator=g) * 1e-3 for _ in range(3)]
+    want_c = iso.iso_c(sum(t.double() for t in taus)).float()
+    want_cts, _ = iso.iso_cts(sum(t.double() for t in taus), lambda: (t.double() for t in taus), 3, 0.5)
+    real = torch.linalg.svd
+
+    def flaky(x, *a, **kw):
+        if x.dtype == torch.float32:
+            raise torch.linalg.LinAlgError("linalg.svd: The algorithm failed to converge")
+        return real(x, *a, **kw)
+
+    monkeypatch.setattr(torch.linalg, "svd", flaky)
+    got_c = iso.iso_c(sum(taus))
+    got_cts, info = iso.iso_cts(sum(taus), lambda: iter(taus), 3, 0.5)
+    assert got_c.dtype == got_cts.dtype == torch.float32
+    assert torch.allclose(got_c, want_c, atol=1e-8, rtol=1e-4)
+    assert torch.allclose(got_cts, want_cts.float(), atol=1e-8, rtol=1e-4)
+    with pytest.raises(torch.linalg.LinAlgError):  # float64 failing too is not hidden
+        monkeypatch.setattr(torch.linalg, "svd", lambda *a, **k: (_ for _ in ()).throw(torch.linalg.LinAlgError("x")))
+        iso.iso_c(sum(taus))
