@@ -323,12 +323,14 @@ class Study:
             for name, cfg in configs.items():
                 if self.row(seed, name) is None:
                     t = time.time()
-                    merged = build_method(cfg, **({"progress": False} if "progress" in cfg else {})).run(pool)
+                    algo = build_method(cfg, **({"progress": False} if "progress" in cfg else {}))
+                    merged = algo.run(pool)
                     merge_s = round(time.time() - t, 2)
+                    extra = {"method": name, "merge_seconds": merge_s, **_diagnostics_of(name, algo)}
                     members = dict(merged.items()) if hasattr(merged, "items") else {name: merged}
                     for sub, model in members.items():
                         label = name if len(members) == 1 else f"{name}[{sub}]"
-                        self.score(seed, label, model, "default", {"method": name, "merge_seconds": merge_s})
+                        self.score(seed, label, model, "default", extra)
                     del merged, members
                 names.append(name)
             return names
@@ -337,24 +339,28 @@ class Study:
                                                   "methods": list(configs)}, work)
 
     def diagnostics(self, seed: int) -> Dict[str, dict]:
-        """The TSVM-family merges at defaults, merged again to read their per-matrix report
+        """The TSVM-family merges' per-matrix diagnostics
         (:func:`r3h.analysis.merge_report.svd_merge_summary`: how R-TSVM chose the αi, Ω, k / r),
-        saved as ``seed<k>/diagnostics.json``. No scoring: seconds on a 135M pool."""
+        saved as ``seed<k>/diagnostics.json``: taken from the merge stage's rows, or, for a row
+        written without them (an older run), from merging that method again (no scoring)."""
         path = os.path.join(self.out, f"seed{seed}", "diagnostics.json")
         if os.path.exists(path):
             with open(path) as f:
                 return json.load(f)
-        from r3h.analysis.merge_report import svd_merge_summary
         from r3h.methods.configs import build_method
         from r3h.study.findings import SVD_METHODS
 
-        pool, out = self.pool(seed), {}
+        out = {}
         for name, cfg in self.method_configs().items():
-            if name in SVD_METHODS:
-                algo = build_method(cfg, **({"progress": False} if "progress" in cfg else {}))
-                merged = algo.run(pool)
-                del merged
-                out[name] = svd_merge_summary(getattr(algo, "tensor_reports", {}))
+            if name not in SVD_METHODS:
+                continue
+            row = self.row(seed, name)
+            if row is not None and "diagnostics" in row:
+                out[name] = row["diagnostics"]
+                continue
+            algo = build_method(cfg, **({"progress": False} if "progress" in cfg else {}))
+            algo.run(self.pool(seed))
+            out[name] = _diagnostics_of(name, algo)["diagnostics"]
         write_json_atomic(path, out)
         return out
 
@@ -472,6 +478,15 @@ class Study:
             with open(path) as f:
                 out[os.path.basename(path)[:-5]] = json.load(f).get("seconds")
         return out
+
+
+def _diagnostics_of(name: str, algo) -> Dict[str, Any]:
+    """{"diagnostics": summary} for a TSVM-family merge just run (its ``tensor_reports``), else {}."""
+    from r3h.analysis.merge_report import svd_merge_summary
+    from r3h.study.findings import SVD_METHODS
+
+    reports = getattr(algo, "tensor_reports", None)
+    return {"diagnostics": svd_merge_summary(reports)} if name in SVD_METHODS and reports is not None else {}
 
 
 def _avg(row: dict) -> float:
