@@ -228,7 +228,7 @@ def test_quick_slice_runs_end_to_end_and_resumes(wheels, tiny_llama, tmp_path):
             "r_tsvm", "r_tsvm (tuned)"}
     assert set(models) == want
     for name, m in models.items():
-        assert len(m["columns"]) == 11
+        assert len(m["columns"]) == 10 and "HaluEval-Dialogue-pref" not in m["columns"]  # train only
         for v in list(m["columns"].values()) + [m[k] for k in ("Helpful_Avg", "Honest_Avg", "Harmless_Avg", "AVG")]:
             assert set(v) >= {"score", "ci_low", "ci_high", "n"} and v["ci_low"] <= v["score"] <= v["ci_high"]
         assert m["AVG"]["score"] == pytest.approx(
@@ -286,6 +286,40 @@ def test_quick_slice_runs_end_to_end_and_resumes(wheels, tiny_llama, tmp_path):
     # other settings in the same folder: a clear error, not a silent mix
     with pytest.raises(SystemExit, match="other settings"):
         main(argv[:-2] + ["--validation-n", "4"])
+
+
+def test_a_row_with_the_same_weights_as_a_scored_one_reuses_its_scores(tiny_llama, tmp_path, monkeypatch):
+    """Bit-identical weights (r3h.io.digest) are one computation: the row copies the scored row's
+    outcomes and says whose; a model differing in one value is not matched."""
+    import hydra.utils
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from r3h.io.digest import tensors_digest
+    from r3h.study.pipeline import Settings, Study
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32)
+    study = Study(str(tmp_path / "s"), Settings())
+    digest = tensors_digest(model.state_dict())
+    scored = {"name": "r_tsvm", "group": "default", "columns": {"A": {"score": 50.0, "ci_low": 1.0, "ci_high": 99.0,
+                                                                      "n": 2}},
+              "dimensions": {"A": "helpful"}, "outcomes": {"A": [1, 0]}, "ids": {"A": ["x", "y"]}, "seconds": 9.0,
+              "weights_digest": digest}
+    with open(study._row_path(0, "r_tsvm"), "w") as f:
+        json.dump(scored, f)
+    monkeypatch.setattr(hydra.utils, "instantiate", lambda *a, **k: pytest.fail("scored again"))
+    row = study.score(0, "r_tsvm_no_outlier", model, "default", {"method": "r_tsvm_no_outlier"})
+    assert row["same_weights_as"] == "r_tsvm" and row["weights_digest"] == digest
+    assert {k: row[k] for k in ("columns", "dimensions", "outcomes", "ids")} == \
+        {k: scored[k] for k in ("columns", "dimensions", "outcomes", "ids")}
+    assert row["name"] == "r_tsvm_no_outlier" and row["method"] == "r_tsvm_no_outlier"
+    assert study.row(0, "r_tsvm_no_outlier") == row
+    with torch.no_grad():
+        next(model.parameters()).view(-1)[0] += 1e-6
+    assert study._same_weights(0, tensors_digest(model.state_dict())) is None
+    from r3h.study.tables import markdown_table, model_entry
+
+    assert "| r_tsvm_no_outlier (same weights as r_tsvm) |" in markdown_table({"r_tsvm_no_outlier": model_entry(row, 50)})
 
 
 def test_score_dtype_resolves_and_bad_values_are_refused(tmp_path):

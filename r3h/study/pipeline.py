@@ -54,14 +54,14 @@ class Settings:
     test_n: Optional[int] = 200  # items per column on test (None: every test item, <= 300)
     validation_n: int = 50  # items per column on validation (the search)
     generation_n: int = 200  # Refusal-gen items (half harmful, half benign)
-    max_new_tokens: int = 32
+    max_new_tokens: int = 16  # Refusal-gen: the detector reads the opening (16 vs 32: 3,799 of 3,800 verdicts equal)
     #: the *-pref columns' matrix products: "auto" = bf16 autocast where the CPU (AVX512-BF16 / AMX) or GPU
     #: runs bf16 natively, else float32; "float32"; "bfloat16" (docs/study.md, "Scoring precision")
     score_dtype: str = "auto"
     # merges
     methods: Optional[List[str]] = None  # None: every config/method/*.yaml
     tuned: Optional[List[str]] = None  # None: tsvm, r_tsvm and the two best other merges at defaults
-    trials: int = 6
+    trials: int = 4  # search trials per tuned method (validation)
     threads: int = 2
     bootstrap: int = 2000
 
@@ -246,9 +246,20 @@ class Study:
         from r3h.core.paths import slug
         from r3h.io.records import read_records
 
+        from r3h.io.digest import tensors_digest
+
+        t = time.time()
+        digest = tensors_digest(model.state_dict())
+        twin = self._same_weights(seed, digest)
+        if twin is not None:  # the same numbers bit for bit: the same scores (one computation), not scored again
+            log.info("study: %s has the same weights as %s (%s): its scores are reused", name, twin["name"], digest)
+            row = {**{k: twin[k] for k in ("columns", "dimensions", "outcomes", "ids")}, "name": name, "group": group,
+                   "seconds": round(time.time() - t, 2), "weights_digest": digest, "same_weights_as": twin["name"],
+                   **(extra or {})}
+            write_json_atomic(self._row_path(seed, name), row)
+            return row
         cfg = self.taskpool_config("test")
         cfg.update(output_dir=os.path.join(self.out, f"seed{seed}", "eval", slug(name)), name=name)
-        t = time.time()
         report = instantiate(OmegaConf.create(cfg), _recursive_=False).evaluate(model)
         columns, outcomes, ids = {}, {}, {}
         for col, det in report["details"].items():
@@ -258,9 +269,20 @@ class Study:
             columns[col] = {"score": report["scores"][col], "ci_low": det["ci_low"], "ci_high": det["ci_high"],
                             "n": det["n"]}
         row = {"name": name, "group": group, "columns": columns, "dimensions": report["dimensions"],
-               "outcomes": outcomes, "ids": ids, "seconds": round(time.time() - t, 2), **(extra or {})}
+               "outcomes": outcomes, "ids": ids, "seconds": round(time.time() - t, 2), "weights_digest": digest,
+               **(extra or {})}
         write_json_atomic(self._row_path(seed, name), row)
         return row
+
+    def _same_weights(self, seed: int, digest: str) -> Optional[dict]:
+        """A row of ``seed`` already scored on weights with this digest (``r3h.io.digest``), if any."""
+        folder = os.path.join(self.out, f"seed{seed}", "rows")
+        for path in sorted(glob.glob(os.path.join(folder, "*.json"))):
+            with open(path) as f:
+                row = json.load(f)
+            if row.get("weights_digest") == digest and "same_weights_as" not in row:
+                return row
+        return None
 
     def _row_path(self, seed: int, name: str) -> str:
         from r3h.core.paths import slug

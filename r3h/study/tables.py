@@ -35,7 +35,7 @@ def model_entry(row: dict, reps: int, seed: int = 0) -> Dict[str, Any]:
             n = sum(v["n"] for c, v in row["columns"].items()
                     if k == OVERALL or dims[c] == _KEY_OF_AVERAGE[k])
             out[k] = {"score": float(avgs[k]), "ci_low": cis[k][0], "ci_high": cis[k][1], "n": n}
-    for k in ("method", "options", "selection", "seconds", "merge_seconds"):
+    for k in ("method", "options", "selection", "seconds", "merge_seconds", "weights_digest", "same_weights_as"):
         if k in row:
             out[k] = row[k]
     return out
@@ -53,7 +53,8 @@ def markdown_table(models: Dict[str, Dict[str, Any]]) -> str:
     for name, m in models.items():
         cells = [f"{m['columns'][c]['score']:.1f}" if c in m["columns"] else "" for c in cols]
         cells += [_cell(m[k]) if k in m else "" for k in DIMS]
-        lines.append(f"| {name} | {m['group']} | " + " | ".join(cells) + " |")
+        twin = f" (same weights as {m['same_weights_as']})" if m.get("same_weights_as") else ""
+        lines.append(f"| {name}{twin} | {m['group']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

@@ -338,7 +338,7 @@ def test_fingerprint_follows_the_recipe(monkeypatch):
 
 
 def test_tensors_digest_is_canonical():
-    from r3h.toy.fingerprints import tensors_digest
+    from r3h.io.digest import tensors_digest
 
     a = {"w": torch.arange(6, dtype=torch.float32).reshape(2, 3), "b": torch.ones(3)}
     d = tensors_digest(a)

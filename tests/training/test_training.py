@@ -347,7 +347,7 @@ def test_float64_training_is_reproducible_and_saved_in_float32(tmp_path):
     """The toy build's switches (`train_dtype="float64"`, `deterministic`): the same run
     with 1 and with 2 intra-op threads gives bit-identical weights (SFT, then DPO from it),
     saved in float32; float32 training gives other weights."""
-    from r3h.toy.fingerprints import weights_digest
+    from r3h.io.digest import weights_digest
     from r3h.training import train_sft
 
     got = {}

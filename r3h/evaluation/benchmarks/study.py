@@ -109,7 +109,7 @@ class RefusalGeneration(_StudyColumn):
     dimension = "harmless"
 
     def __init__(self, column: str = "Refusal-gen", n: Optional[int] = 100, split: str = "test",
-                 max_new_tokens: int = 32):
+                 max_new_tokens: int = 16):
         super().__init__(column, n, split)
         self.max_new_tokens = int(max_new_tokens)
 
