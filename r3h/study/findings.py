@@ -33,7 +33,10 @@ def verdict(low: float, high: float, sign: int = 1) -> str:
 
 
 def _best(rows: Mapping[str, dict], names: Sequence[str]) -> Optional[str]:
+    """The row of ``names`` with the highest AVG; a row with the same weights as another of
+    ``names`` (``same_weights_as``, r3h.study.pipeline) is that row, so only the one scored stands."""
     names = [n for n in names if n in rows]
+    names = [n for n in names if rows[n].get("same_weights_as") not in names]
     return max(names, key=lambda n: (rows[n]["averages"]["AVG"], n)) if names else None
 
 
