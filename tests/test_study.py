@@ -300,6 +300,8 @@ def test_a_row_with_the_same_weights_as_a_scored_one_reuses_its_scores(tiny_llam
         {k: scored[k] for k in ("columns", "dimensions", "outcomes", "ids")}
     assert row["name"] == "r_tsvm_no_outlier" and row["method"] == "r_tsvm_no_outlier"
     assert study.row(0, "r_tsvm_no_outlier") == row
+    again = study.score(1, "base", model, "reference")  # another seed: the same model scored once
+    assert again["same_weights_as"] == "r_tsvm" and again["outcomes"] == scored["outcomes"]
     with torch.no_grad():
         next(model.parameters()).view(-1)[0] += 1e-6
     assert study._same_weights(0, tensors_digest(model.state_dict())) is None

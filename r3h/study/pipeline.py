@@ -275,9 +275,12 @@ class Study:
         return row
 
     def _same_weights(self, seed: int, digest: str) -> Optional[dict]:
-        """A row of ``seed`` already scored on weights with this digest (``r3h.io.digest``), if any."""
-        folder = os.path.join(self.out, f"seed{seed}", "rows")
-        for path in sorted(glob.glob(os.path.join(folder, "*.json"))):
+        """A row already scored on weights with this digest (``r3h.io.digest``), if any: of
+        ``seed`` first, then of another seed (the base is the same model on every seed; every
+        seed is scored with the same settings, which the stages check)."""
+        rows = sorted(glob.glob(os.path.join(self.out, f"seed{seed}", "rows", "*.json")))
+        rows += sorted(p for p in glob.glob(os.path.join(self.out, "seed*", "rows", "*.json")) if p not in rows)
+        for path in rows:
             with open(path) as f:
                 row = json.load(f)
             if row.get("weights_digest") == digest and "same_weights_as" not in row:
@@ -377,7 +380,9 @@ class Study:
             if name not in SVD_METHODS:
                 continue
             row = self.row(seed, name)
-            if row is not None and "diagnostics" in row:
+            if row is None:  # not merged on this seed (an extra seed repeats only the deciding merges)
+                continue
+            if "diagnostics" in row:
                 out[name] = row["diagnostics"]
                 continue
             algo = build_method(cfg, **({"progress": False} if "progress" in cfg else {}))
