@@ -244,9 +244,8 @@ class Study:
         from omegaconf import OmegaConf
 
         from r3h.core.paths import slug
-        from r3h.io.records import read_records
-
         from r3h.io.digest import tensors_digest
+        from r3h.io.records import read_records
 
         t = time.time()
         digest = tensors_digest(model.state_dict())
