@@ -16,10 +16,12 @@ from typing import Iterable, Tuple
 
 import torch
 
+from r3h.ops.svd import thin_svd
+
 
 def svc_factors(delta: torch.Tensor, taus: Iterable[torch.Tensor], alpha: float):
     """(U, σ, Vᵀ, γ) of the merged task matrix Δ, the τi taken one at a time."""
-    U, S, Vh = torch.linalg.svd(delta, full_matrices=False)
+    U, S, Vh = thin_svd(delta)
     Ut = U.T
     total = torch.zeros_like(S)
     n = 0

@@ -21,11 +21,14 @@ these steps (zero experts, the SVD cache) in `r3h.methods.tsvm.matrix`.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 from dataclasses import dataclass
 from typing import Iterator, Optional, Sequence, Tuple
 
 import torch
+
+_log = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
@@ -190,20 +193,57 @@ def top_triplets(
         got, cond = gram_top_q(tau, q)
         if got is not None:
             return got, Route("gram", cond)
-    U, S, Vh = torch.linalg.svd(tau, full_matrices=False)
+    U, S, Vh = thin_svd(tau)
     return (U[:, :q].clone(), S[:q].clone(), Vh[:q].T.clone()), Route("svd", cond, fallback=cond is not None)
 
+# A float32 SVD whose random probes miss by more than this (relative) is computed again in
+# float64: float32 LAPACK is right to ~1e-6 here, a failed one by 1e-2 or more.
+SVD_CHECK_TOL = 1e-3
+
+
+def svd_error(x: torch.Tensor, U: torch.Tensor, S: torch.Tensor, Vh: torch.Tensor) -> float:
+    """How far (U, S, Vh) is from a thin SVD of x, from three random probes (O(m·d), no
+    product of the factors): ‖x z − U (S ⊙ Vh z)‖ / (σ1 ‖z‖), and how far U and Vᵀ are from
+    keeping a vector's norm (orthonormal columns), the largest of the three. The probes are
+    drawn from a fixed seed on CPU, so a rerun checks the same vectors."""
+    g = torch.Generator().manual_seed(0)
+    r = S.shape[0]
+    if r == 0 or x.numel() == 0:
+        return 0.0
+    z = torch.randn(x.shape[1], generator=g, dtype=torch.float64).to(x.device, x.dtype)
+    v = torch.randn(r, generator=g, dtype=torch.float64).to(x.device, x.dtype)
+    scale = float(S.max()) * float(z.norm())
+    errs = [float((x @ z - U @ (S * (Vh @ z))).norm()) / scale if scale > 0 else 0.0]
+    for W in (U, Vh.T):
+        errs.append(abs(float((W @ v).norm()) / float(v.norm()) - 1.0))
+    return max(errs)
+
+
 def thin_svd(x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``torch.linalg.svd(x, full_matrices=False)``, retried in float64 (and cast back) when
-    LAPACK does not converge: float32 gesdd can fail on nearly orthonormal input, whose singular
-    values are all ≈ 1 (seen in Iso-CTS's final orthogonalisation on real DPO experts)."""
+    """``torch.linalg.svd(x, full_matrices=False)``, checked (`svd_error`) and computed again in
+    float64 (cast back) when LAPACK fails. It can fail two ways: float32 gesdd raises on nearly
+    orthonormal input, whose singular values are all ≈ 1 (seen in Iso-CTS's orthogonalisation on
+    real DPO experts); and oneMKL's threaded float32 gesdd can return, without an error, a U
+    whose columns are not orthonormal (seen with 2 threads on Iso-CTS's stacked 2560 × 768
+    basis of `benchmarks/bench_merge.py`'s 148M pool: ‖UᵀU − I‖ = 1.0; one thread was right).
+    The check reads the factors only, so a correct SVD is returned bit for bit."""
     try:
-        return torch.linalg.svd(x, full_matrices=False)
-    except torch.linalg.LinAlgError:
-        if x.dtype == torch.float64:
-            raise
-        U, S, Vh = torch.linalg.svd(x.double(), full_matrices=False)
-        return U.to(x.dtype), S.to(x.dtype), Vh.to(x.dtype)
+        U, S, Vh = torch.linalg.svd(x, full_matrices=False)
+        err = svd_error(x, U, S, Vh)
+        if err <= SVD_CHECK_TOL:
+            return U, S, Vh
+        failure = f"its factors miss by {err:.2g} (random probes)"
+    except torch.linalg.LinAlgError as e:
+        failure = f"LAPACK raised: {e}"
+    if x.dtype == torch.float64:
+        raise torch.linalg.LinAlgError(f"SVD of a {tuple(x.shape)} float64 matrix failed: {failure}")
+    _log.warning("float32 SVD of a %s matrix failed (%s); computed again in float64", tuple(x.shape), failure)
+    U, S, Vh = torch.linalg.svd(x.double(), full_matrices=False)
+    err = svd_error(x.double(), U, S, Vh)
+    if err > SVD_CHECK_TOL:
+        raise torch.linalg.LinAlgError(f"SVD of a {tuple(x.shape)} matrix failed in float32 ({failure}) "
+                                       f"and in float64 (its factors miss by {err:.2g})")
+    return U.to(x.dtype), S.to(x.dtype), Vh.to(x.dtype)
 
 
 def polar(A: torch.Tensor) -> torch.Tensor:

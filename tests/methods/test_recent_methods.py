@@ -340,6 +340,52 @@ def test_ties_with_svc_through_run(tmp_path, llama):
     assert m.last_report["tensors"][name]["calibration"] == "svc"
 
 
+def test_svds_that_return_wrong_factors_are_computed_again_in_float64(monkeypatch, caplog):
+    """oneMKL's threaded float32 gesdd returned, without an error, a U that was not orthonormal
+    (‖UᵀU − I‖ = 1.0) on one Iso-CTS basis of bench_merge.py's 148M pool, which put r3h 2e-3 away
+    from fusion_bench on that tensor. thin_svd checks every SVD with random probes and computes
+    a failed one again in float64; a correct one is returned bit for bit. Here float32 SVDs
+    return a U with two columns swapped for copies of a third (the kind of wrong factor the
+    probes must catch); Iso-C, Iso-CTS, SVC and TSVM's exact route still give the float64 result."""
+    import r3h.ops.isotropic as iso
+    from r3h.ops.svc import svc
+    from r3h.ops.svd import svd_error, thin_svd, top_triplets
+
+    g = torch.Generator().manual_seed(5)
+    taus = [torch.randn(16, 10, generator=g) * 1e-3 for _ in range(3)]
+    total64 = sum(t.double() for t in taus)
+    want_c = iso.iso_c(total64)
+    want_cts, _ = iso.iso_cts(total64, lambda: (t.double() for t in taus), 3, 0.5)
+    want_svc, _ = svc(total64 * 0.4, (t.double() for t in taus), 1.0)
+    x = sum(taus)
+    good = thin_svd(x)
+    real = torch.linalg.svd
+    assert all(torch.equal(a, b) for a, b in zip(good, real(x, full_matrices=False)))  # bits kept
+    assert svd_error(x, *good) < 1e-5
+
+    def wrong(a, *args, **kw):
+        U, S, Vh = real(a, *args, **kw)
+        if a.dtype == torch.float32:
+            U = U.clone()
+            U[:, 1] = U[:, 0]
+            U[:, 2] = U[:, 0]
+        return U, S, Vh
+
+    monkeypatch.setattr(torch.linalg, "svd", wrong)
+    assert svd_error(x, *torch.linalg.svd(x, full_matrices=False)) > 1e-2
+    with caplog.at_level("WARNING", logger="r3h.ops.svd"):
+        got_c = iso.iso_c(x)
+    assert "computed again in float64" in caplog.text
+    got_cts, _ = iso.iso_cts(x, lambda: iter(taus), 3, 0.5)
+    got_svc, _ = svc(x * 0.4, iter(taus), 1.0)
+    (U, S, V), _ = top_triplets(x, 4, solver="full")
+    assert got_c.dtype == got_cts.dtype == got_svc.dtype == torch.float32
+    torch.testing.assert_close(got_c.double(), want_c, atol=1e-8, rtol=1e-4)
+    torch.testing.assert_close(got_cts.double(), want_cts, atol=1e-8, rtol=1e-4)
+    torch.testing.assert_close(got_svc.double(), want_svc, atol=1e-8, rtol=1e-4)
+    torch.testing.assert_close((U.T @ U).double(), torch.eye(4, dtype=torch.float64), atol=1e-5, rtol=0)
+
+
 def test_iso_svds_retry_in_float64_when_lapack_does_not_converge(monkeypatch):
     """Iso-CTS's last step orthogonalises nearly orthonormal matrices (singular values all ≈ 1),
     where float32 gesdd can fail to converge (seen on SmolLM2's DPO experts): r3h.ops.svd.thin_svd
