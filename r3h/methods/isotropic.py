@@ -30,7 +30,7 @@ class IsoC(MergeAlgorithm):
     flat); a tensor that is not a matrix takes θ0 + α · mean τi (fusion_bench's `iso_c`).
 
     Args:
-        scaling_factor: α; default 0.7 (the best AVG of the toy sweep in docs/methods.md;
+        scaling_factor: α; default 0.7 (chosen by the toy sweep in docs/methods.md;
             fusion_bench's config 1.0, the paper searches α in (0, 3]).
     """
 
@@ -62,7 +62,7 @@ class IsoCTS(MergeAlgorithm):
     (fusion_bench's `iso_cts`). Each τi is read twice: for the sum, then for its residual.
 
     Args:
-        scaling_factor: α; default 0.7 (as Iso-C: the toy sweep's best).
+        scaling_factor: α; default 0.7 (as Iso-C: chosen by the toy sweep).
         common_space_fraction: k / r, in [0, 1]; default 0.8 (the paper's and fusion_bench's).
     """
 

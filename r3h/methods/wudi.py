@@ -31,7 +31,7 @@ class WUDI(MergeAlgorithm):
             config 400).
         learning_rate: Adam's step size, > 0; default 1e-5 (the paper's and fusion_bench's).
         norm: `squared` (default) or `plain`.
-        scaling_factor: s on τm; default 0.2 (the best AVG of the toy sweep in docs/methods.md:
+        scaling_factor: s on τm; default 0.2 (chosen by the toy sweep in docs/methods.md:
             with lr 1e-5 τm stays near Σ τi, which five experts break at s = 1; the paper: none, 1.0).
         exclude_keys: default the embeddings and `lm_head` (`VOCAB_KEYS`), which take
             θ0 + mean τi; `[]` puts them through WUDI too.
