@@ -54,7 +54,7 @@ class Settings:
     test_n: Optional[int] = 200  # items per column on test (None: every test item, <= 300)
     validation_n: int = 50  # items per column on validation (the search)
     generation_n: int = 200  # Refusal-gen items (half harmful, half benign)
-    max_new_tokens: int = 16  # Refusal-gen: the detector reads the opening (16 vs 32: 3,799 of 3,800 verdicts equal)
+    max_new_tokens: int = 16  # Refusal-gen: the detector reads the opening (16 vs 32: 1,599 of 1,600 verdicts equal)
     #: the *-pref columns' matrix products: "auto" = bf16 autocast where the CPU (AVX512-BF16 / AMX) or GPU
     #: runs bf16 natively, else float32; "float32"; "bfloat16" (docs/study.md, "Scoring precision")
     score_dtype: str = "auto"
