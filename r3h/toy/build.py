@@ -18,11 +18,12 @@ stable. `TOY_DPO` holds the values.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from typing import Dict, Iterable, List, Optional
 
-from filelock import FileLock
+from filelock import FileLock, Timeout
 
 from r3h.toy import world
 
@@ -172,6 +173,23 @@ def build_experts(root: str, names: Optional[Iterable[str]] = None) -> Dict[str,
     return out
 
 
+@contextlib.contextmanager
+def _build_lock(root: str):
+    """The cache folder's build lock; says so when another process holds it (it is training,
+    which can take minutes) instead of waiting in silence."""
+    lock = FileLock(os.path.join(root, ".build.lock"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        log.warning("toy 3H world: another process is building in %s; waiting for it to finish (%s)",
+                    root, lock.lock_file)
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
+
+
 def build_tiny_3h(cache_dir: Optional[str] = None, experts: Optional[Iterable[str]] = None,
                   seed: int = 0) -> Dict[str, str]:
     """Train (once) the toy pool of toy seed `seed` under `cache_dir`; return name -> folder
@@ -179,7 +197,7 @@ def build_tiny_3h(cache_dir: Optional[str] = None, experts: Optional[Iterable[st
     others wait."""
     root = root_dir(cache_dir, seed)
     os.makedirs(root, exist_ok=True)
-    with FileLock(os.path.join(root, ".build.lock")):
+    with _build_lock(root):
         before = _trained(root)
         out = build_experts(root, experts)
         _fingerprint_new(root, before)
@@ -253,7 +271,7 @@ def build_baselines(cache_dir: Optional[str] = None, names: Optional[Iterable[st
     root = root_dir(cache_dir, seed)
     os.makedirs(root, exist_ok=True)
     out = {}
-    with FileLock(os.path.join(root, ".build.lock")):
+    with _build_lock(root):
         before = _trained(root)
         base = build_base(root)
         for n in names:
@@ -276,7 +294,7 @@ def build_continual(cache_dir: Optional[str] = None, seed: int = 0) -> Dict[str,
     root = root_dir(cache_dir, seed)
     os.makedirs(root, exist_ok=True)
     out = {}
-    with FileLock(os.path.join(root, ".build.lock")):
+    with _build_lock(root):
         before = _trained(root)
         current = build_base(root)
         for i, (name, datasets) in enumerate(CONTINUAL):

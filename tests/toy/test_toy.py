@@ -771,3 +771,33 @@ def test_findings_ask_whether_the_newer_subspace_merges_beat_tsvm_and_task_arith
     mix = got["best merge − best mixture, AVG (defaults)"]
     assert mix["detail"] == "tsvm 82.0 vs mixture_hummer 90.0"  # ram (99) is not the paper's
     assert "newer subspace merges" in findings_markdown({0: rows}, methods)
+
+
+def test_a_second_builder_says_it_waits_for_the_build_lock(tmp_path, caplog):
+    """Two commands on one cache: the second waits for the first's build (minutes of training)
+    and says so, naming the folder, instead of hanging in silence; it goes on once the lock is free."""
+    import threading
+    import time
+
+    from filelock import FileLock
+
+    holder = FileLock(str(tmp_path / ".build.lock"))
+    holder.acquire()
+    entered = threading.Event()
+
+    def second():
+        with build._build_lock(str(tmp_path)):
+            entered.set()
+
+    with caplog.at_level("WARNING", logger="r3h.toy.build"):
+        t = threading.Thread(target=second)
+        t.start()
+        for _ in range(100):
+            if "waiting for it to finish" in caplog.text:
+                break
+            time.sleep(0.05)
+        assert "another process is building in " + str(tmp_path) in caplog.text
+        assert not entered.is_set()
+        holder.release()
+        t.join(10)
+    assert entered.is_set()
