@@ -5,7 +5,7 @@ How to run (from the repository root, in the project's virtual environment)::
     python benchmarks/bench_merge.py                      # 148M-parameter pool, fp32, base + 5 experts
     python benchmarks/bench_merge.py --repeats 3          # best-of-3 wall time for task arithmetic
     python benchmarks/bench_merge.py --only fb_ta,r3h_ta  # a subset of the runs
-    python benchmarks/bench_merge.py --hidden 256 --layers 2 --intermediate 512 --vocab 4000   # quick
+    python benchmarks/bench_merge.py --hidden 256 --layers 2 --intermediate 512 --vocab 4000 --heads 8   # quick
 
 On the 2-core, 24 GB development machine the default run takes about 3 minutes
 (``--repeats 5``: about 6), the pool build about 1 more the first time. fusion_bench's
@@ -442,26 +442,40 @@ def run_child(args, run: str, pool_dir: str, work: str, save: bool) -> dict:
     if args.stream_shard_size:
         cmd += ["--stream-shard-size", args.stream_shard_size]
     cmd += ["--wudi-iterations", str(args.wudi_iterations)]
+    res = spawn_child(cmd, run, work, child_env(args))
+    res["save_path"] = save_path
+    return res
+
+
+def failed_run(run: str, code: int, log_file: str) -> dict:
+    """The record of a run that failed (exit status or signal), its log's tail printed."""
+    with open(log_file) as f:
+        tail = f.read()[-3000:]
+    why = f"killed by signal {-code} (out of memory?)" if code < 0 else f"exit status {code}"
+    print(f"  {run}: FAILED ({why}); log {log_file}:\n{tail}", flush=True)
+    return {"run": run, "failed": why, "log": log_file}
+
+
+def spawn_child(cmd: List[str], run: str, work: str, env: dict) -> dict:
+    """Run one benchmark child (`cmd`, which writes `<work>/<run>.result.json`), its output to
+    `<work>/<run>.log`; return its result with the process's own peak RSS, CPU time and
+    lifetime, or a `failed` record with the log's tail (printed)."""
+    result_file = os.path.join(work, f"{run}.result.json")
     log_file = os.path.join(work, f"{run}.log")
     t0 = time.perf_counter()
     with open(log_file, "w") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=child_env(args), cwd=REPO)
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
         _, status, rusage = os.wait4(proc.pid, 0)
         code = os.waitstatus_to_exitcode(status)
     lifetime = time.perf_counter() - t0
     maxrss = rusage.ru_maxrss * (1 if sys.platform == "darwin" else 1024)
     if code != 0 or not os.path.exists(result_file):
-        with open(log_file) as f:
-            tail = f.read()[-3000:]
-        why = f"killed by signal {-code} (out of memory?)" if code < 0 else f"exit status {code}"
-        print(f"  {run}: FAILED ({why}); log {log_file}:\n{tail}", flush=True)
-        return {"run": run, "failed": why, "log": log_file, "process_maxrss_bytes": maxrss}
+        return {**failed_run(run, code, log_file), "process_maxrss_bytes": maxrss}
     with open(result_file) as f:
         res = json.load(f)
     res["process_maxrss_bytes"] = maxrss  # whole child lifetime, saving included
     res["process_cpu_s"] = rusage.ru_utime + rusage.ru_stime  # the child's CPU time (user + system)
     res["process_lifetime_s"] = lifetime
-    res["save_path"] = save_path
     return res
 
 

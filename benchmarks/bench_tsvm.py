@@ -218,29 +218,9 @@ def run_child(args, run: str, pool_dir: str, work: str, save: bool) -> dict:
            "--result", result_file, "--threads", str(args.threads), "--stream-shard-size", args.stream_shard_size]
     if save_path:
         cmd += ["--save-path", save_path]
-    log_file = os.path.join(work, f"{run}.log")
-    t0 = time.perf_counter()
-    with open(log_file, "w") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=bm.child_env(args), cwd=REPO)
-        _, status, rusage = os.wait4(proc.pid, 0)
-        code = os.waitstatus_to_exitcode(status)
-    lifetime = time.perf_counter() - t0
-    if code != 0 or not os.path.exists(result_file):
-        return _failed(run, code, log_file)
-    with open(result_file) as f:
-        res = json.load(f)
-    res["process_maxrss_bytes"] = rusage.ru_maxrss * 1024
-    res["process_lifetime_s"] = lifetime
+    res = bm.spawn_child(cmd, run, work, bm.child_env(args))
     res["save_path"] = save_path
     return res
-
-
-def _failed(run: str, code: int, log_file: str) -> dict:
-    with open(log_file) as f:
-        tail = f.read()[-3000:]
-    why = f"killed by signal {-code} (out of memory?)" if code < 0 else f"exit status {code}"
-    print(f"  {run}: FAILED ({why}); log {log_file}:\n{tail}", flush=True)
-    return {"run": run, "failed": why, "log": log_file}
 
 
 def _status_kb(pid: int) -> Dict[str, int]:
@@ -329,7 +309,7 @@ def run_cli_2proc(args, pool_dir: str, work: str, run: str = "r3h_tsvm_2proc") -
                 proc.returncode = code
     wall = time.perf_counter() - t0
     if code != 0 or not os.path.isdir(out):
-        return _failed(run, code if code is not None else -1, log_file)
+        return bm.failed_run(run, code if code is not None else -1, log_file)
     if root.pid in hwm:  # the command's own process: its exact peak (polling may miss the last one)
         hwm[root.pid] = max(hwm[root.pid], rusage.ru_maxrss * 1024)
     per_proc = [{"pid": pid, "peak_rss_bytes": b, "cmdline": cmdlines.get(pid, "?")}
