@@ -442,7 +442,7 @@ def run_child(args, run: str, pool_dir: str, work: str, save: bool) -> dict:
     if args.stream_shard_size:
         cmd += ["--stream-shard-size", args.stream_shard_size]
     cmd += ["--wudi-iterations", str(args.wudi_iterations)]
-    res = spawn_child(cmd, run, work, child_env(args))
+    res = spawn_child(cmd, run, result_file, os.path.join(work, f"{run}.log"), child_env(args))
     res["save_path"] = save_path
     return res
 
@@ -456,12 +456,10 @@ def failed_run(run: str, code: int, log_file: str) -> dict:
     return {"run": run, "failed": why, "log": log_file}
 
 
-def spawn_child(cmd: List[str], run: str, work: str, env: dict) -> dict:
-    """Run one benchmark child (`cmd`, which writes `<work>/<run>.result.json`), its output to
-    `<work>/<run>.log`; return its result with the process's own peak RSS, CPU time and
-    lifetime, or a `failed` record with the log's tail (printed)."""
-    result_file = os.path.join(work, f"{run}.result.json")
-    log_file = os.path.join(work, f"{run}.log")
+def spawn_child(cmd: List[str], run: str, result_file: str, log_file: str, env: dict) -> dict:
+    """Run one benchmark child (`cmd`, which writes `result_file`), its output to `log_file`;
+    return its result with the process's own peak RSS, CPU time and lifetime, or a `failed`
+    record with the log's tail (printed)."""
     t0 = time.perf_counter()
     with open(log_file, "w") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO)

@@ -218,7 +218,7 @@ def run_child(args, run: str, pool_dir: str, work: str, save: bool) -> dict:
            "--result", result_file, "--threads", str(args.threads), "--stream-shard-size", args.stream_shard_size]
     if save_path:
         cmd += ["--save-path", save_path]
-    res = bm.spawn_child(cmd, run, work, bm.child_env(args))
+    res = bm.spawn_child(cmd, run, result_file, os.path.join(work, f"{run}.log"), bm.child_env(args))
     res["save_path"] = save_path
     return res
 
